@@ -1,0 +1,118 @@
+//! Writing desired objects with server-side apply, and only when they differ from the live
+//! object: a converged resync sends no writes, while a child deleted or edited by hand is
+//! restored on the next reconcile.
+
+use crate::FIELD_MANAGER;
+use crate::metrics::Metrics;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+
+/// Applies objects for one controller and counts its writes.
+#[derive(Clone, Copy)]
+pub struct Applier<'a> {
+    pub metrics: &'a Metrics,
+    pub controller: &'static str,
+}
+
+impl Applier<'_> {
+    /// Server-side applies `desired` unless the live object already holds every field of it.
+    /// Returns whether a write was sent.
+    pub async fn ensure<K>(&self, api: &Api<K>, desired: &K) -> Result<bool, kube::Error>
+    where
+        K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+    {
+        let name = desired.name_any();
+        if let Some(live) = api.get_opt(&name).await?
+            && live.meta().deletion_timestamp.is_none()
+            && is_subset(&to_value(desired), &to_value(&live))
+        {
+            return Ok(false);
+        }
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(desired)).await?;
+        self.metrics.write(self.controller, &K::kind(&()), "apply");
+        Ok(true)
+    }
+
+    /// Deletes the objects matching `selector` whose names are not in `keep`: children that
+    /// the spec no longer asks for.
+    pub async fn prune<K>(&self, api: &Api<K>, selector: &str, keep: &BTreeSet<String>) -> Result<usize, kube::Error>
+    where
+        K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
+    {
+        let mut deleted = 0;
+        for obj in api.list_metadata(&ListParams::default().labels(selector)).await? {
+            let name = obj.name_any();
+            if !keep.contains(&name) && obj.metadata.deletion_timestamp.is_none() {
+                api.delete(&name, &DeleteParams::background()).await?;
+                self.metrics.write(self.controller, &K::kind(&()), "delete");
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+fn to_value<T: Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+/// True when every field set in `desired` has the same value in `live`. Fields the server
+/// adds (defaults, status, managed fields) are ignored; lists must match element by element.
+pub fn is_subset(desired: &Value, live: &Value) -> bool {
+    match (desired, live) {
+        (Value::Null, _) => true,
+        (Value::Object(d), Value::Object(l)) => {
+            d.iter().all(|(k, dv)| l.get(k).map_or(is_empty(dv), |lv| is_subset(dv, lv)))
+        }
+        (Value::Array(d), Value::Array(l)) => d.len() == l.len() && d.iter().zip(l).all(|(dv, lv)| is_subset(dv, lv)),
+        (d, Value::Null) => is_empty(d),
+        (d, l) => d == l,
+    }
+}
+
+/// Null, `{}` and `[]`: values the API server drops, so their absence is no drift.
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Object(o) => o.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_subset;
+    use serde_json::json;
+
+    #[test]
+    fn server_defaults_do_not_count_as_drift() {
+        let desired = json!({"metadata": {"name": "a", "labels": {"x": "1"}}, "spec": {"hard": {"pods": "20"}}});
+        let live = json!({
+            "metadata": {"name": "a", "uid": "u", "labels": {"x": "1", "y": "2"}},
+            "spec": {"hard": {"pods": "20"}, "scopes": null},
+            "status": {"used": {"pods": "0"}}
+        });
+        assert!(is_subset(&desired, &live));
+    }
+
+    #[test]
+    fn a_hand_edit_is_drift() {
+        let desired = json!({"spec": {"hard": {"pods": "20"}}});
+        let live = json!({"spec": {"hard": {"pods": "200"}}});
+        assert!(!is_subset(&desired, &live));
+    }
+
+    #[test]
+    fn a_removed_list_element_is_drift() {
+        let desired = json!({"subjects": [{"name": "a"}, {"name": "b"}]});
+        let live = json!({"subjects": [{"name": "a"}]});
+        assert!(!is_subset(&desired, &live));
+        assert!(is_subset(&json!({"items": []}), &json!({})));
+    }
+}

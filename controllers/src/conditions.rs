@@ -1,0 +1,83 @@
+//! Building status conditions so that `lastTransitionTime` only moves when a status flips.
+
+use bizosaas_crds::common::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+/// A condition as computed by a reconcile, before transition times are merged in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    pub type_: &'static str,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Observed {
+    pub fn ok(type_: &'static str, reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { type_, status: true, reason: reason.into(), message: message.into() }
+    }
+
+    pub fn failed(type_: &'static str, reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { type_, status: false, reason: reason.into(), message: message.into() }
+    }
+}
+
+/// Merges freshly observed conditions with the previous ones: a condition whose status did
+/// not change keeps its `lastTransitionTime`, so an idle resync produces an identical status.
+pub fn merge(previous: &[Condition], observed: &[Observed], generation: Option<i64>) -> Vec<Condition> {
+    let now = Time(Timestamp::now());
+    observed
+        .iter()
+        .map(|o| {
+            let status = if o.status { "True" } else { "False" }.to_string();
+            let last_transition_time = previous
+                .iter()
+                .find(|p| p.type_ == o.type_ && p.status == status)
+                .map(|p| p.last_transition_time.clone())
+                .unwrap_or_else(|| now.clone());
+            Condition {
+                type_: o.type_.to_string(),
+                status,
+                reason: o.reason.clone(),
+                message: o.message.clone(),
+                last_transition_time,
+                observed_generation: generation,
+            }
+        })
+        .collect()
+}
+
+/// Conditions that changed status between two sets, for events.
+pub fn transitions<'a>(previous: &[Condition], next: &'a [Condition]) -> Vec<&'a Condition> {
+    next.iter()
+        .filter(|n| {
+            previous.iter().find(|p| p.type_ == n.type_).is_none_or(|p| p.status != n.status || p.reason != n.reason)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unchanged_status_keeps_its_transition_time() {
+        let first = merge(&[], &[Observed::ok("Ready", "Provisioned", "all good")], Some(1));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let second = merge(&first, &[Observed::ok("Ready", "Provisioned", "all good")], Some(1));
+        assert_eq!(first, second);
+        assert!(transitions(&first, &second).is_empty());
+    }
+
+    #[test]
+    fn flipped_status_gets_a_new_transition_time() {
+        let first = merge(&[], &[Observed::ok("Ready", "Provisioned", "")], Some(1));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let second = merge(&first, &[Observed::failed("Ready", "DatabaseUnavailable", "")], Some(2));
+        assert_ne!(first[0].last_transition_time, second[0].last_transition_time);
+        assert_eq!(transitions(&first, &second).len(), 1);
+        assert_eq!(second[0].status, "False");
+        assert_eq!(second[0].observed_generation, Some(2));
+    }
+}

@@ -1,0 +1,59 @@
+//! What every reconcile gets: the client, the operator's configuration, metrics, events and
+//! the PostgreSQL admin connection.
+
+use crate::metrics::Metrics;
+use crate::postgres::Admin;
+use crate::tenant::plans::PlanCatalog;
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use std::sync::Arc;
+
+/// Operator configuration, from flags and environment.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Namespace the operator runs in; tenant workloads may reach it.
+    pub platform_namespace: String,
+    /// Namespace of the ingress controller; tenant services accept traffic from it.
+    pub ingress_namespace: String,
+    /// Business services are served at `<service>.<tenant>.<baseDomain>`.
+    pub base_domain: String,
+    /// Default quotas per plan.
+    pub plans: PlanCatalog,
+    /// Image registry and tag of the business services, e.g. `ghcr.io/bizosaas` and `0.1.0`.
+    pub service_image_prefix: String,
+    pub service_image_tag: String,
+    /// `host:port` tenant workloads use to reach PostgreSQL; defaults to the admin URL's.
+    pub database_tenant_host: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            platform_namespace: "bizosaas-system".into(),
+            ingress_namespace: "ingress-nginx".into(),
+            base_domain: "bizosaas.local".into(),
+            plans: PlanCatalog::default(),
+            service_image_prefix: "ghcr.io/bizosaas".into(),
+            service_image_tag: env!("CARGO_PKG_VERSION").into(),
+            database_tenant_host: None,
+        }
+    }
+}
+
+/// Shared state of all reconciles.
+pub struct Context {
+    pub client: Client,
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    /// `None` when the operator runs without a database: tenants then report it.
+    pub postgres: Option<Admin>,
+}
+
+impl Context {
+    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>, postgres: Option<Admin>) -> Self {
+        let reporter = Reporter { controller: crate::FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Self { client, config, metrics, recorder, postgres }
+    }
+}

@@ -1,0 +1,17 @@
+//! BizOSaaS reconcilers.
+//!
+//! Every controller follows one pipeline: `dereference → validate → build (pure) → apply
+//! (server-side apply, one field manager) → status`. The `build` modules need no client and
+//! are unit-tested from fixtures; `apply` and `status` talk to the API server.
+
+pub mod apply;
+pub mod conditions;
+pub mod context;
+pub mod metrics;
+pub mod postgres;
+pub mod tenant;
+
+pub use context::{Config, Context};
+
+/// Field manager used for every server-side apply by the operator.
+pub const FIELD_MANAGER: &str = "bizosaas-operator";

@@ -1,0 +1,182 @@
+//! The tenant's NetworkPolicies: deny by default, then allow the same namespace, DNS, the
+//! platform namespace, the ingress controller and HTTPS to public addresses. `Strict` and
+//! `Open` differ only in egress: `Strict` gives public HTTPS to agent pods (they call LLM
+//! gateways), `Open` to every pod.
+
+use super::{LABEL_COMPONENT, Owner};
+use crate::context::Config;
+use bizosaas_crds::tenant::NetworkIsolation;
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::BTreeMap;
+
+/// Private, link-local and shared address ranges that "public HTTPS" must not reach.
+const NON_PUBLIC: [&str; 5] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10"];
+
+pub fn network_policies(owner: &Owner, isolation: NetworkIsolation, config: &Config) -> Vec<NetworkPolicy> {
+    let all_pods = LabelSelector::default();
+    let agents = selector(&[(LABEL_COMPONENT, "agent")]);
+    let mut policies = vec![
+        policy(owner, "default-deny", all_pods.clone(), None, None),
+        policy(
+            owner,
+            "allow-same-namespace",
+            all_pods.clone(),
+            Some(vec![NetworkPolicyIngressRule { from: Some(vec![pods_here()]), ports: None }]),
+            Some(vec![NetworkPolicyEgressRule { to: Some(vec![pods_here()]), ports: None }]),
+        ),
+        policy(
+            owner,
+            "allow-dns",
+            all_pods.clone(),
+            None,
+            Some(vec![NetworkPolicyEgressRule {
+                to: Some(vec![NetworkPolicyPeer {
+                    namespace_selector: Some(namespace("kube-system")),
+                    pod_selector: Some(selector(&[("k8s-app", "kube-dns")])),
+                    ..Default::default()
+                }]),
+                ports: Some(vec![port("UDP", 53), port("TCP", 53)]),
+            }]),
+        ),
+        policy(
+            owner,
+            "allow-platform",
+            all_pods.clone(),
+            Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![namespace_peer(&config.platform_namespace)]),
+                ports: None,
+            }]),
+            Some(vec![NetworkPolicyEgressRule {
+                to: Some(vec![namespace_peer(&config.platform_namespace)]),
+                ports: None,
+            }]),
+        ),
+        policy(
+            owner,
+            "allow-ingress-controller",
+            all_pods.clone(),
+            Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![namespace_peer(&config.ingress_namespace)]),
+                ports: None,
+            }]),
+            None,
+        ),
+        policy(owner, "allow-agent-https-egress", agents, None, Some(vec![public_https()])),
+    ];
+    if isolation == NetworkIsolation::Open {
+        policies.push(policy(owner, "allow-https-egress", all_pods, None, Some(vec![public_https()])));
+    }
+    policies
+}
+
+fn policy(
+    owner: &Owner,
+    name: &str,
+    pod_selector: LabelSelector,
+    ingress: Option<Vec<NetworkPolicyIngressRule>>,
+    egress: Option<Vec<NetworkPolicyEgressRule>>,
+) -> NetworkPolicy {
+    let mut types = Vec::new();
+    if ingress.is_some() || name == "default-deny" {
+        types.push("Ingress".to_string());
+    }
+    if egress.is_some() || name == "default-deny" {
+        types.push("Egress".to_string());
+    }
+    NetworkPolicy {
+        metadata: owner.meta(name, "network", true),
+        spec: Some(NetworkPolicySpec { pod_selector: Some(pod_selector), policy_types: Some(types), ingress, egress }),
+    }
+}
+
+fn selector(labels: &[(&str, &str)]) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>()),
+        ..Default::default()
+    }
+}
+
+fn namespace(name: &str) -> LabelSelector {
+    selector(&[("kubernetes.io/metadata.name", name)])
+}
+
+fn namespace_peer(name: &str) -> NetworkPolicyPeer {
+    NetworkPolicyPeer { namespace_selector: Some(namespace(name)), ..Default::default() }
+}
+
+fn pods_here() -> NetworkPolicyPeer {
+    NetworkPolicyPeer { pod_selector: Some(LabelSelector::default()), ..Default::default() }
+}
+
+fn port(protocol: &str, number: i32) -> NetworkPolicyPort {
+    NetworkPolicyPort { protocol: Some(protocol.into()), port: Some(IntOrString::Int(number)), end_port: None }
+}
+
+fn public_https() -> NetworkPolicyEgressRule {
+    NetworkPolicyEgressRule {
+        to: Some(vec![NetworkPolicyPeer {
+            ip_block: Some(IPBlock {
+                cidr: "0.0.0.0/0".into(),
+                except: Some(NON_PUBLIC.iter().map(|s| s.to_string()).collect()),
+            }),
+            ..Default::default()
+        }]),
+        ports: Some(vec![port("TCP", 443)]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Owner, fixtures};
+    use super::*;
+
+    fn names(policies: &[NetworkPolicy]) -> Vec<String> {
+        policies.iter().filter_map(|p| p.metadata.name.clone()).collect()
+    }
+
+    #[test]
+    fn strict_denies_by_default_and_allows_the_listed_peers() {
+        let owner = Owner::of(&fixtures::tenant(fixtures::ACME)).unwrap();
+        let policies = network_policies(&owner, NetworkIsolation::Strict, &Config::default());
+        assert_eq!(
+            names(&policies),
+            [
+                "default-deny",
+                "allow-same-namespace",
+                "allow-dns",
+                "allow-platform",
+                "allow-ingress-controller",
+                "allow-agent-https-egress"
+            ]
+        );
+        let deny = policies[0].spec.as_ref().unwrap();
+        assert_eq!(deny.policy_types.as_deref().unwrap(), ["Ingress", "Egress"]);
+        assert!(deny.ingress.is_none() && deny.egress.is_none());
+        let platform = policies[3].spec.as_ref().unwrap();
+        let peer = &platform.ingress.as_ref().unwrap()[0].from.as_ref().unwrap()[0];
+        let ns = peer.namespace_selector.as_ref().unwrap().match_labels.as_ref().unwrap();
+        assert_eq!(ns["kubernetes.io/metadata.name"], "bizosaas-system");
+        let agent = policies[5].spec.as_ref().unwrap();
+        assert_eq!(agent.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()[LABEL_COMPONENT], "agent");
+        let block = agent.egress.as_ref().unwrap()[0].to.as_ref().unwrap()[0].ip_block.as_ref().unwrap();
+        assert!(block.except.as_ref().unwrap().contains(&"10.0.0.0/8".to_string()));
+    }
+
+    #[test]
+    fn open_differs_only_by_https_egress_for_every_pod() {
+        let owner = Owner::of(&fixtures::tenant(fixtures::ACME)).unwrap();
+        let strict = network_policies(&owner, NetworkIsolation::Strict, &Config::default());
+        let open = network_policies(&owner, NetworkIsolation::Open, &Config::default());
+        assert_eq!(&open[..strict.len()], &strict[..]);
+        assert_eq!(open.len(), strict.len() + 1);
+        let extra = open.last().unwrap().spec.as_ref().unwrap();
+        assert_eq!(extra.pod_selector, Some(LabelSelector::default()));
+        assert!(extra.ingress.is_none());
+        assert_eq!(extra.policy_types.as_deref().unwrap(), ["Egress"]);
+    }
+}

@@ -1,0 +1,12 @@
+//! The Tenant controller: a Tenant becomes a namespace with quotas, network policies, RBAC,
+//! a PostgreSQL database with row-level security, credentials and business services.
+
+pub mod build;
+pub mod plans;
+mod reconcile;
+mod status;
+
+pub use reconcile::{Error, FINALIZER, run};
+
+/// Controller name used in metrics, logs and events.
+pub const CONTROLLER: &str = "tenant";

@@ -1,0 +1,432 @@
+//! The Tenant reconcile pipeline: validate → build → apply → database → status, and the
+//! finalizer that applies the deletion policy.
+
+use super::CONTROLLER;
+use super::build::{self, BuildError, Children, DATABASE_SECRET, Owner};
+use super::status::{self, *};
+use crate::apply::Applier;
+use crate::conditions::{self, Observed};
+use crate::context::Context;
+use crate::postgres::{DatabaseError, TenantNames};
+use bizosaas_crds::tenant::{SecretsBackend, TenantStatus};
+use bizosaas_crds::{LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY, Tenant};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::finalizer::{Event, finalizer};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, instrument, warn};
+
+/// Finalizer that holds a Tenant until its deletion policy has been applied.
+pub const FINALIZER: &str = "bizosaas.io/tenant-cleanup";
+
+/// How often a converged Tenant is checked again even without changes.
+const RESYNC: Duration = Duration::from_secs(600);
+/// How soon a Tenant waiting for something outside the cluster is retried.
+const RETRY: Duration = Duration::from_secs(15);
+
+/// Why a reconcile failed, with a stable category for metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    #[error("the Tenant could not be read: {0}")]
+    InvalidObject(String),
+}
+
+impl Error {
+    /// Stable category, used as a metric label.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kubernetes",
+            Error::Build(_) => "invalid_spec",
+            Error::Database(_) => "database",
+            Error::Finalizer(_) => "finalizer",
+            Error::InvalidObject(_) => "invalid_object",
+        }
+    }
+}
+
+/// Runs the Tenant controller until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let ours = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    Controller::new(Api::<DeserializeGuard<Tenant>>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<Namespace>::all(client.clone()), ours.clone())
+        .owns(Api::<ResourceQuota>::all(client.clone()), ours.clone())
+        .owns(Api::<LimitRange>::all(client.clone()), ours.clone())
+        .owns(Api::<NetworkPolicy>::all(client.clone()), ours.clone())
+        .owns(Api::<ServiceAccount>::all(client.clone()), ours.clone())
+        .owns(Api::<RoleBinding>::all(client.clone()), ours.clone())
+        .owns(Api::<Secret>::all(client.clone()), ours.clone())
+        .owns(Api::<Deployment>::all(client.clone()), ours.clone())
+        .owns(Api::<Service>::all(client.clone()), ours.clone())
+        .owns(Api::<Ingress>::all(client.clone()), ours)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
+#[instrument(skip_all, fields(tenant = %guard.0.as_ref().map(|t| t.name_any()).unwrap_or_default()))]
+async fn reconcile(guard: Arc<DeserializeGuard<Tenant>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let timer = ctx.metrics.start(CONTROLLER);
+    let result = match &guard.0 {
+        Ok(tenant) => reconcile_tenant(Arc::new(tenant.clone()), &ctx).await,
+        Err(invalid) => Err(Error::InvalidObject(invalid.to_string())),
+    };
+    timer.finish(match &result {
+        Ok(_) => "success",
+        Err(e) => e.category(),
+    });
+    result
+}
+
+fn error_policy(_guard: Arc<DeserializeGuard<Tenant>>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(category = error.category(), error = %error, "tenant reconcile failed");
+    Action::requeue(RETRY)
+}
+
+async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: &Context) -> Result<Action, Error> {
+    let api: Api<Tenant> = Api::all(ctx.client.clone());
+    finalizer(&api, FINALIZER, tenant, |event| async {
+        match event {
+            Event::Apply(tenant) => apply(&tenant, ctx).await,
+            Event::Cleanup(tenant) => cleanup(&tenant, ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    })
+}
+
+fn applier(ctx: &Context) -> Applier<'_> {
+    Applier { metrics: &ctx.metrics, controller: CONTROLLER }
+}
+
+/// True when the namespace was created by this operator for this tenant.
+fn is_ours(namespace: &Namespace, tenant: &str) -> bool {
+    let labels = namespace.labels();
+    labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY)
+        && labels.get(LABEL_TENANT).map(String::as_str) == Some(tenant)
+}
+
+async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
+    let name = tenant.name_any();
+    let children = match build::children(tenant, &ctx.config) {
+        Ok(children) => children,
+        Err(e @ BuildError::InvalidName(_)) => {
+            let observed = vec![Observed::failed(NAMESPACE_READY, "InvalidSpec", e.to_string())];
+            write_status(tenant, ctx, status::next(tenant, observed, None)).await?;
+            return Ok(Action::await_change());
+        }
+        Err(e) => return Err(e.into()),
+    };
+
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    if let Some(existing) = namespaces.get_opt(&children.namespace.name_any()).await?
+        && !is_ours(&existing, &name)
+    {
+        let message = format!(
+            "Namespace {} already exists and is not managed by bizosaas-operator for this tenant; \
+             it is left untouched. Rename the Tenant or remove the namespace.",
+            existing.name_any()
+        );
+        let observed = vec![Observed::failed(NAMESPACE_READY, "NamespaceConflict", message)];
+        write_status(tenant, ctx, status::next(tenant, observed, None)).await?;
+        return Ok(Action::requeue(RESYNC));
+    }
+
+    let owner = Owner::of(tenant)?;
+    let mut observed = apply_children(&owner, &children, ctx).await?;
+    let (database_condition, database) = ensure_database(tenant, &owner, ctx).await?;
+    let database_failed = !database_condition.0.status;
+    observed.push(database_condition.0);
+    observed.push(database_condition.1);
+    observed.push(services_condition(tenant, &children, ctx).await?);
+
+    let next = status::next(tenant, observed, database);
+    let waiting = !bizosaas_crds::common::is_ready(&next.conditions);
+    write_status(tenant, ctx, next).await?;
+    Ok(if database_failed {
+        Action::requeue(RETRY)
+    } else if waiting {
+        Action::requeue(Duration::from_secs(60))
+    } else {
+        Action::requeue(RESYNC)
+    })
+}
+
+/// Applies the Kubernetes children and prunes those the spec no longer asks for.
+async fn apply_children(owner: &Owner, c: &Children, ctx: &Context) -> Result<Vec<Observed>, Error> {
+    let client = ctx.client.clone();
+    let ns = &owner.namespace;
+    let a = applier(ctx);
+    a.ensure(&Api::<Namespace>::all(client.clone()), &c.namespace).await?;
+    let mut observed = vec![Observed::ok(NAMESPACE_READY, "Applied", format!("Namespace {ns} is ready"))];
+
+    let quota = async {
+        a.ensure(&Api::<ResourceQuota>::namespaced(client.clone(), ns), &c.resource_quota).await?;
+        a.ensure(&Api::<LimitRange>::namespaced(client.clone(), ns), &c.limit_range).await?;
+        Ok::<_, kube::Error>(())
+    };
+    let network = async {
+        let api = Api::<NetworkPolicy>::namespaced(client.clone(), ns);
+        for policy in &c.network_policies {
+            a.ensure(&api, policy).await?;
+        }
+        let keep: BTreeSet<String> = c.network_policies.iter().map(|p| p.name_any()).collect();
+        a.prune(&api, &owner.selector("network"), &keep).await?;
+        Ok::<_, kube::Error>(())
+    };
+    let rbac = async {
+        a.ensure(&Api::<ServiceAccount>::namespaced(client.clone(), ns), &c.service_account).await?;
+        let api = Api::<RoleBinding>::namespaced(client.clone(), ns);
+        for binding in &c.role_bindings {
+            a.ensure(&api, binding).await?;
+        }
+        let keep: BTreeSet<String> = c.role_bindings.iter().map(|b| b.name_any()).collect();
+        a.prune(&api, &owner.selector("rbac"), &keep).await?;
+        Ok::<_, kube::Error>(())
+    };
+    let services = async {
+        let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
+        let services = Api::<Service>::namespaced(client.clone(), ns);
+        let ingresses = Api::<Ingress>::namespaced(client.clone(), ns);
+        for w in &c.services {
+            a.ensure(&deployments, &w.deployment).await?;
+            a.ensure(&services, &w.service).await?;
+            a.ensure(&ingresses, &w.ingress).await?;
+        }
+        let keep: BTreeSet<String> = c.services.iter().map(|w| w.service_name.as_str().to_string()).collect();
+        let selector = owner.selector("service");
+        a.prune(&deployments, &selector, &keep).await?;
+        a.prune(&services, &selector, &keep).await?;
+        a.prune(&ingresses, &selector, &keep).await?;
+        Ok::<_, kube::Error>(())
+    };
+    let (q, n, r, s) = futures::join!(quota, network, rbac, services);
+    q?;
+    observed.push(Observed::ok(
+        QUOTA_READY,
+        "Applied",
+        "ResourceQuota tenant-quota and LimitRange tenant-limits are applied",
+    ));
+    n?;
+    observed.push(Observed::ok(
+        NETWORK_READY,
+        "Applied",
+        format!("{} NetworkPolicies are applied", c.network_policies.len()),
+    ));
+    r?;
+    observed.push(Observed::ok(
+        RBAC_READY,
+        "Applied",
+        "ServiceAccount tenant-workload and owner RoleBindings are applied",
+    ));
+    s?;
+    Ok(observed)
+}
+
+/// Provisions the database and the credentials Secret. Problems outside the cluster become
+/// conditions (and a retry), not reconcile errors, so the status always says what is wrong.
+async fn ensure_database(
+    tenant: &Tenant,
+    owner: &Owner,
+    ctx: &Context,
+) -> Result<((Observed, Observed), Option<String>), Error> {
+    let Some(admin) = &ctx.postgres else {
+        let msg = "The operator has no database configured (--database-url)";
+        return Ok((
+            (
+                Observed::failed(DATABASE_READY, "DatabaseNotConfigured", msg),
+                Observed::failed(SECRETS_READY, "DatabaseNotConfigured", msg),
+            ),
+            None,
+        ));
+    };
+    if tenant.spec.secrets.backend == SecretsBackend::Vault {
+        let msg = "secrets.backend Vault needs the operator's Vault connection, which is not configured";
+        return Ok((
+            (
+                Observed::failed(DATABASE_READY, "VaultNotConfigured", msg),
+                Observed::failed(SECRETS_READY, "VaultNotConfigured", msg),
+            ),
+            None,
+        ));
+    }
+    let names = TenantNames::new(&owner.name)?;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    let existing = secrets.get_opt(DATABASE_SECRET).await?;
+    let password = existing
+        .as_ref()
+        .and_then(|s| s.data.as_ref())
+        .and_then(|d| d.get("password"))
+        .and_then(|p| String::from_utf8(p.0.clone()).ok());
+    let creds = match admin.ensure_tenant(&names, tenant.spec.database.isolation, password.as_deref()).await {
+        Ok(creds) => creds,
+        Err(e) => {
+            let reason = match e {
+                DatabaseError::Connect(_) => "DatabaseUnavailable",
+                _ => "DatabaseProvisioningFailed",
+            };
+            let msg = e.to_string();
+            return Ok((
+                (
+                    Observed::failed(DATABASE_READY, reason, msg.clone()),
+                    Observed::failed(SECRETS_READY, "WaitingForDatabase", msg),
+                ),
+                None,
+            ));
+        }
+    };
+    let database = creds.database.clone();
+    applier(ctx).ensure(&secrets, &build::database_secret(owner, &creds)).await?;
+    let db_msg = match tenant.spec.database.isolation {
+        bizosaas_crds::tenant::DatabaseIsolation::Dedicated => {
+            format!("Database {database} with roles {} and {}", names.owner_role, names.app_role)
+        }
+        bizosaas_crds::tenant::DatabaseIsolation::Shared => {
+            format!("Rows in {database} behind row-level security for role {}", names.app_role)
+        }
+    };
+    Ok((
+        (
+            Observed::ok(DATABASE_READY, "Provisioned", db_msg),
+            Observed::ok(
+                SECRETS_READY,
+                "Applied",
+                format!("Secret {DATABASE_SECRET} holds the credentials of {}", names.app_role),
+            ),
+        ),
+        Some(database),
+    ))
+}
+
+/// Business services count as ready when every Deployment has its replicas available.
+async fn services_condition(tenant: &Tenant, c: &Children, ctx: &Context) -> Result<Observed, Error> {
+    if c.services.is_empty() {
+        return Ok(Observed::ok(SERVICES_READY, "NoServices", "The tenant runs no business services"));
+    }
+    if tenant.spec.suspended {
+        return Ok(Observed::ok(SERVICES_READY, "Suspended", "Business services are scaled to zero"));
+    }
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &build::namespace_name(&tenant.name_any()));
+    let mut waiting = Vec::new();
+    for w in &c.services {
+        let name = w.service_name.as_str();
+        let available = api.get_opt(name).await?.is_some_and(|d| {
+            let current = d.status.as_ref().is_some_and(|s| s.observed_generation >= d.metadata.generation);
+            let replicas = d.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0);
+            current && replicas >= 1
+        });
+        if !available {
+            waiting.push(name);
+        }
+    }
+    Ok(if waiting.is_empty() {
+        Observed::ok(SERVICES_READY, "Available", format!("{} business services are available", c.services.len()))
+    } else {
+        Observed::failed(
+            SERVICES_READY,
+            "ServicesUnavailable",
+            format!("Waiting for {} to become available", waiting.join(", ")),
+        )
+    })
+}
+
+/// Writes the status only when it changed, and records an event for each condition that
+/// flipped.
+async fn write_status(tenant: &Tenant, ctx: &Context, next: TenantStatus) -> Result<(), Error> {
+    let previous = tenant.status.clone().unwrap_or_default();
+    if previous == next {
+        return Ok(());
+    }
+    let api: Api<Tenant> = Api::all(ctx.client.clone());
+    let patch = serde_json::json!({ "status": next });
+    api.patch_status(&tenant.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    ctx.metrics.write(CONTROLLER, "Tenant", "status");
+    for condition in conditions::transitions(&previous.conditions, &next.conditions) {
+        if condition.type_ != bizosaas_crds::common::READY && condition.status == "True" {
+            continue;
+        }
+        let event = KubeEvent {
+            type_: if condition.status == "True" { EventType::Normal } else { EventType::Warning },
+            reason: condition.reason.clone(),
+            note: Some(condition.message.chars().take(1000).collect()),
+            action: condition.type_.clone(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &tenant.object_ref(&())).await {
+            warn!(error = %e, "could not record an event");
+        }
+    }
+    Ok(())
+}
+
+/// Applies the deletion policy to the tenant's data, then removes the namespace.
+async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
+    let name = tenant.name_any();
+    let policy = tenant.spec.database.deletion_policy;
+    if let Some(admin) = &ctx.postgres {
+        if build::validate_name(&name).is_ok() {
+            let names = TenantNames::new(&name)?;
+            admin.retire_tenant(&names, tenant.spec.database.isolation, policy).await?;
+        }
+    } else {
+        warn!("no database configured: the tenant's database is left as it is");
+    }
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    let ns_name = build::namespace_name(&name);
+    if let Some(ns) = namespaces.get_opt(&ns_name).await?
+        && is_ours(&ns, &name)
+        && ns.metadata.deletion_timestamp.is_none()
+    {
+        namespaces.delete(&ns_name, &DeleteParams::background()).await?;
+        ctx.metrics.write(CONTROLLER, "Namespace", "delete");
+    }
+    info!(deletion_policy = ?policy, "tenant removed");
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn foreign_namespaces_are_not_ours() {
+        let mut ns = Namespace::default();
+        ns.metadata.name = Some("tenant-acme".into());
+        assert!(!is_ours(&ns, "acme"));
+        ns.metadata.labels = Some([(LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string())].into());
+        assert!(!is_ours(&ns, "acme"), "our label for another tenant is not enough");
+        ns.labels_mut().insert(LABEL_TENANT.into(), "acme".into());
+        assert!(is_ours(&ns, "acme"));
+    }
+
+    #[test]
+    fn error_categories_are_stable() {
+        assert_eq!(Error::Finalizer("x".into()).category(), "finalizer");
+        assert_eq!(Error::Build(BuildError::MissingUid).category(), "invalid_spec");
+        assert_eq!(Error::Database(DatabaseError::Connect("x".into())).category(), "database");
+    }
+}

@@ -1,0 +1,89 @@
+//! The Tenant's status: one condition per concern, a phase and a `Ready` summary.
+
+use crate::conditions::{self, Observed};
+use bizosaas_crds::Tenant;
+use bizosaas_crds::common::READY;
+use bizosaas_crds::tenant::{TenantPhase, TenantStatus};
+
+pub const NAMESPACE_READY: &str = "NamespaceReady";
+pub const QUOTA_READY: &str = "QuotaReady";
+pub const NETWORK_READY: &str = "NetworkReady";
+pub const RBAC_READY: &str = "RBACReady";
+pub const DATABASE_READY: &str = "DatabaseReady";
+pub const SECRETS_READY: &str = "SecretsReady";
+pub const SERVICES_READY: &str = "ServicesReady";
+
+/// Builds the next status from the conditions one reconcile observed. `Ready` is True only
+/// when every other condition is; otherwise it carries the first failing reason.
+pub fn next(tenant: &Tenant, observed: Vec<Observed>, database: Option<String>) -> TenantStatus {
+    let previous = tenant.status.clone().unwrap_or_default();
+    let failing = observed.iter().find(|o| !o.status).cloned();
+    let ready = match &failing {
+        None if tenant.spec.suspended => {
+            Observed::ok(READY, "Suspended", "The tenant is suspended: its data is kept and no workloads run")
+        }
+        None => Observed::ok(READY, "Provisioned", "Every part of the tenant is provisioned"),
+        Some(f) => Observed::failed(READY, f.reason.clone(), f.message.clone()),
+    };
+    let phase = match (&failing, tenant.spec.suspended) {
+        (None, true) => TenantPhase::Suspended,
+        (None, false) => TenantPhase::Ready,
+        (Some(f), _) if is_permanent(&f.reason) => TenantPhase::Failed,
+        (Some(_), _) => TenantPhase::Provisioning,
+    };
+    let mut all = observed;
+    all.push(ready);
+    let generation = tenant.metadata.generation;
+    TenantStatus {
+        phase: Some(phase),
+        namespace: Some(super::build::namespace_name(&tenant.metadata.name.clone().unwrap_or_default())),
+        database: database.or(previous.database),
+        observed_generation: generation,
+        conditions: conditions::merge(&previous.conditions, &all, generation),
+    }
+}
+
+/// Reasons that need a user to change something before a retry can help.
+fn is_permanent(reason: &str) -> bool {
+    matches!(reason, "NamespaceConflict" | "InvalidSpec" | "VaultNotConfigured")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenant::build::fixtures;
+
+    #[test]
+    fn ready_summarises_the_first_failure() {
+        let tenant = fixtures::tenant(fixtures::ACME);
+        let status = next(
+            &tenant,
+            vec![
+                Observed::ok(NAMESPACE_READY, "Applied", ""),
+                Observed::failed(DATABASE_READY, "DatabaseUnavailable", "cannot connect"),
+            ],
+            None,
+        );
+        let ready = status.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "DatabaseUnavailable"));
+        assert_eq!(status.phase, Some(TenantPhase::Provisioning));
+        assert_eq!(status.namespace.as_deref(), Some("tenant-acme"));
+    }
+
+    #[test]
+    fn a_conflict_is_a_failure_not_progress() {
+        let tenant = fixtures::tenant(fixtures::ACME);
+        let status = next(&tenant, vec![Observed::failed(NAMESPACE_READY, "NamespaceConflict", "")], None);
+        assert_eq!(status.phase, Some(TenantPhase::Failed));
+    }
+
+    #[test]
+    fn suspended_and_converged_is_ready_with_phase_suspended() {
+        let mut tenant = fixtures::tenant(fixtures::ACME);
+        tenant.spec.suspended = true;
+        let status = next(&tenant, vec![Observed::ok(NAMESPACE_READY, "Applied", "")], Some("tenant_acme".into()));
+        assert_eq!(status.phase, Some(TenantPhase::Suspended));
+        assert!(bizosaas_crds::common::is_ready(&status.conditions));
+        assert_eq!(status.database.as_deref(), Some("tenant_acme"));
+    }
+}

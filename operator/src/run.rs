@@ -1,0 +1,195 @@
+//! `bizosaas-operator run`: connect, check the CRDs, serve the HTTP endpoints, take the
+//! leader Lease when asked, run the controllers, and stop cleanly on SIGTERM or SIGINT.
+
+use crate::http::{self, Shared};
+use crate::telemetry::{self, LogFormat};
+use anyhow::Context as _;
+use bizosaas_controllers::metrics::Metrics;
+use bizosaas_controllers::postgres::Admin;
+use bizosaas_controllers::tenant::plans::PlanCatalog;
+use bizosaas_controllers::{Config, Context, tenant};
+use bizosaas_crds::Tenant;
+use kube::Client;
+use kube::api::{Api, ListParams};
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+/// Lease held by the active replica.
+const LEASE_NAME: &str = "bizosaas-operator";
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Address of the /healthz, /readyz and /metrics endpoints.
+    #[arg(long, env = "BIZOSAAS_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "BIZOSAAS_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Namespace the operator runs in; tenant workloads may talk to it.
+    #[arg(long, env = "BIZOSAAS_PLATFORM_NAMESPACE", default_value = "bizosaas-system")]
+    platform_namespace: String,
+    /// Namespace of the ingress controller.
+    #[arg(long, env = "BIZOSAAS_INGRESS_NAMESPACE", default_value = "ingress-nginx")]
+    ingress_namespace: String,
+    /// Domain under which tenant services get their hosts.
+    #[arg(long, env = "BIZOSAAS_BASE_DOMAIN", default_value = "bizosaas.local")]
+    base_domain: String,
+    /// YAML plan catalog; built-in defaults without it.
+    #[arg(long, env = "BIZOSAAS_PLANS_FILE")]
+    plans_file: Option<PathBuf>,
+    /// Admin connection URL of PostgreSQL. Without it tenants report DatabaseNotConfigured.
+    #[arg(long, env = "BIZOSAAS_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// `host:port` tenant workloads use to reach PostgreSQL, when it differs from the admin URL.
+    #[arg(long, env = "BIZOSAAS_DATABASE_TENANT_HOST")]
+    database_tenant_host: Option<String>,
+    /// Database holding Shared tenants' rows.
+    #[arg(long, env = "BIZOSAAS_PLATFORM_DATABASE", default_value = "bizosaas_platform")]
+    platform_database: String,
+    /// Image registry of the business services.
+    #[arg(long, env = "BIZOSAAS_SERVICE_IMAGE_PREFIX", default_value = "ghcr.io/bizosaas")]
+    service_image_prefix: String,
+    /// Take the `bizosaas-operator` Lease before reconciling (needed with more than one replica).
+    #[arg(long, env = "BIZOSAAS_LEADER_ELECTION", action = clap::ArgAction::Set, default_value_t = false)]
+    leader_election: bool,
+    /// Namespace of the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "bizosaas-system")]
+    pod_namespace: String,
+    /// Identity in the leader Lease.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    telemetry::init(args.log_format);
+    let config = config(&args)?;
+    let client =
+        Client::try_default().await.context("no Kubernetes configuration found: set KUBECONFIG or run in a pod")?;
+
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let shared = Arc::new(Shared { registry, ready: false.into() });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    info!(address = %args.listen, "serving /healthz, /readyz and /metrics");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(stop_on_signal(stop_tx.clone()));
+    let http = tokio::spawn({
+        let mut stop = stop_rx.clone();
+        axum::serve(listener, http::router(shared.clone()))
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .into_future()
+    });
+
+    Api::<Tenant>::all(client.clone()).list(&ListParams::default().limit(1)).await.context(
+        "cannot list Tenants: are the CRDs installed? (`bizosaas-operator crd | kubectl apply --server-side -f -`)",
+    )?;
+    let postgres = match &args.database_url {
+        Some(url) => {
+            let admin = Admin::new(url, args.database_tenant_host.as_deref(), &args.platform_database)?;
+            if let Err(e) = admin.ping().await {
+                warn!(error = %e, "PostgreSQL is not reachable yet; tenants will report it until it is");
+            }
+            Some(admin)
+        }
+        None => {
+            warn!("no --database-url: tenants will report DatabaseNotConfigured");
+            None
+        }
+    };
+    shared.ready.store(true, Ordering::Relaxed);
+
+    if args.leader_election {
+        wait_for_leadership(&client, &args, stop_tx.clone(), stop_rx.clone()).await?;
+    }
+    if !*stop_rx.borrow() {
+        info!("controllers starting");
+        let ctx = Arc::new(Context::new(client, config, metrics, postgres));
+        let mut stop = stop_rx.clone();
+        tenant::run(ctx, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    }
+    let _ = stop_tx.send(true);
+    http.await??;
+    info!("stopped");
+    Ok(())
+}
+
+fn config(args: &RunArgs) -> anyhow::Result<Config> {
+    let plans = match &args.plans_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            PlanCatalog::from_yaml(&text)?
+        }
+        None => PlanCatalog::default(),
+    };
+    Ok(Config {
+        platform_namespace: args.platform_namespace.clone(),
+        ingress_namespace: args.ingress_namespace.clone(),
+        base_domain: args.base_domain.clone(),
+        plans,
+        service_image_prefix: args.service_image_prefix.clone(),
+        database_tenant_host: args.database_tenant_host.clone(),
+        ..Config::default()
+    })
+}
+
+async fn stop_on_signal(stop: watch::Sender<bool>) {
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received, shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received, shutting down"),
+    }
+    let _ = stop.send(true);
+}
+
+/// Blocks until this replica holds the Lease (or a stop is asked for); losing the Lease later
+/// stops the operator so that its pod restarts as a follower.
+async fn wait_for_leadership(
+    client: &Client,
+    args: &RunArgs,
+    stop_tx: watch::Sender<bool>,
+    mut stop_rx: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut builder = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+        .with_namespace(&args.pod_namespace)
+        .with_duration(15)
+        .with_grace(5);
+    if let Some(name) = &args.pod_name {
+        builder = builder.with_identity(name);
+    }
+    let (mut leader, _task) = builder.build().await?.watch().await;
+    info!(lease = LEASE_NAME, namespace = %args.pod_namespace, "waiting for leadership");
+    loop {
+        if *leader.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            changed = leader.changed() => changed.context("leader election stopped")?,
+            _ = stop_rx.wait_for(|s| *s) => return Ok(()),
+        }
+    }
+    info!("leadership acquired");
+    tokio::spawn(async move {
+        while leader.changed().await.is_ok() {
+            if !*leader.borrow() {
+                error!("leadership lost, stopping");
+                let _ = stop_tx.send(true);
+                return;
+            }
+        }
+    });
+    Ok(())
+}
