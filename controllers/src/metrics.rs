@@ -35,8 +35,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Creates the metrics and registers them under the `bizosaas` prefix.
-    pub fn new(registry: &mut Registry) -> Self {
+    /// Creates the metrics and registers them under the `bizosaas` prefix. The series of
+    /// `controllers` start at zero, so dashboards see them before the first reconcile.
+    pub fn new(registry: &mut Registry, controllers: &[&'static str]) -> Self {
         let metrics = Self {
             reconciles: Family::default(),
             duration: Family::new_with_constructor(|| {
@@ -48,6 +49,10 @@ impl Metrics {
         sub.register("reconciles", "Reconciles by controller and outcome", metrics.reconciles.clone());
         sub.register("reconcile_duration_seconds", "Time spent in one reconcile", metrics.duration.clone());
         sub.register("api_writes", "Writes sent to the Kubernetes API", metrics.writes.clone());
+        for &controller in controllers {
+            metrics.reconciles.get_or_create(&OutcomeLabels { controller, outcome: "success" }).inc_by(0);
+            let _ = metrics.duration.get_or_create(&ControllerLabels { controller });
+        }
         metrics
     }
 
@@ -85,11 +90,14 @@ mod tests {
     #[test]
     fn reconcile_outcomes_are_exported() {
         let mut registry = Registry::default();
-        let metrics = Metrics::new(&mut registry);
+        let metrics = Metrics::new(&mut registry, &["tenant", "integration"]);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains(r#"bizosaas_reconciles_total{controller="integration",outcome="success"} 0"#), "{text}");
         metrics.start("tenant").finish("success");
         metrics.start("tenant").finish("database");
         metrics.write("tenant", "Namespace", "apply");
-        let mut text = String::new();
+        text.clear();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(text.contains(r#"bizosaas_reconciles_total{controller="tenant",outcome="success"} 1"#), "{text}");
         assert!(text.contains(r#"bizosaas_reconciles_total{controller="tenant",outcome="database"} 1"#));

@@ -72,7 +72,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Client::try_default().await.context("no Kubernetes configuration found: set KUBECONFIG or run in a pod")?;
 
     let mut registry = Registry::default();
-    let metrics = Arc::new(Metrics::new(&mut registry));
+    let metrics = Arc::new(Metrics::new(&mut registry, &[tenant::CONTROLLER]));
     let shared = Arc::new(Shared { registry, ready: false.into() });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -20,6 +20,7 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{Event, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeSet;
@@ -68,21 +69,28 @@ impl Error {
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let client = ctx.client.clone();
     let ours = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    // Children point back by label rather than owner reference: kube-runtime's `owns` would
+    // give a cluster-scoped Tenant the child's namespace and so reconcile it twice at once.
     Controller::new(Api::<DeserializeGuard<Tenant>>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Namespace>::all(client.clone()), ours.clone())
-        .owns(Api::<ResourceQuota>::all(client.clone()), ours.clone())
-        .owns(Api::<LimitRange>::all(client.clone()), ours.clone())
-        .owns(Api::<NetworkPolicy>::all(client.clone()), ours.clone())
-        .owns(Api::<ServiceAccount>::all(client.clone()), ours.clone())
-        .owns(Api::<RoleBinding>::all(client.clone()), ours.clone())
-        .owns(Api::<Secret>::all(client.clone()), ours.clone())
-        .owns(Api::<Deployment>::all(client.clone()), ours.clone())
-        .owns(Api::<Service>::all(client.clone()), ours.clone())
-        .owns(Api::<Ingress>::all(client.clone()), ours)
+        .watches(Api::<Namespace>::all(client.clone()), ours.clone(), tenant_of)
+        .watches(Api::<ResourceQuota>::all(client.clone()), ours.clone(), tenant_of)
+        .watches(Api::<LimitRange>::all(client.clone()), ours.clone(), tenant_of)
+        .watches(Api::<NetworkPolicy>::all(client.clone()), ours.clone(), tenant_of)
+        .watches(Api::<ServiceAccount>::all(client.clone()), ours.clone(), tenant_of)
+        .watches(Api::<RoleBinding>::all(client.clone()), ours.clone(), tenant_of)
+        .watches(Api::<Secret>::all(client.clone()), ours.clone(), tenant_of)
+        .watches(Api::<Deployment>::all(client.clone()), ours.clone(), tenant_of)
+        .watches(Api::<Service>::all(client.clone()), ours.clone(), tenant_of)
+        .watches(Api::<Ingress>::all(client.clone()), ours, tenant_of)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
+}
+
+/// The Tenant a child belongs to, from its `bizosaas.io/tenant` label.
+fn tenant_of<K: Resource>(child: K) -> Option<ObjectRef<DeserializeGuard<Tenant>>> {
+    child.labels().get(LABEL_TENANT).map(|name| ObjectRef::new(name))
 }
 
 #[instrument(skip_all, fields(tenant = %guard.0.as_ref().map(|t| t.name_any()).unwrap_or_default()))]
@@ -282,6 +290,9 @@ async fn ensure_database(
         .and_then(|s| s.data.as_ref())
         .and_then(|d| d.get("password"))
         .and_then(|p| String::from_utf8(p.0.clone()).ok());
+    if password.is_none() {
+        info!(role = %names.app_role, "no credentials handed out yet: a new password will be set");
+    }
     let creds = match admin.ensure_tenant(&names, tenant.spec.database.isolation, password.as_deref()).await {
         Ok(creds) => creds,
         Err(e) => {

@@ -1,0 +1,205 @@
+//! The API against the real kube-apiserver: CRDs install, samples are accepted, `kubectl
+//! explain` shows the docs, the schema and CEL rules reject bad input with a message a user
+//! can act on, and the local cluster runs Deployments on its kwok node.
+
+mod support;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, PostParams};
+use std::time::Duration;
+use support::*;
+
+fn test_namespace(name: &str) -> String {
+    kubectl(&["delete", "namespace", name, "--ignore-not-found", "--wait=true"], None);
+    kubectl_ok(&["create", "namespace", name], None);
+    name.to_string()
+}
+
+#[tokio::test]
+async fn every_crd_is_established() {
+    install_crds();
+    let crds: Api<CustomResourceDefinition> = Api::all(client().await);
+    for crd in bizosaas_crds::generate::crds() {
+        let name = crd.metadata.name.unwrap();
+        let live = crds.get(&name).await.unwrap();
+        let established = live
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        assert!(established, "{name} is not Established");
+    }
+    let names = kubectl_ok(&["api-resources", "--categories=bizosaas", "-o", "name"], None);
+    for plural in ["tenants", "agentcrews", "workflows", "workflowruns", "integrations"] {
+        assert!(names.contains(&format!("{plural}.bizosaas.io")), "{plural} missing from category bizosaas: {names}");
+    }
+}
+
+#[tokio::test]
+async fn every_sample_is_accepted_by_server_side_dry_run() {
+    install_crds();
+    let ns = test_namespace("bizosaas-samples-test");
+    let dir = support::repo().join("manifests/samples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(files.len() >= 5, "samples cover every kind");
+    let mut kinds = std::collections::BTreeSet::new();
+    for file in files {
+        let text =
+            std::fs::read_to_string(&file).unwrap().replace("namespace: tenant-acme", &format!("namespace: {ns}"));
+        for line in text.lines().filter(|l| l.starts_with("kind: ")) {
+            kinds.insert(line.trim_start_matches("kind: ").to_string());
+        }
+        let out = kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&text));
+        assert!(out.status.success(), "{} rejected: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    for kind in ["Tenant", "Integration", "AgentCrew", "Workflow", "WorkflowRun"] {
+        assert!(kinds.contains(kind), "no sample of {kind}");
+    }
+    kubectl(&["delete", "namespace", &ns, "--wait=false"], None);
+}
+
+#[tokio::test]
+async fn kubectl_explain_shows_the_field_docs() {
+    install_crds();
+    let text = kubectl_ok(&["explain", "tenant.spec.database"], None);
+    assert!(text.contains("How the tenant's PostgreSQL data is held"), "{text}");
+    assert!(text.contains("isolation"), "{text}");
+    assert!(text.contains("`Dedicated` gives the tenant its own database"), "{text}");
+    let crew = kubectl_ok(&["explain", "agentcrew.spec.process"], None);
+    assert!(crew.contains("`Hierarchical` lets a manager model plan the work"), "{crew}");
+}
+
+/// Each case: a manifest and the words the API server's rejection must contain.
+const INVALID: &[(&str, &str, &str)] = &[
+    (
+        "integration with two credential sources",
+        "apiVersion: bizosaas.io/v1alpha1\nkind: Integration\nmetadata: {name: two, namespace: NS}\nspec: {type: Stripe, credentials: {secretRef: {name: a, key: b}, vault: {path: a/b, key: c}}}",
+        "credentials need exactly one source: secretRef or vault",
+    ),
+    (
+        "integration without credentials",
+        "apiVersion: bizosaas.io/v1alpha1\nkind: Integration\nmetadata: {name: none, namespace: NS}\nspec: {type: Stripe, credentials: {}}",
+        "credentials need exactly one source",
+    ),
+    (
+        "tenant quota that is not a quantity",
+        "apiVersion: bizosaas.io/v1alpha1\nkind: Tenant\nmetadata: {name: bad-quota}\nspec: {displayName: Q, quota: {cpu: lots}}",
+        "quota.cpu must be a positive quantity",
+    ),
+    (
+        "tenant with an impossible pod quota",
+        "apiVersion: bizosaas.io/v1alpha1\nkind: Tenant\nmetadata: {name: no-pods}\nspec: {displayName: Q, quota: {pods: 0}}",
+        "spec.quota.pods",
+    ),
+    (
+        "tenant with an unknown plan",
+        "apiVersion: bizosaas.io/v1alpha1\nkind: Tenant\nmetadata: {name: platinum}\nspec: {displayName: Q, plan: platinum}",
+        "Unsupported value: \"platinum\"",
+    ),
+    (
+        "tenant whose name cannot become a database identifier",
+        "apiVersion: bizosaas.io/v1alpha1\nkind: Tenant\nmetadata: {name: a.b}\nspec: {displayName: Q}",
+        "metadata.name must be at most 40 characters",
+    ),
+    (
+        "workflow step depending on a missing step",
+        "apiVersion: bizosaas.io/v1alpha1\nkind: Workflow\nmetadata: {name: dangling, namespace: NS}\nspec: {steps: [{name: a, dependsOn: [zz], container: {image: busybox}}]}",
+        "steps[].dependsOn may only name other steps",
+    ),
+    (
+        "workflow step with two actions",
+        "apiVersion: bizosaas.io/v1alpha1\nkind: Workflow\nmetadata: {name: twice, namespace: NS}\nspec: {steps: [{name: a, container: {image: busybox}, http: {integration: x}}]}",
+        "a step needs exactly one of agentTask, http or container",
+    ),
+    (
+        "workflow with a malformed cron schedule",
+        "apiVersion: bizosaas.io/v1alpha1\nkind: Workflow\nmetadata: {name: cron, namespace: NS}\nspec: {schedule: every monday, steps: [{name: a, container: {image: busybox}}]}",
+        "schedule must be a cron expression of five fields",
+    ),
+    (
+        "hierarchical crew without a manager",
+        "apiVersion: bizosaas.io/v1alpha1\nkind: AgentCrew\nmetadata: {name: boss, namespace: NS}\nspec: {process: Hierarchical, model: {integration: o, name: m}, agents: [{name: a, template: copywriting}]}",
+        "a Hierarchical crew needs spec.manager",
+    ),
+    (
+        "crew agent from an unknown template",
+        "apiVersion: bizosaas.io/v1alpha1\nkind: AgentCrew\nmetadata: {name: astro, namespace: NS}\nspec: {model: {integration: o, name: m}, agents: [{name: a, template: astrologer}]}",
+        "Unsupported value: \"astrologer\"",
+    ),
+    (
+        "crew agent with neither template nor role",
+        "apiVersion: bizosaas.io/v1alpha1\nkind: AgentCrew\nmetadata: {name: empty, namespace: NS}\nspec: {model: {integration: o, name: m}, agents: [{name: a}]}",
+        "an agent needs either a catalog template or an inline role and goal",
+    ),
+    (
+        "service-account owner without namespace",
+        "apiVersion: bizosaas.io/v1alpha1\nkind: Tenant\nmetadata: {name: sa-owner}\nspec: {displayName: Q, owners: [{kind: ServiceAccount, name: ci}]}",
+        "owners[].namespace is required for kind ServiceAccount",
+    ),
+];
+
+#[tokio::test]
+async fn invalid_objects_are_rejected_with_the_rule_message() {
+    install_crds();
+    let ns = test_namespace("bizosaas-invalid-test");
+    for (case, manifest, expected) in INVALID {
+        let out = kubectl(&["create", "--dry-run=server", "-f", "-"], Some(&manifest.replace("NS", &ns)));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{case}: accepted");
+        assert!(stderr.contains(expected), "{case}: expected {expected:?} in {stderr}");
+    }
+    kubectl(&["delete", "namespace", &ns, "--wait=false"], None);
+}
+
+#[tokio::test]
+async fn database_isolation_is_immutable() {
+    install_crds();
+    let name = "immutable-isolation";
+    kubectl(&["delete", "tenant", name, "--ignore-not-found"], None);
+    let tenant = format!(
+        "apiVersion: bizosaas.io/v1alpha1\nkind: Tenant\nmetadata: {{name: {name}, finalizers: []}}\nspec: {{displayName: I, database: {{isolation: Dedicated}}}}"
+    );
+    kubectl_ok(&["create", "-f", "-"], Some(&tenant));
+    let out = kubectl(
+        &["patch", "tenant", name, "--type=merge", "-p", r#"{"spec":{"database":{"isolation":"Shared"}}}"#],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    kubectl(&["delete", "tenant", name, "--wait=false"], None);
+    assert!(!out.status.success(), "isolation changed");
+    assert!(stderr.contains("database.isolation is immutable"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_deployment_becomes_available_on_the_kwok_node() {
+    let client = client().await;
+    let ns = test_namespace("bizosaas-kwok-test");
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": ns},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}
+            }
+        }
+    }))
+    .unwrap();
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &deployment).await.unwrap();
+    let available = wait_for("Deployment web Available", Duration::from_secs(90), || async {
+        let d = api.get("web").await.ok()?;
+        let status = d.status?;
+        (status.available_replicas == Some(2)).then_some(status)
+    })
+    .await;
+    assert_eq!(available.ready_replicas, Some(2));
+    Api::<Namespace>::all(client).delete(&ns, &DeleteParams::background()).await.unwrap();
+}

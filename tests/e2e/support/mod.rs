@@ -1,0 +1,210 @@
+//! Shared helpers of the end-to-end tests: where the local control plane and PostgreSQL are,
+//! a kube client, kubectl, waiting, and the operator binary as a child process.
+//!
+//! Start the parts with `./dev test` (or `tests/harness/cluster.sh up` and
+//! `tests/harness/postgres.sh up`). A missing part fails the test with that hint.
+
+#![allow(dead_code)]
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn harness(script: &str, arg: &str) -> Option<String> {
+    let out = Command::new("bash").arg(repo().join("tests/harness").join(script)).arg(arg).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Kubeconfig of the local control plane (`BIZOSAAS_TEST_KUBECONFIG` overrides).
+pub fn kubeconfig() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let path = std::env::var_os("BIZOSAAS_TEST_KUBECONFIG")
+            .map(PathBuf::from)
+            .or_else(|| harness("cluster.sh", "kubeconfig").map(PathBuf::from))
+            .filter(|p| p.exists());
+        path.expect("no local control plane: start it with `tests/harness/cluster.sh up` (or run `./dev test`)")
+    })
+    .clone()
+}
+
+/// Admin URL of the test PostgreSQL (`BIZOSAAS_TEST_DATABASE_URL` overrides).
+pub fn database_url() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        std::env::var("BIZOSAAS_TEST_DATABASE_URL")
+            .ok()
+            .or_else(|| harness("postgres.sh", "url"))
+            .expect("no test PostgreSQL: start it with `tests/harness/postgres.sh up` (or run `./dev test`)")
+    })
+    .clone()
+}
+
+/// A client for the local control plane.
+pub async fn client() -> Client {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig()).expect("kubeconfig parses");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("kube config");
+    Client::try_from(config).expect("kube client")
+}
+
+/// Runs kubectl against the local control plane with `stdin` as input.
+pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut child = Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl is installed");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+/// kubectl that must succeed; returns stdout.
+pub fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
+    let out = kubectl(args, stdin);
+    assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Installs the generated CRDs and the tenant ClusterRoles and waits until they are served.
+pub fn install_crds() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let crds = repo().join("manifests/crds");
+        kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-k", crds.to_str().unwrap()], None);
+        let roles = repo().join("manifests/rbac/tenant-clusterroles.yaml");
+        kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", roles.to_str().unwrap()], None);
+        let names: Vec<String> = bizosaas_crds::generate::crds()
+            .into_iter()
+            .map(|c| format!("crd/{}", c.metadata.name.unwrap_or_default()))
+            .collect();
+        let mut args = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+        args.extend(names.iter().map(String::as_str));
+        kubectl_ok(&args, None);
+    });
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes; panics with `what` then.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The operator binary running as a child process. It gets SIGTERM when the test process
+/// exits, so no operator outlives its tests.
+pub struct Operator {
+    pub pid: u32,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    /// Starts `bizosaas-operator run` with extra arguments, logging into a temp file.
+    pub fn start(extra: &[&str]) -> Operator {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("bizosaas-operator-{}-{port}.log", std::process::id()));
+        let mut args: Vec<String> = vec!["run".into(), "--listen".into(), format!("127.0.0.1:{port}")];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let kubeconfig = kubeconfig();
+        // Spawned from a thread that lives as long as the process: PDEATHSIG follows the
+        // spawning thread, not the process.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::os::unix::process::CommandExt;
+            let mut command = Command::new(env!("CARGO_BIN_EXE_bizosaas-operator"));
+            command
+                .args(&args)
+                .env("KUBECONFIG", kubeconfig)
+                .env("RUST_LOG", "info,tokio_postgres=warn,bizosaas_controllers=debug")
+                .stdout(log_file.try_clone().unwrap())
+                .stderr(log_file);
+            // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
+            let mut child = command.spawn().expect("operator binary starts");
+            tx.send(child.id()).unwrap();
+            let _ = child.wait();
+            std::thread::park();
+        });
+        let pid = rx.recv().unwrap();
+        Operator { pid, port, log }
+    }
+
+    /// The operator's log so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET on the operator's HTTP port; `None` while it does not answer.
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let response = reqwest::get(format!("http://127.0.0.1:{}{path}", self.port)).await.ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.text().await.ok()?))
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        wait_for("operator /readyz", Duration::from_secs(60), || async {
+            matches!(self.get("/readyz").await, Some((200, _))).then_some(())
+        })
+        .await;
+    }
+
+    /// Sum of a metric's samples whose line contains every filter.
+    pub async fn metric(&self, name: &str, filters: &[&str]) -> f64 {
+        let (_, text) = self.get("/metrics").await.expect("metrics answer");
+        text.lines()
+            .filter(|l| l.starts_with(name) && filters.iter().all(|f| l.contains(f)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGTERM);
+        }
+    }
+
+    /// True while the process exists.
+    pub fn is_running(&self) -> bool {
+        let status = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        // A zombie (state Z) has exited.
+        !status.is_empty() && status.split(' ').nth(2).is_none_or(|s| s != "Z")
+    }
+}
