@@ -10,6 +10,7 @@
 pub mod agent_crew;
 pub mod catalog;
 pub mod common;
+pub mod crew_config;
 pub mod generate;
 pub mod integration;
 pub mod tenant;

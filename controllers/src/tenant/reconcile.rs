@@ -114,7 +114,12 @@ fn error_policy(_guard: Arc<DeserializeGuard<Tenant>>, error: &Error, _ctx: Arc<
 
 async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: &Context) -> Result<Action, Error> {
     let api: Api<Tenant> = Api::all(ctx.client.clone());
-    finalizer(&api, FINALIZER, tenant, |event| async {
+    let has_finalizer = tenant.finalizers().iter().any(|f| f == FINALIZER);
+    let deleting = tenant.metadata.deletion_timestamp.is_some();
+    // The finalizer helper patches the Tenant itself: adding the finalizer, or removing it
+    // once cleanup is done. Count those writes too.
+    let finalizer_write = (!has_finalizer && !deleting) || (has_finalizer && deleting);
+    let result = finalizer(&api, FINALIZER, tenant, |event| async {
         match event {
             Event::Apply(tenant) => apply(&tenant, ctx).await,
             Event::Cleanup(tenant) => cleanup(&tenant, ctx).await,
@@ -124,7 +129,11 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: &Context) -> Result<Action, 
     .map_err(|e| match e {
         kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
         other => Error::Finalizer(other.to_string()),
-    })
+    });
+    if result.is_ok() && finalizer_write {
+        ctx.metrics.write(CONTROLLER, "Tenant", "finalizer");
+    }
+    result
 }
 
 fn applier(ctx: &Context) -> Applier<'_> {

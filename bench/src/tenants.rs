@@ -1,0 +1,373 @@
+//! Tenant provisioning: the operator against a bare client.
+
+use crate::proc_stats;
+use anyhow::Context as _;
+use bizosaas_controllers::Config;
+use bizosaas_controllers::postgres::{Admin, TenantNames};
+use bizosaas_controllers::tenant::build;
+use bizosaas_crds::Tenant;
+use bizosaas_crds::common::is_ready;
+use bizosaas_crds::tenant::{DatabaseIsolation, DeletionPolicy};
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Secret, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BENCH_LABEL: &str = "bizosaas.io/bench";
+const PLATFORM_DATABASE: &str = "bizosaas_platform_bench";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Tenants to provision in each half of the run.
+    #[arg(long, default_value_t = 100)]
+    count: usize,
+    /// Tenants in flight at once, for both halves.
+    #[arg(long, default_value_t = 10)]
+    concurrency: usize,
+    /// Database isolation of the benchmark tenants.
+    #[arg(long, value_parser = ["Dedicated", "Shared"], default_value = "Shared")]
+    isolation: String,
+    /// PostgreSQL admin URL, as given to the operator.
+    #[arg(long, env = "BIZOSAAS_DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// The operator binary; defaults to the one next to this benchmark.
+    #[arg(long)]
+    operator_bin: Option<PathBuf>,
+}
+
+fn isolation(args: &Args) -> DatabaseIsolation {
+    if args.isolation == "Dedicated" { DatabaseIsolation::Dedicated } else { DatabaseIsolation::Shared }
+}
+
+/// A Tenant object for the benchmark; `uid` is filled in for the bare half, which never
+/// sends it to the API server.
+fn tenant(name: &str, args: &Args) -> Tenant {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "bizosaas.io/v1alpha1",
+        "kind": "Tenant",
+        "metadata": {"name": name, "labels": {BENCH_LABEL: "operator"}, "uid": "00000000-0000-4000-8000-000000000000"},
+        "spec": {"displayName": name, "owners": [{"kind": "User", "name": "bench@bizosaas.example"}],
+                 "database": {"isolation": args.isolation, "deletionPolicy": "Delete"}},
+    }))
+    .expect("benchmark tenant is valid")
+}
+
+#[derive(Default)]
+struct Half {
+    seconds: f64,
+    latencies: Vec<f64>,
+    writes: f64,
+    peak_rss_mib: f64,
+    cpu_seconds: f64,
+    control_plane_cpu_seconds: f64,
+}
+
+impl Half {
+    fn per_second(&self, count: usize) -> f64 {
+        count as f64 / self.seconds
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        let mut v = self.latencies.clone();
+        v.sort_by(|a, b| a.total_cmp(b));
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v[((v.len() as f64 - 1.0) * p).round() as usize]
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let client = Client::try_default().await.context("no cluster: set KUBECONFIG (./dev bench does)")?;
+    let admin = Admin::new(&args.database_url, None, PLATFORM_DATABASE)?;
+    admin.ping().await?;
+    cleanup(&client, &admin, &args).await?;
+
+    eprintln!("bare client: provisioning {} tenants, {} at a time", args.count, args.concurrency);
+    let bare = bare_client(&client, &admin, &args).await?;
+    eprintln!("operator: provisioning {} tenants, {} at a time", args.count, args.concurrency);
+    let (operator, idle_writes, minimum) = through_operator(&client, &admin, &args).await?;
+
+    let n = args.count;
+    println!("tenant provisioning: {n} tenants, concurrency {}, isolation {}", args.concurrency, args.isolation);
+    println!("{:<34} {:>12} {:>12} {:>8}", "figure", "operator", "bare client", "ratio");
+    let row = |name: &str, op: f64, base: f64| {
+        println!("{name:<34} {op:>12.2} {base:>12.2} {:>8.2}", op / base);
+    };
+    row("tenants per second", operator.per_second(n), bare.per_second(n));
+    row("time to Ready p50 (s)", operator.percentile(0.5), bare.percentile(0.5));
+    row("time to Ready p99 (s)", operator.percentile(0.99), bare.percentile(0.99));
+    row("API writes per tenant", operator.writes / n as f64, bare.writes / n as f64);
+    row("  against the minimum", operator.writes / n as f64, minimum);
+    println!("{:<34} {:>12} {:>12} {:>8}", "writes during an idle resync", idle_writes, 0, "-");
+    row("peak RSS (MiB)", operator.peak_rss_mib, bare.peak_rss_mib);
+    row("client CPU (s)", operator.cpu_seconds, bare.cpu_seconds);
+    println!(
+        "{:<34} {:>11.1}% {:>11.1}% {:>8}",
+        "client CPU / API server+etcd CPU",
+        100.0 * operator.cpu_seconds / operator.control_plane_cpu_seconds,
+        100.0 * bare.cpu_seconds / bare.control_plane_cpu_seconds,
+        "-"
+    );
+    println!("minimum writes per tenant = one create per child ({}) + one status write", minimum - 1.0);
+    cleanup(&client, &admin, &args).await
+}
+
+/// The bare half: a plain client creates what the builders produce, with the same
+/// concurrency, plus the same database provisioning.
+async fn bare_client(client: &Client, admin: &Admin, args: &Args) -> anyhow::Result<Half> {
+    let writes = Arc::new(Mutex::new(0.0));
+    let config = Config::default();
+    let cpu_before = proc_stats::cpu_seconds(std::process::id()).unwrap_or(0.0);
+    let cp_before = proc_stats::cpu_of(&["kube-apiserver", "etcd"]);
+    let started = Instant::now();
+    let latencies: Vec<f64> = stream::iter(0..args.count)
+        .map(|i| {
+            let (client, writes, config) = (client.clone(), writes.clone(), config.clone());
+            async move {
+                let t0 = Instant::now();
+                let name = format!("bench-bare-{i}");
+                let t = tenant(&name, args);
+                let children = build::children(&t, &config)?;
+                let owner = build::Owner::of(&t)?;
+                let ns = owner.namespace.clone();
+                let mut n = 0.0;
+                create(&Api::<Namespace>::all(client.clone()), bare(children.namespace)).await?;
+                create(&Api::<ResourceQuota>::namespaced(client.clone(), &ns), bare(children.resource_quota)).await?;
+                create(&Api::<LimitRange>::namespaced(client.clone(), &ns), bare(children.limit_range)).await?;
+                n += 3.0;
+                for p in children.network_policies {
+                    create(&Api::<NetworkPolicy>::namespaced(client.clone(), &ns), bare(p)).await?;
+                    n += 1.0;
+                }
+                create(&Api::<ServiceAccount>::namespaced(client.clone(), &ns), bare(children.service_account)).await?;
+                n += 1.0;
+                for rb in children.role_bindings {
+                    create(&Api::<RoleBinding>::namespaced(client.clone(), &ns), bare(rb)).await?;
+                    n += 1.0;
+                }
+                let creds = admin.ensure_tenant(&TenantNames::new(&name)?, isolation(args), None).await?;
+                create(&Api::<Secret>::namespaced(client.clone(), &ns), bare(build::database_secret(&owner, &creds))).await?;
+                n += 1.0;
+                *writes.lock().unwrap() += n;
+                anyhow::Ok(t0.elapsed().as_secs_f64())
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .try_collect()
+        .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let writes = *writes.lock().unwrap();
+    Ok(Half {
+        seconds,
+        latencies,
+        writes,
+        peak_rss_mib: proc_stats::peak_rss_mib(std::process::id()).unwrap_or(f64::NAN),
+        cpu_seconds: proc_stats::cpu_seconds(std::process::id()).unwrap_or(0.0) - cpu_before,
+        control_plane_cpu_seconds: proc_stats::cpu_of(&["kube-apiserver", "etcd"]) - cp_before,
+    })
+}
+
+/// Strips what ties an object to a Tenant, so neither the operator nor the garbage
+/// collector acts on the bare half.
+fn bare<K: Resource>(mut obj: K) -> K {
+    let meta: &mut ObjectMeta = obj.meta_mut();
+    meta.owner_references = None;
+    meta.labels = Some(BTreeMap::from([(BENCH_LABEL.to_string(), "bare".to_string())]));
+    obj
+}
+
+async fn create<K>(api: &Api<K>, obj: K) -> anyhow::Result<()>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + Debug,
+{
+    api.create(&PostParams::default(), &obj).await?;
+    Ok(())
+}
+
+/// The operator half: Tenant objects reconciled by the operator binary.
+async fn through_operator(client: &Client, admin: &Admin, args: &Args) -> anyhow::Result<(Half, f64, f64)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let bin = match &args.operator_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?.with_file_name("bizosaas-operator"),
+    };
+    let mut child = tokio::process::Command::new(&bin)
+        .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--platform-database", PLATFORM_DATABASE])
+        .env("BIZOSAAS_DATABASE_URL", &args.database_url)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let pid = child.id().context("operator pid")?;
+    let metrics = Metrics { url: format!("http://127.0.0.1:{port}/metrics") };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metrics.sample("bizosaas_reconciles_total").await.is_none() {
+        anyhow::ensure!(Instant::now() < deadline, "the operator did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let api: Api<Tenant> = Api::all(client.clone());
+    let ready_at: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
+    let watch = {
+        let (api, ready_at) = (api.clone(), ready_at.clone());
+        tokio::spawn(async move {
+            let stream = watcher(api, watcher::Config::default().labels(&format!("{BENCH_LABEL}=operator")));
+            futures::pin_mut!(stream);
+            while let Some(Ok(event)) = stream.next().await {
+                if let watcher::Event::Apply(t) | watcher::Event::InitApply(t) = event
+                    && t.status.as_ref().is_some_and(|s| is_ready(&s.conditions))
+                {
+                    ready_at.lock().unwrap().entry(t.name_any()).or_insert_with(Instant::now);
+                }
+            }
+        })
+    };
+
+    let writes_before = metrics.sample("bizosaas_api_writes_total").await.unwrap_or(0.0);
+    let cpu_before = proc_stats::cpu_seconds(pid).unwrap_or(0.0);
+    let cp_before = proc_stats::cpu_of(&["kube-apiserver", "etcd"]);
+    let started = Instant::now();
+    let created_at: BTreeMap<String, Instant> = stream::iter(0..args.count)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let name = format!("bench-op-{i}");
+                let mut t = tenant(&name, args);
+                t.metadata.uid = None;
+                let at = Instant::now();
+                api.create(&PostParams::default(), &t).await?;
+                anyhow::Ok((name, at))
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .try_collect()
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(60 + args.count as u64 * 2);
+    while ready_at.lock().unwrap().len() < args.count {
+        anyhow::ensure!(Instant::now() < deadline, "tenants did not all become Ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seconds = ready_at.lock().unwrap().values().max().unwrap().duration_since(started).as_secs_f64();
+    let latencies = {
+        let ready = ready_at.lock().unwrap();
+        created_at.iter().map(|(name, at)| ready[name].duration_since(*at).as_secs_f64()).collect()
+    };
+    // Let the last status writes and watch events settle before reading the counters.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes = metrics.sample("bizosaas_api_writes_total").await.unwrap_or(0.0) - writes_before;
+    let cpu_seconds = proc_stats::cpu_seconds(pid).unwrap_or(0.0) - cpu_before;
+    let control_plane_cpu_seconds = proc_stats::cpu_of(&["kube-apiserver", "etcd"]) - cp_before;
+
+    // Idle resync: touch every Tenant (a metadata change, no spec change) and count what the
+    // operator writes while reconciling them again.
+    let reconciles_before = metrics.sample("bizosaas_reconciles_total").await.unwrap_or(0.0);
+    let writes_idle_before = metrics.sample("bizosaas_api_writes_total").await.unwrap_or(0.0);
+    for name in created_at.keys() {
+        let patch = serde_json::json!({"metadata": {"annotations": {"bizosaas.io/bench-touch": "1"}}});
+        api.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while metrics.sample("bizosaas_reconciles_total").await.unwrap_or(0.0) < reconciles_before + args.count as f64 {
+        anyhow::ensure!(Instant::now() < deadline, "the touched tenants were not reconciled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let idle_writes = metrics.sample("bizosaas_api_writes_total").await.unwrap_or(0.0) - writes_idle_before;
+    let peak_rss_mib = proc_stats::peak_rss_mib(pid).unwrap_or(f64::NAN);
+
+    // The minimum: one create per child the builders produce, plus one status write.
+    let probe = tenant("bench-probe", args);
+    let c = build::children(&probe, &Config::default())?;
+    let children = 4 + c.network_policies.len() + c.role_bindings.len() + 1;
+    watch.abort();
+    // Delete while the operator runs, so the finalizer path is the real one.
+    cleanup(client, admin, args).await?;
+    child.start_kill()?;
+    let _ = child.wait().await;
+    let half = Half {
+        seconds,
+        latencies,
+        writes,
+        peak_rss_mib,
+        cpu_seconds,
+        control_plane_cpu_seconds,
+    };
+    Ok((half, idle_writes, children as f64 + 1.0))
+}
+
+/// Reads samples from the operator's /metrics over plain HTTP on loopback.
+struct Metrics {
+    url: String,
+}
+
+impl Metrics {
+    async fn sample(&self, name: &str) -> Option<f64> {
+        let body = http_get(&self.url).await?;
+        let mut found = false;
+        let total = body
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .inspect(|_| found = true)
+            .sum();
+        found.then_some(total)
+    }
+}
+
+/// A minimal HTTP/1.1 GET for loopback metrics, so the benchmark needs no HTTP client crate.
+async fn http_get(url: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/')?;
+    let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
+    stream
+        .write_all(format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    Some(response.split_once("\r\n\r\n")?.1.to_string())
+}
+
+/// Removes the benchmark's tenants, namespaces and database objects of both halves. Tenants
+/// that no operator finalizes (leftovers of an interrupted run) lose their finalizer and have
+/// their database objects dropped here.
+async fn cleanup(client: &Client, admin: &Admin, args: &Args) -> anyhow::Result<()> {
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    let lp = ListParams::default().labels(&format!("{BENCH_LABEL}=operator"));
+    for t in tenants.list(&lp).await? {
+        let _ = tenants.delete(&t.name_any(), &DeleteParams::default()).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30 + args.count as u64 / 2);
+    while !tenants.list(&lp).await?.items.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for t in tenants.list(&lp).await? {
+        let patch = serde_json::json!({"metadata": {"finalizers": null}});
+        tenants.patch(&t.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+        admin.retire_tenant(&TenantNames::new(&t.name_any())?, isolation(args), DeletionPolicy::Delete).await?;
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let bare_lp = ListParams::default().labels(&format!("{BENCH_LABEL}=bare"));
+    for ns in namespaces.list(&bare_lp).await? {
+        let _ = namespaces.delete(&ns.name_any(), &DeleteParams::background()).await;
+    }
+    for i in 0..args.count {
+        let names = TenantNames::new(&format!("bench-bare-{i}"))?;
+        admin.retire_tenant(&names, isolation(args), DeletionPolicy::Delete).await?;
+    }
+    Ok(())
+}
