@@ -159,7 +159,8 @@ async fn bare_client(client: &Client, admin: &Admin, args: &Args) -> anyhow::Res
                     n += 1.0;
                 }
                 let creds = admin.ensure_tenant(&TenantNames::new(&name)?, isolation(args), None).await?;
-                create(&Api::<Secret>::namespaced(client.clone(), &ns), bare(build::database_secret(&owner, &creds))).await?;
+                create(&Api::<Secret>::namespaced(client.clone(), &ns), bare(build::database_secret(&owner, &creds)))
+                    .await?;
                 n += 1.0;
                 *writes.lock().unwrap() += n;
                 anyhow::Ok(t0.elapsed().as_secs_f64())
@@ -297,14 +298,7 @@ async fn through_operator(client: &Client, admin: &Admin, args: &Args) -> anyhow
     cleanup(client, admin, args).await?;
     child.start_kill()?;
     let _ = child.wait().await;
-    let half = Half {
-        seconds,
-        latencies,
-        writes,
-        peak_rss_mib,
-        cpu_seconds,
-        control_plane_cpu_seconds,
-    };
+    let half = Half { seconds, latencies, writes, peak_rss_mib, cpu_seconds, control_plane_cpu_seconds };
     Ok((half, idle_writes, children as f64 + 1.0))
 }
 
