@@ -17,6 +17,9 @@ use std::fmt::Debug;
 pub struct Applier<'a> {
     pub metrics: &'a Metrics,
     pub controller: &'static str,
+    /// Read the live object first and skip the write when nothing differs. Off only when
+    /// the objects are known not to exist yet (a first provisioning), saving a read each.
+    pub compare: bool,
 }
 
 impl Applier<'_> {
@@ -27,7 +30,8 @@ impl Applier<'_> {
         K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
     {
         let name = desired.name_any();
-        if let Some(live) = api.get_opt(&name).await?
+        if self.compare
+            && let Some(live) = api.get_opt(&name).await?
             && live.meta().deletion_timestamp.is_none()
             && is_subset(&to_value(desired), &to_value(&live))
         {

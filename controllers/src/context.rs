@@ -4,6 +4,7 @@
 use crate::metrics::Metrics;
 use crate::postgres::Admin;
 use crate::tenant::plans::PlanCatalog;
+use crate::vault::Vault;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use std::sync::Arc;
@@ -24,6 +25,8 @@ pub struct Config {
     pub service_image_tag: String,
     /// `host:port` tenant workloads use to reach PostgreSQL; defaults to the admin URL's.
     pub database_tenant_host: Option<String>,
+    /// Mount of Vault's KV v2 engine that holds `tenants/<name>/...`.
+    pub vault_kv_mount: String,
 }
 
 impl Default for Config {
@@ -36,6 +39,7 @@ impl Default for Config {
             service_image_prefix: "ghcr.io/bizosaas".into(),
             service_image_tag: env!("CARGO_PKG_VERSION").into(),
             database_tenant_host: None,
+            vault_kv_mount: "secret".into(),
         }
     }
 }
@@ -48,12 +52,20 @@ pub struct Context {
     pub recorder: Recorder,
     /// `None` when the operator runs without a database: tenants then report it.
     pub postgres: Option<Admin>,
+    /// `None` without a Vault connection: Vault-backed tenants and credentials report it.
+    pub vault: Option<Arc<Vault>>,
 }
 
 impl Context {
-    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>, postgres: Option<Admin>) -> Self {
+    pub fn new(
+        client: Client,
+        config: Config,
+        metrics: Arc<Metrics>,
+        postgres: Option<Admin>,
+        vault: Option<Arc<Vault>>,
+    ) -> Self {
         let reporter = Reporter { controller: crate::FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
         let recorder = Recorder::new(client.clone(), reporter);
-        Self { client, config, metrics, recorder, postgres }
+        Self { client, config, metrics, recorder, postgres, vault }
     }
 }

@@ -7,9 +7,11 @@
 pub mod apply;
 pub mod conditions;
 pub mod context;
+pub mod integration;
 pub mod metrics;
 pub mod postgres;
 pub mod tenant;
+pub mod vault;
 
 pub use context::{Config, Context};
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 /// An external service the tenant uses: an LLM gateway, payments, e-mail, SMS, storage,
 /// billing, CMS, social media or a webhook. The operator projects its credentials into a
 /// Secret `integration-<name>` and checks that the endpoint answers.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "bizosaas.io",
     version = "v1alpha1",
@@ -30,6 +30,9 @@ use std::collections::BTreeMap;
     printcolumn(name = "Latency", type_ = "integer", json_path = ".status.latencyMs", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
+#[x_kube(validation = Rule::new("self.type != 'Webhook' || has(self.endpoint)").message("a Webhook integration needs spec.endpoint"))]
+#[x_kube(validation = Rule::new("!has(self.endpoint) || ((self.type == 'SMTP') == self.endpoint.startsWith('smtp'))")
+    .message("spec.endpoint of an SMTP integration is smtp:// or smtps://, and only SMTP uses those schemes"))]
 #[serde(rename_all = "camelCase")]
 pub struct IntegrationSpec {
     /// Kind of service; it sets the default endpoint and health check.
@@ -104,7 +107,7 @@ pub struct VaultKeyRef {
 }
 
 /// Health-check settings.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct HealthCheck {
     /// Time between checks, e.g. `5m`.

@@ -7,7 +7,8 @@ use anyhow::Context as _;
 use bizosaas_controllers::metrics::Metrics;
 use bizosaas_controllers::postgres::Admin;
 use bizosaas_controllers::tenant::plans::PlanCatalog;
-use bizosaas_controllers::{Config, Context, tenant};
+use bizosaas_controllers::vault::{Vault, VaultAuth, VaultConfig};
+use bizosaas_controllers::{Config, Context, integration, tenant};
 use bizosaas_crds::Tenant;
 use kube::Client;
 use kube::api::{Api, ListParams};
@@ -57,6 +58,32 @@ pub struct RunArgs {
     /// Take the `bizosaas-operator` Lease before reconciling (needed with more than one replica).
     #[arg(long, env = "BIZOSAAS_LEADER_ELECTION", action = clap::ArgAction::Set, default_value_t = false)]
     leader_election: bool,
+    /// Address of Vault or OpenBao; without it Vault-backed tenants and credentials report
+    /// VaultNotConfigured.
+    #[arg(long, env = "BIZOSAAS_VAULT_ADDR")]
+    vault_addr: Option<String>,
+    /// How the operator logs in to Vault.
+    #[arg(long, env = "BIZOSAAS_VAULT_AUTH", value_enum, default_value = "token")]
+    vault_auth: VaultAuthMethod,
+    /// Vault token, for `--vault-auth token`.
+    #[arg(long, env = "BIZOSAAS_VAULT_TOKEN", hide_env_values = true)]
+    vault_token: Option<String>,
+    /// Kubernetes-auth role of the operator, for `--vault-auth kubernetes`.
+    #[arg(long, env = "BIZOSAAS_VAULT_ROLE", default_value = "bizosaas-operator")]
+    vault_role: String,
+    /// Service-account token file used for Kubernetes auth.
+    #[arg(
+        long,
+        env = "BIZOSAAS_VAULT_JWT_PATH",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    vault_jwt_path: String,
+    /// Mount of the KV v2 engine holding `tenants/<name>/...`.
+    #[arg(long, env = "BIZOSAAS_VAULT_KV_MOUNT", default_value = "secret")]
+    vault_kv_mount: String,
+    /// Mount of the Kubernetes auth method where tenant roles are created.
+    #[arg(long, env = "BIZOSAAS_VAULT_KUBERNETES_MOUNT", default_value = "kubernetes")]
+    vault_kubernetes_mount: String,
     /// Namespace of the leader Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "bizosaas-system")]
     pod_namespace: String,
@@ -65,14 +92,22 @@ pub struct RunArgs {
     pod_name: Option<String>,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum VaultAuthMethod {
+    Token,
+    Kubernetes,
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
+    // One TLS provider for every client (kube, Vault, health checks): ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let config = config(&args)?;
     let client =
         Client::try_default().await.context("no Kubernetes configuration found: set KUBECONFIG or run in a pod")?;
 
     let mut registry = Registry::default();
-    let metrics = Arc::new(Metrics::new(&mut registry, &[tenant::CONTROLLER]));
+    let metrics = Arc::new(Metrics::new(&mut registry, &[tenant::CONTROLLER, integration::CONTROLLER]));
     let shared = Arc::new(Shared { registry, ready: false.into() });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -106,6 +141,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             None
         }
     };
+    let vault = match &args.vault_addr {
+        Some(address) => Some(Arc::new(connect_vault(&args, address).await?)),
+        None => None,
+    };
     shared.ready.store(true, Ordering::Relaxed);
 
     if args.leader_election {
@@ -113,12 +152,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if !*stop_rx.borrow() {
         info!("controllers starting");
-        let ctx = Arc::new(Context::new(client, config, metrics, postgres));
-        let mut stop = stop_rx.clone();
-        tenant::run(ctx, async move {
+        let ctx = Arc::new(Context::new(client, config, metrics, postgres, vault));
+        let stopped = |mut stop: watch::Receiver<bool>| async move {
             let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
+        };
+        tokio::join!(
+            tenant::run(ctx.clone(), stopped(stop_rx.clone())),
+            integration::run(ctx, stopped(stop_rx.clone())),
+        );
     }
     let _ = stop_tx.send(true);
     http.await??;
@@ -141,8 +182,32 @@ fn config(args: &RunArgs) -> anyhow::Result<Config> {
         plans,
         service_image_prefix: args.service_image_prefix.clone(),
         database_tenant_host: args.database_tenant_host.clone(),
+        vault_kv_mount: args.vault_kv_mount.clone(),
         ..Config::default()
     })
+}
+
+async fn connect_vault(args: &RunArgs, address: &str) -> anyhow::Result<Vault> {
+    let auth = match args.vault_auth {
+        VaultAuthMethod::Token => {
+            VaultAuth::Token(args.vault_token.clone().context("--vault-auth token needs BIZOSAAS_VAULT_TOKEN")?)
+        }
+        VaultAuthMethod::Kubernetes => {
+            VaultAuth::Kubernetes { role: args.vault_role.clone(), jwt_path: args.vault_jwt_path.clone() }
+        }
+    };
+    let config = VaultConfig {
+        address: address.to_string(),
+        auth,
+        kv_mount: args.vault_kv_mount.clone(),
+        kubernetes_mount: args.vault_kubernetes_mount.clone(),
+    };
+    let vault = Vault::new(config)?;
+    match vault.ping().await {
+        Ok(()) => info!(address, "connected to Vault"),
+        Err(e) => warn!(address, error = %e, "Vault is not usable yet; Vault-backed resources will report it"),
+    }
+    Ok(vault)
 }
 
 async fn stop_on_signal(stop: watch::Sender<bool>) {

@@ -86,6 +86,11 @@ const INVALID: &[(&str, &str, &str)] = &[
         "credentials need exactly one source",
     ),
     (
+        "webhook integration without an endpoint",
+        "apiVersion: bizosaas.io/v1alpha1\nkind: Integration\nmetadata: {name: hook, namespace: NS}\nspec: {type: Webhook, credentials: {secretRef: {name: a, key: b}}}",
+        "a Webhook integration needs spec.endpoint",
+    ),
+    (
         "tenant quota that is not a quantity",
         "apiVersion: bizosaas.io/v1alpha1\nkind: Tenant\nmetadata: {name: bad-quota}\nspec: {displayName: Q, quota: {cpu: lots}}",
         "quota.cpu must be a positive quantity",

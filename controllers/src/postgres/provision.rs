@@ -187,9 +187,11 @@ impl Admin {
             DatabaseIsolation::Shared => {
                 let _serialised = self.shared.lock().await;
                 if database_exists(&admin, &self.platform_database).await? {
+                    // Idempotent: a second cleanup after the role is gone only deletes rows.
+                    let role_left = role_exists(&admin, &names.app_role).await?.is_some();
                     let platform = self.connect(Some(&self.platform_database)).await?;
-                    run(&platform, "removing tenant rows", &schema::remove_tenant(names, true)?).await?;
-                    if role_exists(&admin, &names.app_role).await?.is_some() {
+                    run(&platform, "removing tenant rows", &schema::remove_tenant(names, role_left)?).await?;
+                    if role_left {
                         run(
                             &admin,
                             "revoking connect",

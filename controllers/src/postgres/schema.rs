@@ -77,24 +77,27 @@ CREATE POLICY {policy} ON {table} AS PERMISSIVE FOR ALL TO {app}
     Ok(sql)
 }
 
-/// Removes a tenant's rows, policies and grants from the shared platform database.
-pub fn remove_tenant(names: &TenantNames, delete_rows: bool) -> Result<String, DatabaseError> {
+/// Removes a tenant's rows from the shared platform database and, while its role still
+/// exists, the policies and grants that name the role.
+pub fn remove_tenant(names: &TenantNames, role_exists: bool) -> Result<String, DatabaseError> {
     let app = quote_ident(&names.app_role);
     let policy = quote_ident(&names.policy);
     let tenant = quote_literal(&names.tenant_id)?;
     let mut sql = String::new();
     for table in TABLES {
-        if delete_rows {
-            sql.push_str(&format!("DELETE FROM {table} WHERE tenant_id = {tenant};\n"));
-        }
-        sql.push_str(&format!(
-            "DROP POLICY IF EXISTS {policy} ON {table};
+        sql.push_str(&format!("DELETE FROM {table} WHERE tenant_id = {tenant};\n"));
+        if role_exists {
+            sql.push_str(&format!(
+                "DROP POLICY IF EXISTS {policy} ON {table};
 REVOKE ALL ON {table} FROM {app};
 REVOKE ALL ON SEQUENCE {table}_id_seq FROM {app};
 "
-        ));
+            ));
+        }
     }
-    sql.push_str(&format!("REVOKE ALL ON SCHEMA public FROM {app};\n"));
+    if role_exists {
+        sql.push_str(&format!("REVOKE ALL ON SCHEMA public FROM {app};\n"));
+    }
     Ok(sql)
 }
 
@@ -109,6 +112,15 @@ mod tests {
             assert!(sql.contains(&format!("ALTER TABLE {table} FORCE ROW LEVEL SECURITY")));
             assert!(sql.contains(&format!("ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")));
         }
+    }
+
+    #[test]
+    fn removal_without_the_role_only_deletes_rows() {
+        let names = TenantNames::new("acme").unwrap();
+        let sql = remove_tenant(&names, false).unwrap();
+        assert!(sql.contains("DELETE FROM audit_log WHERE tenant_id = 'acme';"));
+        assert!(!sql.contains("tenant_acme_app"));
+        assert!(remove_tenant(&names, true).unwrap().contains("REVOKE ALL ON agent_memory FROM \"tenant_acme_app\""));
     }
 
     #[test]

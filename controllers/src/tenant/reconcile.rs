@@ -7,10 +7,12 @@ use super::status::{self, *};
 use crate::apply::Applier;
 use crate::conditions::{self, Observed};
 use crate::context::Context;
-use crate::postgres::{DatabaseError, TenantNames};
-use bizosaas_crds::tenant::{SecretsBackend, TenantStatus};
+use crate::postgres::{DatabaseError, TenantCredentials, TenantNames};
+use crate::vault::{Vault, VaultError};
+use bizosaas_crds::tenant::{DatabaseIsolation, SecretsBackend, TenantStatus};
 use bizosaas_crds::{LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY, Tenant};
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
@@ -27,7 +29,7 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 /// Finalizer that holds a Tenant until its deletion policy has been applied.
 pub const FINALIZER: &str = "bizosaas.io/tenant-cleanup";
@@ -46,6 +48,8 @@ pub enum Error {
     Build(#[from] BuildError),
     #[error(transparent)]
     Database(#[from] DatabaseError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
     #[error("finalizer: {0}")]
     Finalizer(String),
     #[error("the Tenant could not be read: {0}")]
@@ -59,6 +63,7 @@ impl Error {
             Error::Kube(_) => "kubernetes",
             Error::Build(_) => "invalid_spec",
             Error::Database(_) => "database",
+            Error::Vault(_) => "vault",
             Error::Finalizer(_) => "finalizer",
             Error::InvalidObject(_) => "invalid_object",
         }
@@ -126,9 +131,13 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: &Context) -> Result<Action, 
         }
     })
     .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
+    .or_else(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => Err(e),
+        // A second cleanup pass on a stale copy: the Tenant is already gone.
+        kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(s)) if s.code == 404 => {
+            Ok(Action::await_change())
+        }
+        other => Err(Error::Finalizer(other.to_string())),
     });
     if result.is_ok() && finalizer_write {
         ctx.metrics.write(CONTROLLER, "Tenant", "finalizer");
@@ -136,8 +145,10 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: &Context) -> Result<Action, 
     result
 }
 
-fn applier(ctx: &Context) -> Applier<'_> {
-    Applier { metrics: &ctx.metrics, controller: CONTROLLER }
+/// The applier of one reconcile. A Tenant never reconciled before has no children yet, so
+/// its first pass writes without reading each child first.
+fn applier<'a>(tenant: &Tenant, ctx: &'a Context) -> Applier<'a> {
+    Applier { metrics: &ctx.metrics, controller: CONTROLLER, compare: tenant.status.is_some() }
 }
 
 /// True when the namespace was created by this operator for this tenant.
@@ -174,8 +185,12 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     }
 
     let owner = Owner::of(tenant)?;
-    let mut observed = apply_children(&owner, &children, ctx).await?;
-    let (database_condition, database) = ensure_database(tenant, &owner, ctx).await?;
+    let applier = applier(tenant, ctx);
+    let started = std::time::Instant::now();
+    let mut observed = apply_children(&owner, &children, applier, ctx).await?;
+    let children_ms = started.elapsed().as_millis();
+    let (database_condition, database) = ensure_database(tenant, &owner, applier, ctx).await?;
+    debug!(children_ms, database_ms = started.elapsed().as_millis() - children_ms, "tenant applied");
     let database_failed = !database_condition.0.status;
     observed.push(database_condition.0);
     observed.push(database_condition.1);
@@ -193,121 +208,106 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     })
 }
 
-/// Applies the Kubernetes children and prunes those the spec no longer asks for.
-async fn apply_children(owner: &Owner, c: &Children, ctx: &Context) -> Result<Vec<Observed>, Error> {
+/// Applies the Kubernetes children, all at once after the namespace, and prunes those the
+/// spec no longer asks for.
+async fn apply_children(owner: &Owner, c: &Children, a: Applier<'_>, ctx: &Context) -> Result<Vec<Observed>, Error> {
     let client = ctx.client.clone();
-    let ns = &owner.namespace;
-    let a = applier(ctx);
+    let ns = owner.namespace.as_str();
     a.ensure(&Api::<Namespace>::all(client.clone()), &c.namespace).await?;
-    let mut observed = vec![Observed::ok(NAMESPACE_READY, "Applied", format!("Namespace {ns} is ready"))];
 
-    let quota = async {
-        a.ensure(&Api::<ResourceQuota>::namespaced(client.clone(), ns), &c.resource_quota).await?;
-        a.ensure(&Api::<LimitRange>::namespaced(client.clone(), ns), &c.limit_range).await?;
-        Ok::<_, kube::Error>(())
-    };
-    let network = async {
-        let api = Api::<NetworkPolicy>::namespaced(client.clone(), ns);
-        for policy in &c.network_policies {
-            a.ensure(&api, policy).await?;
-        }
-        let keep: BTreeSet<String> = c.network_policies.iter().map(|p| p.name_any()).collect();
-        a.prune(&api, &owner.selector("network"), &keep).await?;
-        Ok::<_, kube::Error>(())
-    };
-    let rbac = async {
-        a.ensure(&Api::<ServiceAccount>::namespaced(client.clone(), ns), &c.service_account).await?;
-        let api = Api::<RoleBinding>::namespaced(client.clone(), ns);
-        for binding in &c.role_bindings {
-            a.ensure(&api, binding).await?;
-        }
-        let keep: BTreeSet<String> = c.role_bindings.iter().map(|b| b.name_any()).collect();
-        a.prune(&api, &owner.selector("rbac"), &keep).await?;
-        Ok::<_, kube::Error>(())
-    };
-    let services = async {
-        let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
-        let services = Api::<Service>::namespaced(client.clone(), ns);
-        let ingresses = Api::<Ingress>::namespaced(client.clone(), ns);
-        for w in &c.services {
-            a.ensure(&deployments, &w.deployment).await?;
-            a.ensure(&services, &w.service).await?;
-            a.ensure(&ingresses, &w.ingress).await?;
-        }
-        let keep: BTreeSet<String> = c.services.iter().map(|w| w.service_name.as_str().to_string()).collect();
-        let selector = owner.selector("service");
-        a.prune(&deployments, &selector, &keep).await?;
-        a.prune(&services, &selector, &keep).await?;
-        a.prune(&ingresses, &selector, &keep).await?;
-        Ok::<_, kube::Error>(())
-    };
-    let (q, n, r, s) = futures::join!(quota, network, rbac, services);
-    q?;
-    observed.push(Observed::ok(
-        QUOTA_READY,
-        "Applied",
-        "ResourceQuota tenant-quota and LimitRange tenant-limits are applied",
-    ));
-    n?;
-    observed.push(Observed::ok(
-        NETWORK_READY,
-        "Applied",
-        format!("{} NetworkPolicies are applied", c.network_policies.len()),
-    ));
-    r?;
-    observed.push(Observed::ok(
-        RBAC_READY,
-        "Applied",
-        "ServiceAccount tenant-workload and owner RoleBindings are applied",
-    ));
-    s?;
-    Ok(observed)
+    let policies = Api::<NetworkPolicy>::namespaced(client.clone(), ns);
+    let bindings = Api::<RoleBinding>::namespaced(client.clone(), ns);
+    let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
+    let services = Api::<Service>::namespaced(client.clone(), ns);
+    let ingresses = Api::<Ingress>::namespaced(client.clone(), ns);
+    let quotas = Api::<ResourceQuota>::namespaced(client.clone(), ns);
+    let limits = Api::<LimitRange>::namespaced(client.clone(), ns);
+    let accounts = Api::<ServiceAccount>::namespaced(client.clone(), ns);
+
+    let mut writes: Vec<BoxFuture<'_, Result<bool, kube::Error>>> = vec![
+        Box::pin(a.ensure(&quotas, &c.resource_quota)),
+        Box::pin(a.ensure(&limits, &c.limit_range)),
+        Box::pin(a.ensure(&accounts, &c.service_account)),
+    ];
+    writes.extend(c.network_policies.iter().map(|p| Box::pin(a.ensure(&policies, p)) as BoxFuture<'_, _>));
+    writes.extend(c.role_bindings.iter().map(|b| Box::pin(a.ensure(&bindings, b)) as BoxFuture<'_, _>));
+    for w in &c.services {
+        writes.push(Box::pin(a.ensure(&deployments, &w.deployment)));
+        writes.push(Box::pin(a.ensure(&services, &w.service)));
+        writes.push(Box::pin(a.ensure(&ingresses, &w.ingress)));
+    }
+    futures::future::try_join_all(writes).await?;
+
+    // Children the spec dropped: only possible once the tenant was provisioned before.
+    if a.compare {
+        let names = |items: &mut dyn Iterator<Item = String>| items.collect::<BTreeSet<String>>();
+        let keep_policies = names(&mut c.network_policies.iter().map(|p| p.name_any()));
+        let keep_bindings = names(&mut c.role_bindings.iter().map(|b| b.name_any()));
+        let keep_services = names(&mut c.services.iter().map(|w| w.service_name.as_str().to_string()));
+        let (network_selector, rbac_selector) = (owner.selector("network"), owner.selector("rbac"));
+        let service_selector = owner.selector("service");
+        futures::try_join!(
+            a.prune(&policies, &network_selector, &keep_policies),
+            a.prune(&bindings, &rbac_selector, &keep_bindings),
+            a.prune(&deployments, &service_selector, &keep_services),
+            a.prune(&services, &service_selector, &keep_services),
+            a.prune(&ingresses, &service_selector, &keep_services),
+        )?;
+    }
+    Ok(vec![
+        Observed::ok(NAMESPACE_READY, "Applied", format!("Namespace {ns} is ready")),
+        Observed::ok(QUOTA_READY, "Applied", "ResourceQuota tenant-quota and LimitRange tenant-limits are applied"),
+        Observed::ok(NETWORK_READY, "Applied", format!("{} NetworkPolicies are applied", c.network_policies.len())),
+        Observed::ok(RBAC_READY, "Applied", "ServiceAccount tenant-workload and owner RoleBindings are applied"),
+    ])
 }
 
-/// Provisions the database and the credentials Secret. Problems outside the cluster become
-/// conditions (and a retry), not reconcile errors, so the status always says what is wrong.
+/// Provisions the database and stores the app role's credentials (Secret or Vault). Problems
+/// outside the cluster become conditions (and a retry), not reconcile errors, so the status
+/// always says what is wrong.
 async fn ensure_database(
     tenant: &Tenant,
     owner: &Owner,
+    applier: Applier<'_>,
     ctx: &Context,
 ) -> Result<((Observed, Observed), Option<String>), Error> {
-    let Some(admin) = &ctx.postgres else {
-        let msg = "The operator has no database configured (--database-url)";
-        return Ok((
-            (
-                Observed::failed(DATABASE_READY, "DatabaseNotConfigured", msg),
-                Observed::failed(SECRETS_READY, "DatabaseNotConfigured", msg),
-            ),
+    let failed = |reason: &str, msg: String| {
+        Ok((
+            (Observed::failed(DATABASE_READY, reason, msg.clone()), Observed::failed(SECRETS_READY, reason, msg)),
             None,
-        ));
+        ))
     };
-    if tenant.spec.secrets.backend == SecretsBackend::Vault {
-        let msg = "secrets.backend Vault needs the operator's Vault connection, which is not configured";
-        return Ok((
-            (
-                Observed::failed(DATABASE_READY, "VaultNotConfigured", msg),
-                Observed::failed(SECRETS_READY, "VaultNotConfigured", msg),
-            ),
-            None,
-        ));
-    }
+    let Some(admin) = &ctx.postgres else {
+        return failed("DatabaseNotConfigured", "The operator has no database configured (--database-url)".into());
+    };
+    let store = match tenant.spec.secrets.backend {
+        SecretsBackend::Kubernetes => {
+            CredentialStore::Secret(Box::new(Api::namespaced(ctx.client.clone(), &owner.namespace)))
+        }
+        SecretsBackend::Vault => match &ctx.vault {
+            Some(vault) => CredentialStore::Vault(vault),
+            None => {
+                let msg = "secrets.backend Vault needs the operator's Vault connection (--vault-addr), which is not configured";
+                return failed("VaultNotConfigured", msg.into());
+            }
+        },
+    };
     let names = TenantNames::new(&owner.name)?;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &owner.namespace);
-    let existing = secrets.get_opt(DATABASE_SECRET).await?;
-    let password = existing
-        .as_ref()
-        .and_then(|s| s.data.as_ref())
-        .and_then(|d| d.get("password"))
-        .and_then(|p| String::from_utf8(p.0.clone()).ok());
+    let password = match store.handed_out_password(&owner.name).await {
+        Ok(password) => password,
+        Err(StoreError::Vault(e)) => return failed(vault_reason(&e), e.to_string()),
+        Err(StoreError::Kube(e)) => return Err(e.into()),
+    };
     if password.is_none() {
         info!(role = %names.app_role, "no credentials handed out yet: a new password will be set");
     }
     let creds = match admin.ensure_tenant(&names, tenant.spec.database.isolation, password.as_deref()).await {
         Ok(creds) => creds,
         Err(e) => {
-            let reason = match e {
-                DatabaseError::Connect(_) => "DatabaseUnavailable",
-                _ => "DatabaseProvisioningFailed",
+            let reason = if matches!(e, DatabaseError::Connect(_)) {
+                "DatabaseUnavailable"
+            } else {
+                "DatabaseProvisioningFailed"
             };
             let msg = e.to_string();
             return Ok((
@@ -320,26 +320,92 @@ async fn ensure_database(
         }
     };
     let database = creds.database.clone();
-    applier(ctx).ensure(&secrets, &build::database_secret(owner, &creds)).await?;
     let db_msg = match tenant.spec.database.isolation {
-        bizosaas_crds::tenant::DatabaseIsolation::Dedicated => {
+        DatabaseIsolation::Dedicated => {
             format!("Database {database} with roles {} and {}", names.owner_role, names.app_role)
         }
-        bizosaas_crds::tenant::DatabaseIsolation::Shared => {
+        DatabaseIsolation::Shared => {
             format!("Rows in {database} behind row-level security for role {}", names.app_role)
         }
     };
-    Ok((
-        (
-            Observed::ok(DATABASE_READY, "Provisioned", db_msg),
-            Observed::ok(
-                SECRETS_READY,
-                "Applied",
-                format!("Secret {DATABASE_SECRET} holds the credentials of {}", names.app_role),
-            ),
-        ),
-        Some(database),
-    ))
+    let database_ok = Observed::ok(DATABASE_READY, "Provisioned", db_msg);
+    let secrets_ok = match store.store(owner, &creds, applier, &ctx.config).await {
+        Ok(message) => Observed::ok(SECRETS_READY, "Stored", message),
+        Err(StoreError::Vault(e)) => Observed::failed(SECRETS_READY, vault_reason(&e), e.to_string()),
+        Err(StoreError::Kube(e)) => return Err(e.into()),
+    };
+    Ok(((database_ok, secrets_ok), Some(database)))
+}
+
+fn vault_reason(e: &VaultError) -> &'static str {
+    match e {
+        VaultError::Unreachable(_) => "VaultUnavailable",
+        VaultError::Denied(_) => "VaultDenied",
+        _ => "VaultFailed",
+    }
+}
+
+/// Where a tenant's database credentials are handed out.
+enum CredentialStore<'a> {
+    /// The Secret `tenant-database` in the tenant namespace.
+    Secret(Box<Api<Secret>>),
+    /// `tenants/<name>/database` in Vault, read by the tenant's Kubernetes-auth role.
+    Vault(&'a Vault),
+}
+
+enum StoreError {
+    Kube(kube::Error),
+    Vault(VaultError),
+}
+
+impl CredentialStore<'_> {
+    /// The password already handed out, so reconciles never rotate it by accident.
+    async fn handed_out_password(&self, tenant: &str) -> Result<Option<String>, StoreError> {
+        match self {
+            CredentialStore::Secret(api) => {
+                let secret = api.get_opt(DATABASE_SECRET).await.map_err(StoreError::Kube)?;
+                Ok(secret
+                    .and_then(|s| s.data)
+                    .and_then(|d| d.get("password").cloned())
+                    .and_then(|p| String::from_utf8(p.0).ok()))
+            }
+            CredentialStore::Vault(vault) => {
+                let data = vault.read(&Vault::tenant_database_path(tenant)).await.map_err(StoreError::Vault)?;
+                Ok(data.and_then(|d| d.get("password").cloned()))
+            }
+        }
+    }
+
+    /// Stores the credentials; returns what the `SecretsReady` condition says.
+    async fn store(
+        &self,
+        owner: &Owner,
+        creds: &TenantCredentials,
+        applier: Applier<'_>,
+        config: &crate::Config,
+    ) -> Result<String, StoreError> {
+        match self {
+            CredentialStore::Secret(api) => {
+                applier.ensure(api, &build::database_secret(owner, creds)).await.map_err(StoreError::Kube)?;
+                Ok(format!("Secret {DATABASE_SECRET} holds the credentials of {}", creds.username))
+            }
+            CredentialStore::Vault(vault) => {
+                let path = Vault::tenant_database_path(&owner.name);
+                vault.write(&path, &build::database_fields(creds)).await.map_err(StoreError::Vault)?;
+                vault
+                    .ensure_tenant_access(&owner.name, &owner.namespace, build::WORKLOAD_SERVICE_ACCOUNT)
+                    .await
+                    .map_err(StoreError::Vault)?;
+                Ok(format!(
+                    "Vault path {}/{path} holds the credentials of {}; role and policy {} let {} read it",
+                    config.vault_kv_mount,
+                    creds.username,
+                    Vault::tenant_policy(&owner.name),
+                    build::WORKLOAD_SERVICE_ACCOUNT
+                ))
+            }
+        }
+    }
 }
 
 /// Business services count as ready when every Deployment has its replicas available.
@@ -414,6 +480,12 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         }
     } else {
         warn!("no database configured: the tenant's database is left as it is");
+    }
+    if tenant.spec.secrets.backend == SecretsBackend::Vault {
+        match &ctx.vault {
+            Some(vault) => vault.remove_tenant(&name).await?,
+            None => warn!("no Vault configured: the tenant's Vault path, policy and role are left as they are"),
+        }
     }
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
     let ns_name = build::namespace_name(&name);

@@ -49,6 +49,52 @@ pub fn database_url() -> String {
     .clone()
 }
 
+/// An HTTP client (the workspace's rustls has no built-in provider: ring is installed).
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+/// Address of the test OpenBao (`BIZOSAAS_TEST_VAULT_ADDR` overrides).
+pub fn vault_addr() -> String {
+    std::env::var("BIZOSAAS_TEST_VAULT_ADDR")
+        .ok()
+        .or_else(|| harness("openbao.sh", "addr"))
+        .expect("no test OpenBao: start it with `tests/harness/openbao.sh up` (or run `./dev test`)")
+}
+
+/// Root token of the test OpenBao (`BIZOSAAS_TEST_VAULT_TOKEN` overrides).
+pub fn vault_token() -> String {
+    std::env::var("BIZOSAAS_TEST_VAULT_TOKEN")
+        .ok()
+        .or_else(|| harness("openbao.sh", "token"))
+        .expect("no test OpenBao token: start it with `tests/harness/openbao.sh up` (or run `./dev test`)")
+}
+
+/// One request to the test OpenBao's HTTP API; returns the status and the JSON body.
+pub async fn vault(method: &str, path: &str, token: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+    let client = http();
+    let url = format!("{}/v1/{path}", vault_addr());
+    let mut request = client.request(method.parse().unwrap(), url).header("X-Vault-Token", token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("OpenBao answers");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+/// Starts the operator connected to the test PostgreSQL and OpenBao (root token).
+pub fn operator_with_vault(platform_database: &str) -> Operator {
+    install_crds();
+    let (db, addr) = (database_url(), vault_addr());
+    Operator::start_with_env(
+        &["--platform-database", platform_database, "--vault-addr", &addr],
+        &[("BIZOSAAS_DATABASE_URL", db), ("BIZOSAAS_VAULT_TOKEN", vault_token())],
+    )
+}
+
 /// A client for the local control plane.
 pub async fn client() -> Client {
     let kubeconfig = Kubeconfig::read_from(kubeconfig()).expect("kubeconfig parses");
@@ -130,6 +176,12 @@ pub struct Operator {
 impl Operator {
     /// Starts `bizosaas-operator run` with extra arguments, logging into a temp file.
     pub fn start(extra: &[&str]) -> Operator {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// Like [`Operator::start`], with extra environment (secrets go here, not in arguments).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, String)]) -> Operator {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
         let port = free_port();
         let log = std::env::temp_dir().join(format!("bizosaas-operator-{}-{port}.log", std::process::id()));
         let mut args: Vec<String> = vec!["run".into(), "--listen".into(), format!("127.0.0.1:{port}")];
@@ -144,6 +196,7 @@ impl Operator {
             let mut command = Command::new(env!("CARGO_BIN_EXE_bizosaas-operator"));
             command
                 .args(&args)
+                .envs(env)
                 .env("KUBECONFIG", kubeconfig)
                 .env("RUST_LOG", "info,tokio_postgres=warn,bizosaas_controllers=debug")
                 .stdout(log_file.try_clone().unwrap())
@@ -171,7 +224,7 @@ impl Operator {
 
     /// GET on the operator's HTTP port; `None` while it does not answer.
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let response = reqwest::get(format!("http://127.0.0.1:{}{path}", self.port)).await.ok()?;
+        let response = http().get(format!("http://127.0.0.1:{}{path}", self.port)).send().await.ok()?;
         let status = response.status().as_u16();
         Some((status, response.text().await.ok()?))
     }

@@ -12,7 +12,7 @@ pub use namespace::namespace;
 pub use network::network_policies;
 pub use quota::{limit_range, resource_quota};
 pub use rbac::{role_bindings, service_account};
-pub use secret::database_secret;
+pub use secret::{database_fields, database_secret};
 pub use services::{ServiceWorkload, service_workloads};
 
 use crate::context::Config;

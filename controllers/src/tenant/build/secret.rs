@@ -6,9 +6,9 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use std::collections::BTreeMap;
 
-/// `tenant-database`: host, port, database, username, password and a ready-made `url`.
-pub fn database_secret(owner: &Owner, creds: &TenantCredentials) -> Secret {
-    let data = [
+/// The fields handed out: host, port, database, username, password and a ready-made `url`.
+pub fn database_fields(creds: &TenantCredentials) -> BTreeMap<String, String> {
+    [
         ("host", creds.host.clone()),
         ("port", creds.port.to_string()),
         ("database", creds.database.clone()),
@@ -17,8 +17,14 @@ pub fn database_secret(owner: &Owner, creds: &TenantCredentials) -> Secret {
         ("url", creds.url()),
     ]
     .into_iter()
-    .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
-    .collect::<BTreeMap<_, _>>();
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// `tenant-database` with the [`database_fields`].
+pub fn database_secret(owner: &Owner, creds: &TenantCredentials) -> Secret {
+    let data =
+        database_fields(creds).into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect::<BTreeMap<_, _>>();
     Secret {
         metadata: owner.meta(DATABASE_SECRET, "database", true),
         type_: Some("Opaque".into()),

@@ -3,7 +3,7 @@
 
 use super::{DATABASE_SECRET, LABEL_COMPONENT, Owner, WORKLOAD_SERVICE_ACCOUNT};
 use crate::context::Config;
-use bizosaas_crds::tenant::{BusinessService, TenantSpec};
+use bizosaas_crds::tenant::{BusinessService, SecretsBackend, TenantSpec};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec,
@@ -62,14 +62,7 @@ fn workload(owner: &Owner, service: BusinessService, spec: &TenantSpec, config: 
     ]
     .into_iter()
     .filter_map(|(k, v)| v.map(|value| EnvVar { name: k.into(), value: Some(value), value_from: None }))
-    .chain([EnvVar {
-        name: "DATABASE_URL".into(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector { name: DATABASE_SECRET.into(), key: "url".into(), optional: None }),
-            ..Default::default()
-        }),
-    }])
+    .chain(database_env(owner, spec.secrets.backend, config))
     .collect();
     let probe = |path: &str| Probe {
         http_get: Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::Int(PORT), ..Default::default() }),
@@ -149,6 +142,33 @@ fn workload(owner: &Owner, service: BusinessService, spec: &TenantSpec, config: 
     ServiceWorkload { service_name: service, deployment, service: service_obj, ingress }
 }
 
+/// How a service finds its database credentials: the `tenant-database` Secret, or (Vault
+/// backend) the Vault role and KV path it logs in with.
+fn database_env(owner: &Owner, backend: SecretsBackend, config: &Config) -> Vec<EnvVar> {
+    let plain = |name: &str, value: String| EnvVar { name: name.into(), value: Some(value), value_from: None };
+    match backend {
+        SecretsBackend::Kubernetes => vec![EnvVar {
+            name: "DATABASE_URL".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: DATABASE_SECRET.into(),
+                    key: "url".into(),
+                    optional: None,
+                }),
+                ..Default::default()
+            }),
+        }],
+        SecretsBackend::Vault => vec![
+            plain("BIZOSAAS_VAULT_ROLE", format!("tenant-{}", owner.name)),
+            plain(
+                "BIZOSAAS_VAULT_DATABASE_PATH",
+                format!("{}/data/tenants/{}/database", config.vault_kv_mount, owner.name),
+            ),
+        ],
+    }
+}
+
 /// The container security context the restricted Pod Security Standard asks for.
 pub fn restricted_container() -> SecurityContext {
     SecurityContext {
@@ -182,6 +202,17 @@ mod tests {
         assert_eq!(env["BRANDING_PRIMARY_COLOR"].as_deref(), Some("#0a7cff"));
         assert_eq!(env["BRANDING_DISPLAY_NAME"].as_deref(), Some("Acme Corp"));
         assert_eq!(env["DATABASE_URL"], None, "the URL comes from the Secret, never inline");
+    }
+
+    #[test]
+    fn vault_backed_services_get_a_vault_role_instead_of_a_secret() {
+        let mut tenant = fixtures::tenant(fixtures::ACME);
+        tenant.spec.secrets.backend = SecretsBackend::Vault;
+        let w = service_workloads(&Owner::of(&tenant).unwrap(), &tenant.spec, &Config::default());
+        let env = env(&w[0].deployment);
+        assert!(!env.contains_key("DATABASE_URL"));
+        assert_eq!(env["BIZOSAAS_VAULT_ROLE"].as_deref(), Some("tenant-acme"));
+        assert_eq!(env["BIZOSAAS_VAULT_DATABASE_PATH"].as_deref(), Some("secret/data/tenants/acme/database"));
     }
 
     #[test]

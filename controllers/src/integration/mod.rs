@@ -1,0 +1,284 @@
+//! The Integration controller: resolves credentials from a Secret or Vault, projects them
+//! into `integration-<name>`, and checks the endpoint on an interval.
+
+pub mod build;
+pub mod defaults;
+pub mod duration;
+pub mod health;
+
+use crate::apply::Applier;
+use crate::conditions::{self, Observed};
+use crate::context::Context;
+use crate::vault::VaultError;
+use bizosaas_crds::common::READY;
+use bizosaas_crds::integration::{IntegrationSpec, IntegrationStatus};
+use bizosaas_crds::{Integration, LABEL_MANAGED_BY, MANAGED_BY};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tracing::{instrument, warn};
+
+/// Controller name used in metrics, logs and events.
+pub const CONTROLLER: &str = "integration";
+pub const CREDENTIALS_RESOLVED: &str = "CredentialsResolved";
+pub const REACHABLE: &str = "Reachable";
+
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a reconcile failed, with a stable category for metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the Integration could not be read: {0}")]
+    InvalidObject(String),
+}
+
+impl Error {
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kubernetes",
+            Error::InvalidObject(_) => "invalid_object",
+        }
+    }
+}
+
+/// State the Integration controller keeps between reconciles.
+pub struct IntegrationContext {
+    pub ctx: Arc<Context>,
+    http: reqwest::Client,
+    /// Consecutive failed checks per Integration, for backoff.
+    failures: Mutex<HashMap<ObjectRef<Integration>, u32>>,
+}
+
+impl IntegrationContext {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("bizosaas-operator/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .build()
+            .expect("the HTTP client builds once a rustls provider is installed");
+        Self { ctx, http, failures: Mutex::default() }
+    }
+}
+
+/// Runs the Integration controller until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let ours = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    Controller::new(Api::<DeserializeGuard<Integration>>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<Secret>::all(client), ours)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, Arc::new(IntegrationContext::new(ctx)))
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
+#[instrument(skip_all, fields(integration = %guard.0.as_ref().map(|i| i.name_any()).unwrap_or_default()))]
+async fn reconcile(guard: Arc<DeserializeGuard<Integration>>, ictx: Arc<IntegrationContext>) -> Result<Action, Error> {
+    let timer = ictx.ctx.metrics.start(CONTROLLER);
+    let result = match &guard.0 {
+        Ok(integration) => apply(integration, &ictx).await,
+        Err(invalid) => Err(Error::InvalidObject(invalid.to_string())),
+    };
+    timer.finish(match &result {
+        Ok(_) => "success",
+        Err(e) => e.category(),
+    });
+    result
+}
+
+fn error_policy(_guard: Arc<DeserializeGuard<Integration>>, error: &Error, _ictx: Arc<IntegrationContext>) -> Action {
+    warn!(category = error.category(), error = %error, "integration reconcile failed");
+    Action::requeue(Duration::from_secs(15))
+}
+
+/// The endpoint an Integration talks to: its own, or its type's default.
+pub fn endpoint(spec: &IntegrationSpec) -> Option<String> {
+    spec.endpoint.clone().or_else(|| defaults::defaults(spec.type_).0.map(str::to_string))
+}
+
+async fn apply(integration: &Integration, ictx: &IntegrationContext) -> Result<Action, Error> {
+    if integration.metadata.deletion_timestamp.is_some() {
+        // The projected Secret is owned by the Integration; the garbage collector removes it.
+        return Ok(Action::await_change());
+    }
+    let ctx = &ictx.ctx;
+    let spec = &integration.spec;
+    let namespace = integration.namespace().unwrap_or_default();
+    let health = spec.health_check.clone().unwrap_or_default();
+    let interval = health.interval.as_deref().and_then(duration::parse).unwrap_or(DEFAULT_INTERVAL);
+    let timeout = health.timeout.as_deref().and_then(duration::parse).unwrap_or(DEFAULT_TIMEOUT);
+    let Some(endpoint) = endpoint(spec) else {
+        return finish(
+            integration,
+            ictx,
+            vec![Observed::failed(CREDENTIALS_RESOLVED, "NoEndpoint", "spec.endpoint is required for this type")],
+            None,
+            None,
+            interval,
+        )
+        .await;
+    };
+
+    let mut observed = Vec::new();
+    let mut hash = None;
+    let credential = match resolve(spec, &namespace, ctx).await? {
+        Ok(credential) => {
+            let secret = build::projected_secret(integration, &endpoint, &credential);
+            hash = secret.metadata.annotations.as_ref().and_then(|a| a.get(build::CONTENT_HASH).cloned());
+            let applier = Applier { metrics: &ctx.metrics, controller: CONTROLLER, compare: true };
+            applier.ensure(&Api::<Secret>::namespaced(ctx.client.clone(), &namespace), &secret).await?;
+            observed.push(Observed::ok(
+                CREDENTIALS_RESOLVED,
+                "Resolved",
+                format!("Credentials are projected into Secret {}", build::secret_name(&integration.name_any())),
+            ));
+            Some(credential)
+        }
+        Err((reason, message)) => {
+            observed.push(Observed::failed(CREDENTIALS_RESOLVED, reason, message));
+            None
+        }
+    };
+
+    let (_, probe) = defaults::defaults(spec.type_);
+    let result = if health.disabled {
+        None
+    } else {
+        Some(health::check(&ictx.http, &endpoint, probe, health.path.as_deref(), credential.as_deref(), timeout).await)
+    };
+    match &result {
+        None => observed.push(Observed {
+            type_: REACHABLE,
+            status: true,
+            reason: "CheckDisabled".into(),
+            message: "healthCheck.disabled is set".into(),
+        }),
+        Some(r) if r.reachable => observed.push(Observed::ok(REACHABLE, "Reachable", r.detail.clone())),
+        Some(r) => observed.push(Observed::failed(REACHABLE, "Unreachable", r.detail.clone())),
+    }
+
+    // Failing checks back off from one second up to the interval; success resets it.
+    let key = ObjectRef::from(integration);
+    let healthy = observed.iter().all(|o| o.status);
+    let next = {
+        let mut failures = ictx.failures.lock().expect("failure map lock");
+        if healthy {
+            failures.remove(&key);
+            interval
+        } else {
+            let n = failures.entry(key).or_insert(0);
+            *n = n.saturating_add(1);
+            Duration::from_secs(1u64 << (*n).min(16)).min(interval)
+        }
+    };
+    finish(integration, ictx, observed, hash, result.map(|r| r.latency), next).await
+}
+
+/// Resolves the credential value. The outer error is a failed API call; the inner one a
+/// missing source, reported in `CredentialsResolved` (naming what is missing, never a value).
+async fn resolve(
+    spec: &IntegrationSpec,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<Result<String, (&'static str, String)>, Error> {
+    let creds = &spec.credentials;
+    if let Some(secret_ref) = &creds.secret_ref {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+        let Some(secret) = secrets.get_opt(&secret_ref.name).await? else {
+            return Ok(Err(("SecretNotFound", format!("Secret {} does not exist in {namespace}", secret_ref.name))));
+        };
+        let value = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&secret_ref.key))
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned());
+        return Ok(match value {
+            Some(v) if !v.is_empty() => Ok(v),
+            _ => Err(("SecretKeyNotFound", format!("Secret {} has no key {:?}", secret_ref.name, secret_ref.key))),
+        });
+    }
+    if let Some(vault_ref) = &creds.vault {
+        let Some(vault) = &ctx.vault else {
+            return Ok(Err((
+                "VaultNotConfigured",
+                "credentials.vault needs the operator's Vault connection (--vault-addr)".into(),
+            )));
+        };
+        return Ok(match vault.read_key(&vault_ref.path, &vault_ref.key).await {
+            Ok(v) => Ok(v),
+            Err(e @ VaultError::NotFound(_)) => Err(("VaultPathNotFound", e.to_string())),
+            Err(e @ VaultError::MissingKey { .. }) => Err(("VaultKeyNotFound", e.to_string())),
+            Err(e @ VaultError::Denied(_)) => Err(("VaultDenied", e.to_string())),
+            Err(e) => Err(("VaultUnavailable", e.to_string())),
+        });
+    }
+    Ok(Err(("NoCredentials", "credentials need secretRef or vault".into())))
+}
+
+/// Writes the status (when it changed) and events for conditions that flipped.
+async fn finish(
+    integration: &Integration,
+    ictx: &IntegrationContext,
+    mut observed: Vec<Observed>,
+    content_hash: Option<String>,
+    latency: Option<Duration>,
+    requeue: Duration,
+) -> Result<Action, Error> {
+    let ctx = &ictx.ctx;
+    let failing = observed.iter().find(|o| !o.status).cloned();
+    observed.push(match failing {
+        None => Observed::ok(READY, "Ready", "Credentials are resolved and the endpoint answers"),
+        Some(f) => Observed::failed(READY, f.reason, f.message),
+    });
+    let previous = integration.status.clone().unwrap_or_default();
+    let generation = integration.metadata.generation;
+    let next = IntegrationStatus {
+        secret_name: content_hash
+            .as_ref()
+            .map(|_| build::secret_name(&integration.name_any()))
+            .or(previous.secret_name.clone()),
+        content_hash: content_hash.or(previous.content_hash.clone()),
+        last_check_time: latency.map(|_| Time(Timestamp::now())).or(previous.last_check_time.clone()),
+        latency_ms: latency.map(|l| l.as_millis() as i64).or(previous.latency_ms),
+        observed_generation: generation,
+        conditions: conditions::merge(&previous.conditions, &observed, generation),
+    };
+    if next != previous {
+        let api: Api<Integration> = Api::namespaced(ctx.client.clone(), &integration.namespace().unwrap_or_default());
+        api.patch_status(
+            &integration.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": next})),
+        )
+        .await?;
+        ctx.metrics.write(CONTROLLER, "Integration", "status");
+        for c in conditions::transitions(&previous.conditions, &next.conditions) {
+            let event = Event {
+                type_: if c.status == "True" { EventType::Normal } else { EventType::Warning },
+                reason: c.reason.clone(),
+                note: Some(c.message.chars().take(1000).collect()),
+                action: c.type_.clone(),
+                secondary: None,
+            };
+            if let Err(e) = ctx.recorder.publish(&event, &integration.object_ref(&())).await {
+                warn!(error = %e, "could not record an event");
+            }
+        }
+    }
+    Ok(Action::requeue(requeue))
+}

@@ -1,0 +1,237 @@
+//! Integrations end to end: credentials from a Secret or Vault are projected with a content
+//! hash, rotation reaches the projection, the health check follows an HTTP server and an SMTP
+//! listener the test controls (break, repair), deletion removes the projection, and no
+//! secret value ever shows up in the operator's output, events or status.
+
+mod support;
+
+use bizosaas_crds::Integration;
+use bizosaas_crds::common::find_condition;
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const NS: &str = "e2e-integrations";
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An HTTP server answering every request with the status in `status`, recording the
+/// Authorization headers it saw.
+async fn http_server(status: Arc<AtomicU16>, seen: Arc<std::sync::Mutex<Vec<String>>>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let (status, seen) = (status.clone(), seen.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                if let Some(auth) = head.lines().find(|l| l.to_ascii_lowercase().starts_with("authorization:")) {
+                    seen.lock().unwrap().push(auth.to_string());
+                }
+                let code = status.load(Ordering::SeqCst);
+                let response = format!("HTTP/1.1 {code} Test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+/// A TCP listener greeting like an SMTP server.
+async fn smtp_server() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let _ = stream.write_all(b"220 mail.test ESMTP ready\r\n").await;
+        }
+    });
+    port
+}
+
+fn integration(name: &str, spec: serde_json::Value) -> Integration {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "bizosaas.io/v1alpha1", "kind": "Integration",
+        "metadata": {"name": name, "namespace": NS}, "spec": spec,
+    }))
+    .unwrap()
+}
+
+async fn condition(api: &Api<Integration>, name: &str, type_: &str) -> Option<(String, String, String)> {
+    let i = api.get(name).await.ok()?;
+    let c = find_condition(&i.status?.conditions, type_)?.clone();
+    Some((c.status, c.reason, c.message))
+}
+
+async fn wait_condition(api: &Api<Integration>, name: &str, type_: &str, status: &str) -> (String, String) {
+    wait_for(&format!("{name} {type_}={status}"), TIMEOUT, || async {
+        let (s, reason, message) = condition(api, name, type_).await?;
+        (s == status).then_some((reason, message))
+    })
+    .await
+}
+
+async fn projected(secrets: &Api<Secret>, name: &str) -> Option<(String, String)> {
+    let s = secrets.get_opt(&format!("integration-{name}")).await.ok()??;
+    let credential = String::from_utf8(s.data?.get("credential")?.0.clone()).ok()?;
+    let hash = s.metadata.annotations?.get("bizosaas.io/content-hash")?.clone();
+    Some((credential, hash))
+}
+
+#[tokio::test]
+async fn credentials_are_projected_rotated_and_checked() {
+    let op = operator_with_vault("bizosaas_platform_integration_e2e");
+    op.wait_ready().await;
+    let client = client().await;
+    kubectl(&["delete", "namespace", NS, "--ignore-not-found", "--wait=true"], None);
+    kubectl_ok(&["create", "namespace", NS], None);
+    let api: Api<Integration> = Api::namespaced(client.clone(), NS);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let root = vault_token();
+    let planted = format!("planted-{}", std::process::id());
+    let rotated = format!("rotated-{}", std::process::id());
+    let vault_planted = format!("vault-planted-{}", std::process::id());
+    let vault_rotated = format!("vault-rotated-{}", std::process::id());
+
+    let status = Arc::new(AtomicU16::new(200));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let port = http_server(status.clone(), seen.clone()).await;
+    kubectl_ok(&["create", "secret", "generic", "src", "-n", NS, &format!("--from-literal=apiKey={planted}")], None);
+    let check = serde_json::json!({"interval": "1s", "timeout": "1s"});
+    api.create(
+        &PostParams::default(),
+        &integration(
+            "web",
+            serde_json::json!({"type": "Webhook", "endpoint": format!("http://127.0.0.1:{port}"),
+                               "credentials": {"secretRef": {"name": "src", "key": "apiKey"}}, "healthCheck": check}),
+        ),
+    )
+    .await
+    .unwrap();
+
+    // Resolved, projected with a hash, reachable, Ready; the probe carried the credential.
+    wait_condition(&api, "web", "Ready", "True").await;
+    let (credential, hash) = projected(&secrets, "web").await.expect("projected Secret");
+    assert_eq!(credential, planted);
+    let status_now = api.get("web").await.unwrap().status.unwrap();
+    assert_eq!(status_now.content_hash.as_deref(), Some(hash.as_str()));
+    assert_eq!(status_now.secret_name.as_deref(), Some("integration-web"));
+    assert!(status_now.latency_ms.is_some() && status_now.last_check_time.is_some());
+    assert!(seen.lock().unwrap().iter().any(|h| h.ends_with(&format!("Bearer {planted}"))));
+
+    // Rotation in the source Secret reaches the projection with a new hash.
+    let patch = serde_json::json!({"stringData": {"apiKey": rotated}});
+    secrets.patch("src", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    let new_hash = wait_for("rotation to reach the projection", TIMEOUT, || async {
+        let (c, h) = projected(&secrets, "web").await?;
+        (c == rotated).then_some(h)
+    })
+    .await;
+    assert_ne!(new_hash, hash);
+
+    // Break and repair the endpoint.
+    status.store(503, Ordering::SeqCst);
+    let (reason, message) = wait_condition(&api, "web", "Reachable", "False").await;
+    assert_eq!(reason, "Unreachable");
+    assert!(message.contains("503"), "{message}");
+    assert_eq!(condition(&api, "web", "Ready").await.unwrap().0, "False");
+    status.store(200, Ordering::SeqCst);
+    wait_condition(&api, "web", "Ready", "True").await;
+
+    // SMTP greeting.
+    let smtp = smtp_server().await;
+    api.create(
+        &PostParams::default(),
+        &integration(
+            "mail",
+            serde_json::json!({"type": "SMTP", "endpoint": format!("smtp://127.0.0.1:{smtp}"),
+                               "credentials": {"secretRef": {"name": "src", "key": "apiKey"}}, "healthCheck": check}),
+        ),
+    )
+    .await
+    .unwrap();
+    let (_, message) = wait_condition(&api, "mail", "Reachable", "True").await;
+    assert!(message.contains("220"), "{message}");
+
+    // A missing key is named, never shown.
+    api.create(
+        &PostParams::default(),
+        &integration(
+            "broken",
+            serde_json::json!({"type": "Webhook", "endpoint": format!("http://127.0.0.1:{port}"),
+                               "credentials": {"secretRef": {"name": "src", "key": "nope"}}, "healthCheck": check}),
+        ),
+    )
+    .await
+    .unwrap();
+    let (reason, message) = wait_condition(&api, "broken", "CredentialsResolved", "False").await;
+    assert_eq!(reason, "SecretKeyNotFound");
+    assert!(message.contains("\"nope\""), "{message}");
+
+    // Credentials from Vault, rotated in Vault; a missing path is reported.
+    let write = |value: String| {
+        let root = root.clone();
+        async move {
+            let (s, _) =
+                vault("POST", "secret/data/e2e/integ", &root, Some(serde_json::json!({"data": {"token": value}})))
+                    .await;
+            assert_eq!(s, 200);
+        }
+    };
+    write(vault_planted.clone()).await;
+    for (name, path) in [("from-vault", "e2e/integ"), ("vault-missing", "e2e/absent")] {
+        api.create(
+            &PostParams::default(),
+            &integration(
+                name,
+                serde_json::json!({"type": "Webhook", "endpoint": format!("http://127.0.0.1:{port}"),
+                                   "credentials": {"vault": {"path": path, "key": "token"}}, "healthCheck": check}),
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    wait_condition(&api, "from-vault", "Ready", "True").await;
+    assert_eq!(projected(&secrets, "from-vault").await.unwrap().0, vault_planted);
+    write(vault_rotated.clone()).await;
+    wait_for("Vault rotation to reach the projection", TIMEOUT, || async {
+        (projected(&secrets, "from-vault").await?.0 == vault_rotated).then_some(())
+    })
+    .await;
+    let (reason, message) = wait_condition(&api, "vault-missing", "CredentialsResolved", "False").await;
+    assert_eq!(reason, "VaultPathNotFound");
+    assert!(message.contains("e2e/absent"), "{message}");
+
+    // Deleting an Integration removes its projection.
+    api.delete("web", &DeleteParams::default()).await.unwrap();
+    wait_for("the projected Secret to go", TIMEOUT, || async {
+        secrets.get_opt("integration-web").await.ok()?.is_none().then_some(())
+    })
+    .await;
+
+    // No secret value in logs, events or status.
+    let values = [&planted, &rotated, &vault_planted, &vault_rotated];
+    let logs = op.logs();
+    let events: Vec<String> = Api::<Event>::namespaced(client.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| format!("{} {}", e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect();
+    assert!(!events.is_empty(), "the operator records events");
+    let statuses = serde_json::to_string(&api.list(&ListParams::default()).await.unwrap().items).unwrap();
+    for value in values {
+        assert!(!logs.contains(value.as_str()), "a secret value is in the operator's output");
+        assert!(!events.iter().any(|e| e.contains(value.as_str())), "a secret value is in an event");
+        assert!(!statuses.contains(value.as_str()), "a secret value is in a status");
+    }
+    kubectl(&["delete", "namespace", NS, "--wait=false"], None);
+}
