@@ -27,6 +27,8 @@ pub struct Config {
     pub database_tenant_host: Option<String>,
     /// Mount of Vault's KV v2 engine that holds `tenants/<name>/...`.
     pub vault_kv_mount: String,
+    /// Image of the `bizosaas-agent` runtime that AgentCrews run.
+    pub agent_image: String,
 }
 
 impl Default for Config {
@@ -40,6 +42,7 @@ impl Default for Config {
             service_image_tag: env!("CARGO_PKG_VERSION").into(),
             database_tenant_host: None,
             vault_kv_mount: "secret".into(),
+            agent_image: concat!("ghcr.io/bizosaas/bizosaas-agent:", env!("CARGO_PKG_VERSION")).into(),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! (server-side apply, one field manager) → status`. The `build` modules need no client and
 //! are unit-tested from fixtures; `apply` and `status` talk to the API server.
 
+pub mod agent_crew;
 pub mod apply;
 pub mod conditions;
 pub mod context;

@@ -145,9 +145,8 @@ impl Vault {
         format!("tenant-{tenant}")
     }
 
-    /// The policy text: read of everything under `tenants/<name>/`, nothing else.
-    pub fn tenant_policy_text(&self, tenant: &str) -> String {
-        let mount = &self.config.kv_mount;
+    /// The policy text: read of everything under `tenants/<name>/` of the KV `mount`, nothing else.
+    pub fn tenant_policy_text(mount: &str, tenant: &str) -> String {
         format!(
             "path \"{mount}/data/tenants/{tenant}/*\" {{\n  capabilities = [\"read\"]\n}}\n\
              path \"{mount}/metadata/tenants/{tenant}/*\" {{\n  capabilities = [\"read\", \"list\"]\n}}\n"
@@ -217,7 +216,7 @@ impl Vault {
     ) -> Result<(), VaultError> {
         let c = self.client.read().await;
         let name = Self::tenant_policy(tenant);
-        vaultrs::sys::policy::set(&*c, &name, &self.tenant_policy_text(tenant))
+        vaultrs::sys::policy::set(&*c, &name, &Self::tenant_policy_text(&self.config.kv_mount, tenant))
             .await
             .map_err(|e| VaultError::from_client("writing the policy", e))?;
         let mut role = vaultrs::api::auth::kubernetes::requests::CreateKubernetesRoleRequest::builder();
@@ -266,19 +265,7 @@ mod tests {
 
     #[test]
     fn tenant_policy_reads_only_its_own_path() {
-        let vault = Vault {
-            config: VaultConfig {
-                address: "http://127.0.0.1:1".into(),
-                auth: VaultAuth::Token("t".into()),
-                kv_mount: "secret".into(),
-                kubernetes_mount: "kubernetes".into(),
-            },
-            client: RwLock::new(
-                VaultClient::new(VaultClientSettingsBuilder::default().address("http://127.0.0.1:1").build().unwrap())
-                    .unwrap(),
-            ),
-        };
-        let text = vault.tenant_policy_text("acme");
+        let text = Vault::tenant_policy_text("secret", "acme");
         assert!(text.contains("path \"secret/data/tenants/acme/*\""));
         assert!(!text.contains("create") && !text.contains("update") && !text.contains("delete"));
         assert_eq!(Vault::tenant_database_path("acme"), "tenants/acme/database");

@@ -8,7 +8,7 @@ use bizosaas_controllers::metrics::Metrics;
 use bizosaas_controllers::postgres::Admin;
 use bizosaas_controllers::tenant::plans::PlanCatalog;
 use bizosaas_controllers::vault::{Vault, VaultAuth, VaultConfig};
-use bizosaas_controllers::{Config, Context, integration, tenant};
+use bizosaas_controllers::{Config, Context, agent_crew, integration, tenant};
 use bizosaas_crds::Tenant;
 use kube::Client;
 use kube::api::{Api, ListParams};
@@ -55,6 +55,9 @@ pub struct RunArgs {
     /// Image registry of the business services.
     #[arg(long, env = "BIZOSAAS_SERVICE_IMAGE_PREFIX", default_value = "ghcr.io/bizosaas")]
     service_image_prefix: String,
+    /// Image of the `bizosaas-agent` runtime that AgentCrews run.
+    #[arg(long, env = "BIZOSAAS_AGENT_IMAGE", default_value = concat!("ghcr.io/bizosaas/bizosaas-agent:", env!("CARGO_PKG_VERSION")))]
+    agent_image: String,
     /// Take the `bizosaas-operator` Lease before reconciling (needed with more than one replica).
     #[arg(long, env = "BIZOSAAS_LEADER_ELECTION", action = clap::ArgAction::Set, default_value_t = false)]
     leader_election: bool,
@@ -107,7 +110,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Client::try_default().await.context("no Kubernetes configuration found: set KUBECONFIG or run in a pod")?;
 
     let mut registry = Registry::default();
-    let metrics = Arc::new(Metrics::new(&mut registry, &[tenant::CONTROLLER, integration::CONTROLLER]));
+    let metrics =
+        Arc::new(Metrics::new(&mut registry, &[tenant::CONTROLLER, integration::CONTROLLER, agent_crew::CONTROLLER]));
     let shared = Arc::new(Shared { registry, ready: false.into() });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -158,7 +162,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         tokio::join!(
             tenant::run(ctx.clone(), stopped(stop_rx.clone())),
-            integration::run(ctx, stopped(stop_rx.clone())),
+            integration::run(ctx.clone(), stopped(stop_rx.clone())),
+            agent_crew::run(ctx, stopped(stop_rx.clone())),
         );
     }
     let _ = stop_tx.send(true);
@@ -183,6 +188,7 @@ fn config(args: &RunArgs) -> anyhow::Result<Config> {
         service_image_prefix: args.service_image_prefix.clone(),
         database_tenant_host: args.database_tenant_host.clone(),
         vault_kv_mount: args.vault_kv_mount.clone(),
+        agent_image: args.agent_image.clone(),
         ..Config::default()
     })
 }

@@ -1,0 +1,313 @@
+//! The objects that run a crew: the ConfigMap with the rendered crew, a Deployment of the
+//! `bizosaas-agent` runtime, its Service, and a PodDisruptionBudget with more than one replica.
+
+use crate::tenant::build::{DATABASE_SECRET, LABEL_COMPONENT, WORKLOAD_SERVICE_ACCOUNT};
+use bizosaas_crds::crew_config::{CREW_FILE, CrewConfig, credential_env};
+use bizosaas_crds::{AgentCrew, LABEL_MANAGED_BY, MANAGED_BY};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// Port of the runtime's run API, probes and metrics.
+pub const PORT: i32 = 8080;
+/// Pod annotation whose change rolls the Deployment.
+pub const CONFIG_HASH: &str = "bizosaas.io/config-hash";
+const CONFIG_DIR: &str = "/etc/bizosaas";
+const LABEL_CREW: &str = "bizosaas.io/crew";
+
+/// Name of every object of a crew: `crew-<name>`.
+pub fn object_name(crew: &str) -> String {
+    format!("crew-{crew}")
+}
+
+/// The objects of one crew.
+#[derive(Clone, Debug)]
+pub struct CrewObjects {
+    pub config_map: ConfigMap,
+    pub deployment: Deployment,
+    pub service: Service,
+    pub pdb: Option<PodDisruptionBudget>,
+    pub config_hash: String,
+}
+
+fn labels(crew: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+        (LABEL_COMPONENT.to_string(), "agent".to_string()),
+        (LABEL_CREW.to_string(), crew.to_string()),
+        ("app.kubernetes.io/name".to_string(), "bizosaas-agent".to_string()),
+        ("app.kubernetes.io/instance".to_string(), object_name(crew)),
+    ])
+}
+
+fn selector(crew: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(LABEL_CREW.to_string(), crew.to_string()), (LABEL_COMPONENT.to_string(), "agent".to_string())])
+}
+
+/// Hash of the rendered crew and the credentials it uses: a change of either rolls the pods.
+pub fn config_hash(crew_json: &str, credential_hashes: &BTreeMap<String, String>) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(crew_json.as_bytes());
+    for (name, hash) in credential_hashes {
+        hasher.update([0]);
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(hash.as_bytes());
+    }
+    hasher.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Builds the objects. `credential_hashes` are the content hashes of the Integrations used.
+pub fn objects(
+    crew: &AgentCrew,
+    config: &CrewConfig,
+    credential_hashes: &BTreeMap<String, String>,
+    image: &str,
+) -> CrewObjects {
+    let name = crew.name_any();
+    let object = object_name(&name);
+    let meta = || ObjectMeta {
+        name: Some(object.clone()),
+        namespace: crew.namespace(),
+        labels: Some(labels(&name)),
+        owner_references: crew.controller_owner_ref(&()).map(|r| vec![r]),
+        ..Default::default()
+    };
+    let crew_json = serde_json::to_string_pretty(config).expect("the crew config serializes");
+    let hash = config_hash(&crew_json, credential_hashes);
+
+    let config_map = ConfigMap {
+        metadata: meta(),
+        data: Some(BTreeMap::from([(CREW_FILE.to_string(), crew_json)])),
+        ..Default::default()
+    };
+
+    let secret_env = |var: String, secret: String, key: &str, optional: bool| EnvVar {
+        name: var,
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret,
+                key: key.into(),
+                optional: optional.then_some(true),
+            }),
+            ..Default::default()
+        }),
+    };
+    let mut credentials: Vec<String> = std::iter::once(&config.model)
+        .chain(config.manager.as_ref())
+        .filter(|m| !m.api_key_env.is_empty())
+        .map(|m| m.api_key_env.clone())
+        .chain(config.integrations.iter().map(|i| i.credential_env.clone()))
+        .collect();
+    credentials.sort();
+    credentials.dedup();
+    let mut env: Vec<EnvVar> = credential_hashes
+        .keys()
+        .filter(|integration| credentials.contains(&credential_env(integration)))
+        .map(|integration| {
+            secret_env(credential_env(integration), format!("integration-{integration}"), "credential", false)
+        })
+        .collect();
+    if config.memory {
+        env.push(secret_env("DATABASE_URL".into(), DATABASE_SECRET.into(), "url", true));
+    }
+    env.push(EnvVar { name: "RUST_LOG".into(), value: Some("info".into()), value_from: None });
+
+    let probe = |path: &str| Probe {
+        http_get: Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::Int(PORT), ..Default::default() }),
+        period_seconds: Some(10),
+        ..Default::default()
+    };
+    let quantity = |cpu: &str, memory: &str| {
+        BTreeMap::from([("cpu".to_string(), Quantity(cpu.into())), ("memory".to_string(), Quantity(memory.into()))])
+    };
+    let resources = crew.spec.resources.clone().unwrap_or_else(|| ResourceRequirements {
+        requests: Some(quantity("100m", "64Mi")),
+        limits: Some(quantity("500m", "256Mi")),
+        ..Default::default()
+    });
+    let container = Container {
+        name: "agent".into(),
+        image: Some(image.into()),
+        args: Some(vec![
+            "serve".into(),
+            "--config".into(),
+            format!("{CONFIG_DIR}/{CREW_FILE}"),
+            "--listen".into(),
+            format!("0.0.0.0:{PORT}"),
+        ]),
+        ports: Some(vec![ContainerPort { name: Some("http".into()), container_port: PORT, ..Default::default() }]),
+        env: Some(env),
+        readiness_probe: Some(probe("/readyz")),
+        liveness_probe: Some(probe("/healthz")),
+        resources: Some(resources),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "crew".into(),
+                mount_path: CONFIG_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() },
+        ]),
+        ..Default::default()
+    };
+    let mut pod_labels = labels(&name);
+    pod_labels.extend(selector(&name));
+    let deployment = Deployment {
+        metadata: meta(),
+        spec: Some(DeploymentSpec {
+            replicas: Some(crew.spec.replicas),
+            selector: LabelSelector { match_labels: Some(selector(&name)), ..Default::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(BTreeMap::from([(CONFIG_HASH.to_string(), hash.clone())])),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(WORKLOAD_SERVICE_ACCOUNT.into()),
+                    automount_service_account_token: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+                        ..Default::default()
+                    }),
+                    containers: vec![container],
+                    volumes: Some(vec![
+                        Volume {
+                            name: "crew".into(),
+                            config_map: Some(ConfigMapVolumeSource { name: object.clone(), ..Default::default() }),
+                            ..Default::default()
+                        },
+                        Volume {
+                            name: "tmp".into(),
+                            empty_dir: Some(EmptyDirVolumeSource {
+                                size_limit: Some(Quantity("64Mi".into())),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        },
+                    ]),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let service = Service {
+        metadata: meta(),
+        spec: Some(ServiceSpec {
+            selector: Some(selector(&name)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                target_port: Some(IntOrString::String("http".into())),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pdb = (crew.spec.replicas > 1).then(|| PodDisruptionBudget {
+        metadata: meta(),
+        spec: Some(PodDisruptionBudgetSpec {
+            min_available: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector { match_labels: Some(selector(&name)), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    CrewObjects { config_map, deployment, service, pdb, config_hash: hash }
+}
+
+/// In-cluster address of a crew's run API.
+pub fn endpoint(crew: &AgentCrew) -> String {
+    format!("http://{}.{}.svc:80", object_name(&crew.name_any()), crew.namespace().unwrap_or_default())
+}
+
+/// Label selector of a crew's objects.
+pub fn crew_selector(crew: &AgentCrew) -> String {
+    format!("{LABEL_CREW}={}", crew.name_any())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::render::crew_config;
+    use super::super::render::tests::{crew, integrations};
+    use super::*;
+
+    fn build(replicas: i32, hash: &str) -> CrewObjects {
+        let mut crew = crew();
+        crew.spec.replicas = replicas;
+        let config = crew_config("growth-team", "tenant-acme", "acme", &crew.spec, &integrations()).unwrap();
+        let hashes =
+            BTreeMap::from([("openrouter".to_string(), hash.to_string()), ("wagtail".to_string(), "w1".to_string())]);
+        objects(&crew, &config, &hashes, "ghcr.io/bizosaas/bizosaas-agent:0.1.0")
+    }
+
+    #[test]
+    fn the_runtime_runs_restricted_with_its_config_and_credentials() {
+        let o = build(1, "h1");
+        let pod = o.deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let c = &pod.containers[0];
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(
+            (sc.run_as_non_root, sc.read_only_root_filesystem, sc.allow_privilege_escalation),
+            (Some(true), Some(true), Some(false))
+        );
+        assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref().unwrap(), ["ALL"]);
+        assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        assert!(c.readiness_probe.is_some() && c.liveness_probe.is_some());
+        let env: BTreeMap<_, _> = c.env.as_ref().unwrap().iter().map(|e| (e.name.clone(), e.clone())).collect();
+        let key = env["BIZOSAAS_INTEGRATION_OPENROUTER"].value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+        assert_eq!((key.name.as_str(), key.key.as_str()), ("integration-openrouter", "credential"));
+        assert!(env.contains_key("BIZOSAAS_INTEGRATION_WAGTAIL"));
+        assert!(env.contains_key("DATABASE_URL"), "memory needs the tenant database");
+        assert!(o.config_map.data.as_ref().unwrap()[CREW_FILE].contains("Senior SEO strategist"));
+        assert_eq!(pod.service_account_name.as_deref(), Some("tenant-workload"));
+        let labels = o.deployment.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+        assert_eq!(labels[LABEL_COMPONENT], "agent", "the agent egress NetworkPolicy selects this label");
+    }
+
+    #[test]
+    fn a_pdb_only_with_more_than_one_replica() {
+        assert!(build(1, "h1").pdb.is_none());
+        assert!(build(2, "h1").pdb.is_some());
+    }
+
+    #[test]
+    fn rotated_credentials_change_the_config_hash() {
+        let a = build(1, "h1");
+        let b = build(1, "h2");
+        assert_ne!(a.config_hash, b.config_hash);
+        let annotation = |o: &CrewObjects| {
+            o.deployment.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()
+                [CONFIG_HASH]
+                .clone()
+        };
+        assert_eq!(annotation(&a), a.config_hash);
+        assert_eq!(build(1, "h1").config_hash, a.config_hash);
+    }
+}

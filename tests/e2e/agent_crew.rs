@@ -1,0 +1,213 @@
+//! AgentCrews end to end: in a tenant namespace a crew becomes Ready with its runtime
+//! Deployment Available on the kwok node; config changes and credential rotation roll it; a
+//! missing Integration is reported; the tenant's quotas are respected; deleting it removes
+//! its children.
+
+mod support;
+
+use bizosaas_crds::common::find_condition;
+use bizosaas_crds::{AgentCrew, Integration, Tenant};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::Client;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use std::time::Duration;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TENANT: &str = "e2e-crews";
+const NS: &str = "tenant-e2e-crews";
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// An OpenAI-compatible endpoint stand-in that answers every request with 200.
+async fn gateway() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\n{\"data\":[]}")
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+fn crew(name: &str, spec: serde_json::Value) -> AgentCrew {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "bizosaas.io/v1alpha1", "kind": "AgentCrew",
+        "metadata": {"name": name, "namespace": NS}, "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn basic_spec(integration: &str) -> serde_json::Value {
+    serde_json::json!({
+        "process": "Sequential",
+        "model": {"integration": integration, "name": "gemma3-270m", "temperature": 0.2},
+        "agents": [{"name": "seo", "template": "seo-optimization"}, {"name": "writer", "template": "copywriting"}],
+        "memory": {"enabled": true},
+    })
+}
+
+async fn condition(api: &Api<AgentCrew>, name: &str, type_: &str) -> Option<(String, String, String)> {
+    let c = api.get(name).await.ok()?;
+    let cond = find_condition(&c.status?.conditions, type_)?.clone();
+    Some((cond.status, cond.reason, cond.message))
+}
+
+async fn wait_condition(api: &Api<AgentCrew>, name: &str, type_: &str, status: &str) -> (String, String) {
+    wait_for(&format!("{name} {type_}={status}"), TIMEOUT, || async {
+        let (s, reason, message) = condition(api, name, type_).await?;
+        (s == status).then_some((reason, message))
+    })
+    .await
+}
+
+async fn template_hash(deployments: &Api<Deployment>, name: &str) -> Option<String> {
+    let d = deployments.get_opt(&format!("crew-{name}")).await.ok()??;
+    d.spec?.template.metadata?.annotations?.get("bizosaas.io/config-hash").cloned()
+}
+
+async fn setup_tenant(client: &Client) {
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    if tenants.get_opt(TENANT).await.unwrap().is_some() {
+        tenants.delete(TENANT, &DeleteParams::default()).await.unwrap();
+        wait_for("old tenant to go", TIMEOUT, || async { tenants.get_opt(TENANT).await.ok()?.is_none().then_some(()) })
+            .await;
+        wait_for("old namespace to go", TIMEOUT, || async {
+            (!kubectl(&["get", "namespace", NS], None).status.success()).then_some(())
+        })
+        .await;
+    }
+    let tenant: Tenant = serde_json::from_value(serde_json::json!({
+        "apiVersion": "bizosaas.io/v1alpha1", "kind": "Tenant", "metadata": {"name": TENANT},
+        "spec": {"displayName": "Crews", "database": {"isolation": "Shared", "deletionPolicy": "Delete"},
+                 "quota": {"cpu": "1", "agentCrews": 3}},
+    }))
+    .unwrap();
+    tenants.create(&PostParams::default(), &tenant).await.unwrap();
+    wait_for("tenant Ready", TIMEOUT, || async {
+        let t = tenants.get(TENANT).await.ok()?;
+        bizosaas_crds::common::is_ready(&t.status?.conditions).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_crew_runs_rolls_reports_and_respects_quota() {
+    let op = operator_with_vault("bizosaas_platform_crew_e2e");
+    op.wait_ready().await;
+    let client = client().await;
+    setup_tenant(&client).await;
+    let crews: Api<AgentCrew> = Api::namespaced(client.clone(), NS);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+
+    // The LLM gateway Integration.
+    let port = gateway().await;
+    kubectl_ok(&["create", "secret", "generic", "llm-key", "-n", NS, "--from-literal=apiKey=first-key"], None);
+    let integration: Integration = serde_json::from_value(serde_json::json!({
+        "apiVersion": "bizosaas.io/v1alpha1", "kind": "Integration", "metadata": {"name": "llm", "namespace": NS},
+        "spec": {"type": "OpenAI", "endpoint": format!("http://127.0.0.1:{port}/v1"),
+                 "credentials": {"secretRef": {"name": "llm-key", "key": "apiKey"}},
+                 "healthCheck": {"interval": "1s", "timeout": "1s"}},
+    }))
+    .unwrap();
+    Api::<Integration>::namespaced(client.clone(), NS).create(&PostParams::default(), &integration).await.unwrap();
+
+    // Ready, with its Deployment Available on the kwok node.
+    crews.create(&PostParams::default(), &crew("team", basic_spec("llm"))).await.unwrap();
+    wait_condition(&crews, "team", "Ready", "True").await;
+    let status = crews.get("team").await.unwrap().status.unwrap();
+    assert_eq!(status.ready_replicas, Some(1));
+    assert_eq!(status.endpoint.as_deref(), Some("http://crew-team.tenant-e2e-crews.svc:80"));
+    assert_eq!(status.agents, ["seo (Senior SEO strategist)", "writer (Conversion copywriter)"]);
+    let d = deployments.get("crew-team").await.unwrap();
+    assert_eq!(d.status.as_ref().unwrap().available_replicas, Some(1));
+    let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let sc = pod.containers[0].security_context.as_ref().unwrap();
+    assert_eq!((sc.read_only_root_filesystem, sc.run_as_non_root), (Some(true), Some(true)));
+    let config = Api::<ConfigMap>::namespaced(client.clone(), NS).get("crew-team").await.unwrap();
+    let crew_json: serde_json::Value = serde_json::from_str(&config.data.unwrap()["crew.json"]).unwrap();
+    assert_eq!(crew_json["tenant"], TENANT);
+    assert_eq!(crew_json["model"]["baseUrl"], format!("http://127.0.0.1:{port}/v1"));
+    assert_eq!(crew_json["model"]["apiKeyEnv"], "BIZOSAAS_INTEGRATION_LLM");
+    Api::<Service>::namespaced(client.clone(), NS).get("crew-team").await.unwrap();
+
+    // A config change rolls the pods.
+    let first = template_hash(&deployments, "team").await.unwrap();
+    let patch = serde_json::json!({"spec": {"model": {"temperature": 0.9}}});
+    crews.patch("team", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    let second = wait_for("the config change to roll", TIMEOUT, || async {
+        let h = template_hash(&deployments, "team").await?;
+        (h != first).then_some(h)
+    })
+    .await;
+    // Rotated credentials roll it too.
+    let patch = serde_json::json!({"stringData": {"apiKey": "second-key"}});
+    secrets.patch("llm-key", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    wait_for("the credential rotation to roll", TIMEOUT, || async {
+        (template_hash(&deployments, "team").await? != second).then_some(())
+    })
+    .await;
+    wait_condition(&crews, "team", "Ready", "True").await;
+
+    // More than one replica adds a PodDisruptionBudget; back to one removes it.
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), NS);
+    crews
+        .patch("team", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"replicas": 2}})))
+        .await
+        .unwrap();
+    wait_for("a PDB", TIMEOUT, || async { pdbs.get_opt("crew-team").await.ok()?.map(|_| ()) }).await;
+    crews
+        .patch("team", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"replicas": 1}})))
+        .await
+        .unwrap();
+    wait_for("the PDB to go", TIMEOUT, || async { pdbs.get_opt("crew-team").await.ok()?.is_none().then_some(()) })
+        .await;
+
+    // A missing Integration is reported and nothing is deployed for it.
+    crews.create(&PostParams::default(), &crew("orphan", basic_spec("nope"))).await.unwrap();
+    let (reason, message) = wait_condition(&crews, "orphan", "Ready", "False").await;
+    assert_eq!(reason, "IntegrationNotFound");
+    assert!(message.contains("\"nope\""), "{message}");
+    assert!(deployments.get_opt("crew-orphan").await.unwrap().is_none());
+
+    // Compute quota: pods that would exceed the tenant's CPU are refused, and said so.
+    let mut greedy = basic_spec("llm");
+    greedy["resources"] =
+        serde_json::json!({"requests": {"cpu": "2", "memory": "64Mi"}, "limits": {"cpu": "2", "memory": "64Mi"}});
+    crews.create(&PostParams::default(), &crew("greedy", greedy)).await.unwrap();
+    let message = wait_for("greedy to report QuotaExceeded", TIMEOUT, || async {
+        let (s, r, m) = condition(&crews, "greedy", "Ready").await?;
+        (s == "False" && r == "QuotaExceeded").then_some(m)
+    })
+    .await;
+    assert!(message.contains("exceeded quota"), "{message}");
+
+    // Object-count quota: the fourth crew is refused by the API server.
+    let err = crews.create(&PostParams::default(), &crew("one-too-many", basic_spec("llm"))).await.unwrap_err();
+    assert!(err.to_string().contains("exceeded quota"), "{err}");
+
+    // Deleting a crew removes its children.
+    crews.delete("team", &DeleteParams::default()).await.unwrap();
+    wait_for("the crew's Deployment to go", TIMEOUT, || async {
+        deployments.get_opt("crew-team").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    wait_for("the crew's ConfigMap to go", TIMEOUT, || async {
+        Api::<ConfigMap>::namespaced(client.clone(), NS).get_opt("crew-team").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    for name in ["orphan", "greedy"] {
+        crews.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    Api::<Tenant>::all(client.clone()).delete(TENANT, &DeleteParams::default()).await.unwrap();
+}
