@@ -167,7 +167,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     let _ = stop_tx.send(true);
-    http.await??;
+    // Scrapers keep connections open; do not let them hold the shutdown up for long.
+    match tokio::time::timeout(std::time::Duration::from_secs(5), http).await {
+        Ok(served) => served??,
+        Err(_) => warn!("HTTP connections still open after 5s; closing them"),
+    }
     info!("stopped");
     Ok(())
 }

@@ -102,7 +102,7 @@ async fn setup_tenant(client: &Client) {
 
 #[tokio::test]
 async fn a_crew_runs_rolls_reports_and_respects_quota() {
-    let op = operator_with_vault("bizosaas_platform_crew_e2e");
+    let op = operator_with_vault();
     op.wait_ready().await;
     let client = client().await;
     setup_tenant(&client).await;
@@ -209,5 +209,8 @@ async fn a_crew_runs_rolls_reports_and_respects_quota() {
     for name in ["orphan", "greedy"] {
         crews.delete(name, &DeleteParams::default()).await.unwrap();
     }
-    Api::<Tenant>::all(client.clone()).delete(TENANT, &DeleteParams::default()).await.unwrap();
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    tenants.delete(TENANT, &DeleteParams::default()).await.unwrap();
+    wait_for("the tenant to go", TIMEOUT, || async { tenants.get_opt(TENANT).await.ok()?.is_none().then_some(()) })
+        .await;
 }

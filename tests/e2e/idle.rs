@@ -12,7 +12,7 @@ use support::*;
 #[tokio::test]
 async fn a_converged_tenant_causes_no_writes() {
     install_crds();
-    let op = Operator::start(&["--database-url", &database_url(), "--platform-database", "bizosaas_platform_e2e"]);
+    let op = Operator::start_with_env(&[], &[("BIZOSAAS_DATABASE_URL", database_url())]);
     op.wait_ready().await;
     let client = client().await;
     let api: Api<Tenant> = Api::all(client.clone());
@@ -35,9 +35,17 @@ async fn a_converged_tenant_causes_no_writes() {
         is_ready(&t.status?.conditions).then_some(())
     })
     .await;
-    // Let the watch events of the children settle, then force reconciles by touching the Tenant.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let writes_before = op.metric("bizosaas_api_writes_total", &[]).await;
+    // Wait until the operator has stopped writing (other tenants in the cluster settle too),
+    // then force reconciles by touching the Tenant.
+    let mut writes_before = op.metric("bizosaas_api_writes_total", &[]).await;
+    let mut quiet_since = std::time::Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = op.metric("bizosaas_api_writes_total", &[]).await;
+        if now != writes_before {
+            (writes_before, quiet_since) = (now, std::time::Instant::now());
+        }
+    }
     let reconciles_before = op.metric("bizosaas_reconciles_total", &["outcome=\"success\""]).await;
     for i in 0..3 {
         let patch = serde_json::json!({"metadata": {"annotations": {"example.com/touch": i.to_string()}}});

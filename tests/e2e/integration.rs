@@ -87,7 +87,7 @@ async fn projected(secrets: &Api<Secret>, name: &str) -> Option<(String, String)
 
 #[tokio::test]
 async fn credentials_are_projected_rotated_and_checked() {
-    let op = operator_with_vault("bizosaas_platform_integration_e2e");
+    let op = operator_with_vault();
     op.wait_ready().await;
     let client = client().await;
     kubectl(&["delete", "namespace", NS, "--ignore-not-found", "--wait=true"], None);

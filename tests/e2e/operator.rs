@@ -28,7 +28,7 @@ async fn serves_health_readiness_and_metrics_then_stops_on_sigterm() {
     assert!(line.get("level").is_some() && line.get("timestamp").is_some(), "{first}");
 
     operator.terminate();
-    wait_for("the operator to exit after SIGTERM", Duration::from_secs(15), || async {
+    wait_for("the operator to exit after SIGTERM", Duration::from_secs(30), || async {
         (!operator.is_running()).then_some(())
     })
     .await;

@@ -25,7 +25,7 @@ fn operator() -> &'static Operator {
     OPERATOR.get_or_init(|| {
         install_crds();
         let url = database_url();
-        Operator::start(&["--database-url", &url, "--platform-database", "bizosaas_platform_e2e"])
+        Operator::start_with_env(&[], &[("BIZOSAAS_DATABASE_URL", url)])
     })
 }
 
@@ -433,7 +433,7 @@ async fn shared_tenants_cannot_touch_each_other() {
     let admin = admin_pg().await;
     let roles = admin.query("SELECT rolname FROM pg_roles WHERE rolname LIKE 'tenant_e2e_iso_%'", &[]).await.unwrap();
     assert!(roles.is_empty(), "roles left behind");
-    let platform = pg(&admin_url_for("bizosaas_platform_e2e")).await;
+    let platform = pg(&admin_url_for("bizosaas_platform")).await;
     let rows: i64 = platform
         .query_one("SELECT count(*) FROM agent_memory WHERE tenant_id IN ('e2e-iso-a', 'e2e-iso-b')", &[])
         .await

@@ -191,14 +191,6 @@ impl Admin {
                     let role_left = role_exists(&admin, &names.app_role).await?.is_some();
                     let platform = self.connect(Some(&self.platform_database)).await?;
                     run(&platform, "removing tenant rows", &schema::remove_tenant(names, role_left)?).await?;
-                    if role_left {
-                        run(
-                            &admin,
-                            "revoking connect",
-                            &format!("REVOKE ALL ON DATABASE {} FROM {app};", quote_ident(&self.platform_database)),
-                        )
-                        .await?;
-                    }
                 }
             }
         }

@@ -78,7 +78,7 @@ CREATE POLICY {policy} ON {table} AS PERMISSIVE FOR ALL TO {app}
 }
 
 /// Removes a tenant's rows from the shared platform database and, while its role still
-/// exists, the policies and grants that name the role.
+/// exists, its policies and every privilege it holds there (and on the database itself).
 pub fn remove_tenant(names: &TenantNames, role_exists: bool) -> Result<String, DatabaseError> {
     let app = quote_ident(&names.app_role);
     let policy = quote_ident(&names.policy);
@@ -87,16 +87,12 @@ pub fn remove_tenant(names: &TenantNames, role_exists: bool) -> Result<String, D
     for table in TABLES {
         sql.push_str(&format!("DELETE FROM {table} WHERE tenant_id = {tenant};\n"));
         if role_exists {
-            sql.push_str(&format!(
-                "DROP POLICY IF EXISTS {policy} ON {table};
-REVOKE ALL ON {table} FROM {app};
-REVOKE ALL ON SEQUENCE {table}_id_seq FROM {app};
-"
-            ));
+            sql.push_str(&format!("DROP POLICY IF EXISTS {policy} ON {table};\n"));
         }
     }
     if role_exists {
-        sql.push_str(&format!("REVOKE ALL ON SCHEMA public FROM {app};\n"));
+        // Revokes its grants here and on shared objects such as the database's CONNECT.
+        sql.push_str(&format!("DROP OWNED BY {app};\n"));
     }
     Ok(sql)
 }
@@ -120,7 +116,7 @@ mod tests {
         let sql = remove_tenant(&names, false).unwrap();
         assert!(sql.contains("DELETE FROM audit_log WHERE tenant_id = 'acme';"));
         assert!(!sql.contains("tenant_acme_app"));
-        assert!(remove_tenant(&names, true).unwrap().contains("REVOKE ALL ON agent_memory FROM \"tenant_acme_app\""));
+        assert!(remove_tenant(&names, true).unwrap().contains("DROP OWNED BY \"tenant_acme_app\";"));
     }
 
     #[test]

@@ -86,11 +86,11 @@ pub async fn vault(method: &str, path: &str, token: &str, body: Option<serde_jso
 }
 
 /// Starts the operator connected to the test PostgreSQL and OpenBao (root token).
-pub fn operator_with_vault(platform_database: &str) -> Operator {
+pub fn operator_with_vault() -> Operator {
     install_crds();
     let (db, addr) = (database_url(), vault_addr());
     Operator::start_with_env(
-        &["--platform-database", platform_database, "--vault-addr", &addr],
+        &["--vault-addr", &addr],
         &[("BIZOSAAS_DATABASE_URL", db), ("BIZOSAAS_VAULT_TOKEN", vault_token())],
     )
 }
