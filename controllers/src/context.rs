@@ -57,6 +57,9 @@ pub struct Context {
     pub postgres: Option<Admin>,
     /// `None` without a Vault connection: Vault-backed tenants and credentials report it.
     pub vault: Option<Arc<Vault>>,
+    /// Uids of the Tenants this process has applied at least once. A Tenant outside it and
+    /// without status is new, so its children are written without being read first.
+    pub applied_tenants: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Context {
@@ -69,6 +72,6 @@ impl Context {
     ) -> Self {
         let reporter = Reporter { controller: crate::FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
         let recorder = Recorder::new(client.clone(), reporter);
-        Self { client, config, metrics, recorder, postgres, vault }
+        Self { client, config, metrics, recorder, postgres, vault, applied_tenants: Default::default() }
     }
 }

@@ -146,9 +146,13 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: &Context) -> Result<Action, 
 }
 
 /// The applier of one reconcile. A Tenant never reconciled before has no children yet, so
-/// its first pass writes without reading each child first.
+/// its first pass writes without reading each child first. The process remembers which
+/// Tenants it applied, because a reconcile right after the first may still see a cached copy
+/// without status.
 fn applier<'a>(tenant: &Tenant, ctx: &'a Context) -> Applier<'a> {
-    Applier { metrics: &ctx.metrics, controller: CONTROLLER, compare: tenant.status.is_some() }
+    let uid = tenant.metadata.uid.clone().unwrap_or_default();
+    let first_time = ctx.applied_tenants.lock().expect("applied tenants lock").insert(uid);
+    Applier { metrics: &ctx.metrics, controller: CONTROLLER, compare: tenant.status.is_some() || !first_time }
 }
 
 /// True when the namespace was created by this operator for this tenant.
@@ -495,6 +499,9 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     {
         namespaces.delete(&ns_name, &DeleteParams::background()).await?;
         ctx.metrics.write(CONTROLLER, "Namespace", "delete");
+    }
+    if let Some(uid) = &tenant.metadata.uid {
+        ctx.applied_tenants.lock().expect("applied tenants lock").remove(uid);
     }
     info!(deletion_policy = ?policy, "tenant removed");
     Ok(Action::await_change())
