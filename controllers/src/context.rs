@@ -60,6 +60,9 @@ pub struct Context {
     /// Uids of the Tenants this process has applied at least once. A Tenant outside it and
     /// without status is new, so its children are written without being read first.
     pub applied_tenants: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// When each Tenant's database was last provisioned, and for which generation. Reconciles
+    /// in between (triggered by its children) skip the DDL; a resync or a spec change redoes it.
+    pub provisioned_databases: std::sync::Mutex<std::collections::HashMap<String, (Option<i64>, std::time::Instant)>>,
 }
 
 impl Context {
@@ -72,6 +75,15 @@ impl Context {
     ) -> Self {
         let reporter = Reporter { controller: crate::FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
         let recorder = Recorder::new(client.clone(), reporter);
-        Self { client, config, metrics, recorder, postgres, vault, applied_tenants: Default::default() }
+        Self {
+            client,
+            config,
+            metrics,
+            recorder,
+            postgres,
+            vault,
+            applied_tenants: Default::default(),
+            provisioned_databases: Default::default(),
+        }
     }
 }

@@ -96,49 +96,64 @@ impl Admin {
             Some(p) if p.chars().all(|c| c.is_ascii_alphanumeric()) && p.len() >= 24 => p.to_string(),
             _ => generate_password(),
         };
-        let database =
-            match isolation {
-                DatabaseIsolation::Dedicated => {
-                    ensure_role(&admin, &names.owner_role, "NOLOGIN NOINHERIT").await?;
-                    ensure_app_role(&admin, &names.app_role, &password).await?;
-                    ensure_database(&admin, &names.database, &names.owner_role).await?;
-                    let db = quote_ident(&names.database);
-                    let app = quote_ident(&names.app_role);
-                    run(&admin, "database grants", &format!(
-                    "REVOKE ALL ON DATABASE {db} FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {app};"
-                ))
+        match isolation {
+            DatabaseIsolation::Dedicated => {
+                ensure_role(&admin, &names.owner_role, "NOLOGIN NOINHERIT").await?;
+                ensure_app_role(&admin, &names.app_role, &password).await?;
+                ensure_database(&admin, &names.database, &names.owner_role).await?;
+                let db = quote_ident(&names.database);
+                let app = quote_ident(&names.app_role);
+                run(
+                    &admin,
+                    "database grants",
+                    &format!(
+                        "REVOKE ALL ON DATABASE {db} FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {app};"
+                    ),
+                )
                 .await?;
-                    let tenant_db = self.connect(Some(&names.database)).await?;
-                    run(&tenant_db, "tenant tables", &schema::tables(&names.owner_role)).await?;
-                    run(&tenant_db, "tenant policies", &schema::tenant_access(names)?).await?;
-                    names.database.clone()
+                let tenant_db = self.connect(Some(&names.database)).await?;
+                run(&tenant_db, "tenant tables", &schema::tables(&names.owner_role)).await?;
+                run(&tenant_db, "tenant policies", &schema::tenant_access(names)?).await?;
+            }
+            DatabaseIsolation::Shared => {
+                let mut platform_ready = self.shared.lock().await;
+                if !*platform_ready {
+                    self.ensure_platform_database(&admin).await?;
+                    *platform_ready = true;
                 }
-                DatabaseIsolation::Shared => {
-                    let mut platform_ready = self.shared.lock().await;
-                    if !*platform_ready {
-                        self.ensure_platform_database(&admin).await?;
-                        *platform_ready = true;
-                    }
-                    ensure_app_role(&admin, &names.app_role, &password).await?;
-                    let db = quote_ident(&self.platform_database);
-                    run(
-                        &admin,
-                        "platform grants",
-                        &format!("GRANT CONNECT ON DATABASE {db} TO {};", quote_ident(&names.app_role)),
-                    )
-                    .await?;
-                    let platform = self.connect(Some(&self.platform_database)).await?;
-                    run(&platform, "tenant policies", &schema::tenant_access(names)?).await?;
-                    self.platform_database.clone()
-                }
-            };
-        Ok(TenantCredentials {
+                ensure_app_role(&admin, &names.app_role, &password).await?;
+                let db = quote_ident(&self.platform_database);
+                run(
+                    &admin,
+                    "platform grants",
+                    &format!("GRANT CONNECT ON DATABASE {db} TO {};", quote_ident(&names.app_role)),
+                )
+                .await?;
+                let platform = self.connect(Some(&self.platform_database)).await?;
+                run(&platform, "tenant policies", &schema::tenant_access(names)?).await?;
+            }
+        }
+        Ok(self.credentials(names, isolation, password))
+    }
+
+    /// The credentials of a tenant whose database is known to be in place.
+    pub fn credentials(
+        &self,
+        names: &TenantNames,
+        isolation: DatabaseIsolation,
+        password: String,
+    ) -> TenantCredentials {
+        let database = match isolation {
+            DatabaseIsolation::Dedicated => names.database.clone(),
+            DatabaseIsolation::Shared => self.platform_database.clone(),
+        };
+        TenantCredentials {
             host: self.tenant_host.clone(),
             port: self.tenant_port,
             database,
             username: names.app_role.clone(),
             password,
-        })
+        }
     }
 
     /// Creates the shared platform database and its RLS-guarded tables.

@@ -19,11 +19,12 @@ use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType};
-use kube::runtime::finalizer::{Event, finalizer};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, reflector};
+use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -50,8 +51,6 @@ pub enum Error {
     Database(#[from] DatabaseError),
     #[error(transparent)]
     Vault(#[from] VaultError),
-    #[error("finalizer: {0}")]
-    Finalizer(String),
     #[error("the Tenant could not be read: {0}")]
     InvalidObject(String),
 }
@@ -64,7 +63,6 @@ impl Error {
             Error::Build(_) => "invalid_spec",
             Error::Database(_) => "database",
             Error::Vault(_) => "vault",
-            Error::Finalizer(_) => "finalizer",
             Error::InvalidObject(_) => "invalid_object",
         }
     }
@@ -76,21 +74,51 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let ours = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
     // Children point back by label rather than owner reference: kube-runtime's `owns` would
     // give a cluster-scoped Tenant the child's namespace and so reconcile it twice at once.
-    Controller::new(Api::<DeserializeGuard<Tenant>>::all(client.clone()), watcher::Config::default())
-        .watches(Api::<Namespace>::all(client.clone()), ours.clone(), tenant_of)
-        .watches(Api::<ResourceQuota>::all(client.clone()), ours.clone(), tenant_of)
-        .watches(Api::<LimitRange>::all(client.clone()), ours.clone(), tenant_of)
-        .watches(Api::<NetworkPolicy>::all(client.clone()), ours.clone(), tenant_of)
-        .watches(Api::<ServiceAccount>::all(client.clone()), ours.clone(), tenant_of)
-        .watches(Api::<RoleBinding>::all(client.clone()), ours.clone(), tenant_of)
-        .watches(Api::<Secret>::all(client.clone()), ours.clone(), tenant_of)
-        .watches(Api::<Deployment>::all(client.clone()), ours.clone(), tenant_of)
-        .watches(Api::<Service>::all(client.clone()), ours.clone(), tenant_of)
-        .watches(Api::<Ingress>::all(client.clone()), ours, tenant_of)
+    // The Tenant's own status and finalizer writes come back through the watch; only a change
+    // a user makes (spec, labels, annotations, deletion) needs a reconcile.
+    let (reader, writer) = reflector::store();
+    let tenants =
+        reflector(writer, watcher(Api::<DeserializeGuard<Tenant>>::all(client.clone()), watcher::Config::default()))
+            .default_backoff()
+            .applied_objects()
+            .predicate_filter(user_change, PredicateConfig::default());
+    Controller::for_stream(tenants, reader)
+        .watches_stream(children::<Namespace>(&client, &ours), tenant_of)
+        .watches_stream(children::<ResourceQuota>(&client, &ours), tenant_of)
+        .watches_stream(children::<LimitRange>(&client, &ours), tenant_of)
+        .watches_stream(children::<NetworkPolicy>(&client, &ours), tenant_of)
+        .watches_stream(children::<ServiceAccount>(&client, &ours), tenant_of)
+        .watches_stream(children::<RoleBinding>(&client, &ours), tenant_of)
+        .watches_stream(children::<Secret>(&client, &ours), tenant_of)
+        .watches_stream(children::<Deployment>(&client, &ours), tenant_of)
+        .watches_stream(children::<Service>(&client, &ours), tenant_of)
+        .watches_stream(children::<Ingress>(&client, &ours), tenant_of)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
+}
+
+/// Hash of what a user changes on a Tenant: generation (spec and deletion), labels and
+/// annotations. Status and finalizer updates hash the same and are filtered out.
+fn user_change(tenant: &DeserializeGuard<Tenant>) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = tenant.meta();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (meta.generation, &meta.labels, &meta.annotations, meta.deletion_timestamp.is_some()).hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// Changes to one kind of child, as metadata only: the label is all the mapping needs, and
+/// the API server then sends far less than whole Secrets and Deployments.
+fn children<K>(
+    client: &kube::Client,
+    config: &watcher::Config,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    watcher(Api::<PartialObjectMeta<K>>::all(client.clone()), config.clone()).default_backoff().touched_objects()
 }
 
 /// The Tenant a child belongs to, from its `bizosaas.io/tenant` label.
@@ -117,32 +145,43 @@ fn error_policy(_guard: Arc<DeserializeGuard<Tenant>>, error: &Error, _ctx: Arc<
     Action::requeue(RETRY)
 }
 
+/// Holds a Tenant with a finalizer until its deletion policy has run. The finalizer is added
+/// in the same reconcile that provisions the Tenant, saving a round trip through the watch.
 async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: &Context) -> Result<Action, Error> {
-    let api: Api<Tenant> = Api::all(ctx.client.clone());
     let has_finalizer = tenant.finalizers().iter().any(|f| f == FINALIZER);
-    let deleting = tenant.metadata.deletion_timestamp.is_some();
-    // The finalizer helper patches the Tenant itself: adding the finalizer, or removing it
-    // once cleanup is done. Count those writes too.
-    let finalizer_write = (!has_finalizer && !deleting) || (has_finalizer && deleting);
-    let result = finalizer(&api, FINALIZER, tenant, |event| async {
-        match event {
-            Event::Apply(tenant) => apply(&tenant, ctx).await,
-            Event::Cleanup(tenant) => cleanup(&tenant, ctx).await,
+    match (tenant.metadata.deletion_timestamp.is_some(), has_finalizer) {
+        (true, false) => Ok(Action::await_change()),
+        (true, true) => {
+            let action = cleanup(&tenant, ctx).await?;
+            let rest: Vec<&String> = tenant.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+            set_finalizers(&tenant, ctx, serde_json::json!(rest)).await?;
+            Ok(action)
         }
-    })
-    .await
-    .or_else(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => Err(e),
-        // A second cleanup pass on a stale copy: the Tenant is already gone.
-        kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(s)) if s.code == 404 => {
-            Ok(Action::await_change())
+        (false, false) => {
+            let mut all: Vec<&String> = tenant.finalizers().iter().collect();
+            let ours = FINALIZER.to_string();
+            all.push(&ours);
+            set_finalizers(&tenant, ctx, serde_json::json!(all)).await?;
+            apply(&tenant, ctx).await
         }
-        other => Err(Error::Finalizer(other.to_string())),
-    });
-    if result.is_ok() && finalizer_write {
-        ctx.metrics.write(CONTROLLER, "Tenant", "finalizer");
+        (false, true) => apply(&tenant, ctx).await,
     }
-    result
+}
+
+/// Replaces the Tenant's finalizers, conditional on the resourceVersion it was read at. A
+/// Tenant already gone counts as done.
+async fn set_finalizers(tenant: &Tenant, ctx: &Context, finalizers: serde_json::Value) -> Result<(), Error> {
+    let api: Api<Tenant> = Api::all(ctx.client.clone());
+    let patch = serde_json::json!({
+        "metadata": {"finalizers": finalizers, "resourceVersion": tenant.metadata.resource_version}
+    });
+    match api.patch(&tenant.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    ctx.metrics.write(CONTROLLER, "Tenant", "finalizer");
+    Ok(())
 }
 
 /// The applier of one reconcile. A Tenant never reconciled before has no children yet, so
@@ -305,8 +344,27 @@ async fn ensure_database(
     if password.is_none() {
         info!(role = %names.app_role, "no credentials handed out yet: a new password will be set");
     }
-    let creds = match admin.ensure_tenant(&names, tenant.spec.database.isolation, password.as_deref()).await {
-        Ok(creds) => creds,
+    let uid = tenant.metadata.uid.clone().unwrap_or_default();
+    let recently_provisioned = {
+        let provisioned = ctx.provisioned_databases.lock().expect("provisioned databases lock");
+        provisioned
+            .get(&uid)
+            .is_some_and(|(generation, at)| *generation == tenant.metadata.generation && at.elapsed() < RESYNC)
+    };
+    let ensured = match password {
+        Some(password) if recently_provisioned => {
+            Ok(admin.credentials(&names, tenant.spec.database.isolation, password))
+        }
+        password => admin.ensure_tenant(&names, tenant.spec.database.isolation, password.as_deref()).await,
+    };
+    let creds = match ensured {
+        Ok(creds) => {
+            if !recently_provisioned {
+                let mut provisioned = ctx.provisioned_databases.lock().expect("provisioned databases lock");
+                provisioned.insert(uid, (tenant.metadata.generation, std::time::Instant::now()));
+            }
+            creds
+        }
         Err(e) => {
             let reason = if matches!(e, DatabaseError::Connect(_)) {
                 "DatabaseUnavailable"
@@ -502,6 +560,7 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     }
     if let Some(uid) = &tenant.metadata.uid {
         ctx.applied_tenants.lock().expect("applied tenants lock").remove(uid);
+        ctx.provisioned_databases.lock().expect("provisioned databases lock").remove(uid);
     }
     info!(deletion_policy = ?policy, "tenant removed");
     Ok(Action::await_change())
@@ -524,7 +583,6 @@ mod tests {
 
     #[test]
     fn error_categories_are_stable() {
-        assert_eq!(Error::Finalizer("x".into()).category(), "finalizer");
         assert_eq!(Error::Build(BuildError::MissingUid).category(), "invalid_spec");
         assert_eq!(Error::Database(DatabaseError::Connect("x".into())).category(), "database");
     }
