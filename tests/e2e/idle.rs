@@ -37,16 +37,20 @@ async fn a_converged_tenant_causes_no_writes() {
     .await;
     // Wait until the operator has stopped writing (other tenants in the cluster settle too),
     // then force reconciles by touching the Tenant.
-    let mut writes_before = op.metric("bizosaas_api_writes_total", &[]).await;
+    let tenant_writes = ["controller=\"tenant\""];
+    let mut writes_before = op.metric("bizosaas_api_writes_total", &tenant_writes).await;
     let mut quiet_since = std::time::Instant::now();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while quiet_since.elapsed() < Duration::from_secs(5) {
+        assert!(std::time::Instant::now() < deadline, "the tenant controller never stopped writing");
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = op.metric("bizosaas_api_writes_total", &[]).await;
+        let now = op.metric("bizosaas_api_writes_total", &tenant_writes).await;
         if now != writes_before {
             (writes_before, quiet_since) = (now, std::time::Instant::now());
         }
     }
-    let reconciles_before = op.metric("bizosaas_reconciles_total", &["outcome=\"success\""]).await;
+    let reconciles_before =
+        op.metric("bizosaas_reconciles_total", &["controller=\"tenant\",outcome=\"success\""]).await;
     for i in 0..3 {
         let patch = serde_json::json!({"metadata": {"annotations": {"example.com/touch": i.to_string()}}});
         api.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
@@ -57,7 +61,7 @@ async fn a_converged_tenant_causes_no_writes() {
             .then_some(())
     })
     .await;
-    let writes_after = op.metric("bizosaas_api_writes_total", &[]).await;
+    let writes_after = op.metric("bizosaas_api_writes_total", &tenant_writes).await;
     assert!(writes_before > 0.0, "the counter counts nothing");
     assert_eq!(writes_after, writes_before, "a converged tenant was written to");
     api.delete(name, &DeleteParams::default()).await.unwrap();

@@ -130,6 +130,7 @@ async fn apply(integration: &Integration, ictx: &IntegrationContext) -> Result<A
             None,
             None,
             interval,
+            interval,
         )
         .await;
     };
@@ -186,7 +187,7 @@ async fn apply(integration: &Integration, ictx: &IntegrationContext) -> Result<A
             Duration::from_secs(1u64 << (*n).min(16)).min(interval)
         }
     };
-    finish(integration, ictx, observed, hash, result.map(|r| r.latency), next).await
+    finish(integration, ictx, observed, hash, result.map(|r| r.latency), next, interval).await
 }
 
 /// Resolves the credential value. The outer error is a failed API call; the inner one a
@@ -238,6 +239,7 @@ async fn finish(
     content_hash: Option<String>,
     latency: Option<Duration>,
     requeue: Duration,
+    heartbeat: Duration,
 ) -> Result<Action, Error> {
     let ctx = &ictx.ctx;
     let failing = observed.iter().find(|o| !o.status).cloned();
@@ -258,7 +260,18 @@ async fn finish(
         observed_generation: generation,
         conditions: conditions::merge(&previous.conditions, &observed, generation),
     };
-    if next != previous {
+    // A check that changes nothing but the time and latency is written at most once per
+    // interval, so a failing endpoint retried with backoff does not write on every try.
+    let only_timing = IntegrationStatus {
+        last_check_time: previous.last_check_time.clone(),
+        latency_ms: previous.latency_ms,
+        ..next.clone()
+    } == previous;
+    let heartbeat_due = previous
+        .last_check_time
+        .as_ref()
+        .is_none_or(|t| Timestamp::now().duration_since(t.0).unsigned_abs() >= heartbeat);
+    if next != previous && (!only_timing || heartbeat_due) {
         let api: Api<Integration> = Api::namespaced(ctx.client.clone(), &integration.namespace().unwrap_or_default());
         api.patch_status(
             &integration.name_any(),

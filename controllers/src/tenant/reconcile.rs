@@ -297,12 +297,40 @@ async fn apply_children(owner: &Owner, c: &Children, a: Applier<'_>, ctx: &Conte
             a.prune(&ingresses, &service_selector, &keep_services),
         )?;
     }
+    // Until the quota controller has recorded the quota, the API server refuses every counted
+    // object (crews, workflows) with "status unknown for quota": not ready before that.
+    let quota = match quotas.get_opt(&c.resource_quota.name_any()).await? {
+        Some(live) if quota_enforced(&live, &c.resource_quota) => Observed::ok(
+            QUOTA_READY,
+            "Enforced",
+            "ResourceQuota tenant-quota is enforced; LimitRange tenant-limits is applied",
+        ),
+        _ => Observed::failed(
+            QUOTA_READY,
+            "QuotaPending",
+            "Waiting for the quota controller to record ResourceQuota tenant-quota",
+        ),
+    };
     Ok(vec![
         Observed::ok(NAMESPACE_READY, "Applied", format!("Namespace {ns} is ready")),
-        Observed::ok(QUOTA_READY, "Applied", "ResourceQuota tenant-quota and LimitRange tenant-limits are applied"),
+        quota,
         Observed::ok(NETWORK_READY, "Applied", format!("{} NetworkPolicies are applied", c.network_policies.len())),
         Observed::ok(RBAC_READY, "Applied", "ServiceAccount tenant-workload and owner RoleBindings are applied"),
     ])
+}
+
+/// True when the quota controller has recorded the desired limits and the usage of every
+/// limited resource; before that the API server's quota admission answers "status unknown".
+fn quota_enforced(live: &ResourceQuota, desired: &ResourceQuota) -> bool {
+    let wanted = desired.spec.as_ref().and_then(|s| s.hard.as_ref());
+    let status = live.status.as_ref();
+    let (recorded, used) = (status.and_then(|s| s.hard.as_ref()), status.and_then(|s| s.used.as_ref()));
+    match (wanted, recorded, used) {
+        (Some(wanted), Some(recorded), Some(used)) => {
+            wanted.iter().all(|(k, v)| recorded.get(k).is_some_and(|r| r.0 == v.0) && used.contains_key(k))
+        }
+        _ => false,
+    }
 }
 
 /// Provisions the database and stores the app role's credentials (Secret or Vault). Problems
@@ -579,6 +607,25 @@ mod tests {
         assert!(!is_ours(&ns, "acme"), "our label for another tenant is not enough");
         ns.labels_mut().insert(LABEL_TENANT.into(), "acme".into());
         assert!(is_ours(&ns, "acme"));
+    }
+
+    #[test]
+    fn a_quota_counts_as_enforced_once_its_status_matches() {
+        use k8s_openapi::api::core::v1::{ResourceQuotaSpec, ResourceQuotaStatus};
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        let hard = |pods: &str| Some([("pods".to_string(), Quantity(pods.into()))].into());
+        let desired = ResourceQuota {
+            spec: Some(ResourceQuotaSpec { hard: hard("20"), ..Default::default() }),
+            ..Default::default()
+        };
+        let mut live = desired.clone();
+        assert!(!quota_enforced(&live, &desired), "no status yet");
+        live.status = Some(ResourceQuotaStatus { hard: hard("10"), used: hard("0") });
+        assert!(!quota_enforced(&live, &desired), "old limits");
+        live.status = Some(ResourceQuotaStatus { hard: hard("20"), used: None });
+        assert!(!quota_enforced(&live, &desired), "usage not counted yet");
+        live.status = Some(ResourceQuotaStatus { hard: hard("20"), used: hard("0") });
+        assert!(quota_enforced(&live, &desired));
     }
 
     #[test]
