@@ -239,13 +239,18 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     observed.push(database_condition.1);
     observed.push(services_condition(tenant, &children, ctx).await?);
 
+    // The quota controller usually records the quota within a second; its update event
+    // triggers a reconcile, and a short requeue covers a missed one.
+    let quota_pending = observed.iter().any(|o| o.reason == "QuotaPending");
     let next = status::next(tenant, observed, database);
     let waiting = !bizosaas_crds::common::is_ready(&next.conditions);
     write_status(tenant, ctx, next).await?;
-    Ok(if database_failed {
+    Ok(if quota_pending {
+        Action::requeue(Duration::from_secs(1))
+    } else if database_failed {
         Action::requeue(RETRY)
     } else if waiting {
-        Action::requeue(Duration::from_secs(60))
+        Action::requeue(Duration::from_secs(30))
     } else {
         Action::requeue(RESYNC)
     })
