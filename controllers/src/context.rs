@@ -1,12 +1,15 @@
 //! What every reconcile gets: the client, the operator's configuration, metrics, events and
 //! the PostgreSQL admin connection.
 
+use crate::conditions;
 use crate::metrics::Metrics;
 use crate::postgres::Admin;
 use crate::tenant::plans::PlanCatalog;
 use crate::vault::Vault;
+use bizosaas_crds::common::{Condition, READY};
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use std::sync::Arc;
 
 /// Operator configuration, from flags and environment.
@@ -66,6 +69,26 @@ pub struct Context {
 }
 
 impl Context {
+    /// Records an event for each condition that flipped: every failure, and `Ready` turning
+    /// True. Successful sub-conditions stay quiet, so a healthy provisioning costs one event.
+    pub async fn record_transitions(&self, object: &ObjectReference, previous: &[Condition], next: &[Condition]) {
+        for condition in conditions::transitions(previous, next) {
+            if condition.type_ != READY && condition.status == "True" {
+                continue;
+            }
+            let event = Event {
+                type_: if condition.status == "True" { EventType::Normal } else { EventType::Warning },
+                reason: condition.reason.clone(),
+                note: Some(condition.message.chars().take(1000).collect()),
+                action: condition.type_.clone(),
+                secondary: None,
+            };
+            if let Err(e) = self.recorder.publish(&event, object).await {
+                tracing::warn!(error = %e, "could not record an event");
+            }
+        }
+    }
+
     pub fn new(
         client: Client,
         config: Config,

@@ -67,6 +67,25 @@ impl Metrics {
     }
 }
 
+/// Errors with a stable category, the `outcome` label of a failed reconcile.
+pub trait Categorized {
+    fn category(&self) -> &'static str;
+}
+
+impl Metrics {
+    /// Runs one reconcile, recording its duration and outcome.
+    pub async fn measure<T, E: Categorized>(
+        &self,
+        controller: &'static str,
+        work: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let timer = self.start(controller);
+        let result = work.await;
+        timer.finish(result.as_ref().map_or_else(Categorized::category, |_| "success"));
+        result
+    }
+}
+
 /// Measures one reconcile.
 pub struct ReconcileTimer<'a> {
     metrics: &'a Metrics,

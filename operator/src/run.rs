@@ -20,6 +20,9 @@ use std::sync::atomic::Ordering;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+/// How long reconciles in flight may finish after SIGTERM (pods get 30 s by default).
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Lease held by the active replica.
 const LEASE_NAME: &str = "bizosaas-operator";
 
@@ -160,11 +163,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let stopped = |mut stop: watch::Receiver<bool>| async move {
             let _ = stop.wait_for(|s| *s).await;
         };
-        tokio::join!(
-            tenant::run(ctx.clone(), stopped(stop_rx.clone())),
-            integration::run(ctx.clone(), stopped(stop_rx.clone())),
-            agent_crew::run(ctx, stopped(stop_rx.clone())),
-        );
+        let controllers = async {
+            tokio::join!(
+                tenant::run(ctx.clone(), stopped(stop_rx.clone())),
+                integration::run(ctx.clone(), stopped(stop_rx.clone())),
+                agent_crew::run(ctx, stopped(stop_rx.clone())),
+            )
+        };
+        // Reconciles in flight get a grace period after a stop; the process exits regardless.
+        let grace = async {
+            stopped(stop_rx.clone()).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            _ = controllers => {}
+            _ = grace => warn!(grace = ?SHUTDOWN_GRACE, "reconciles still running after the grace period; stopping anyway"),
+        }
     }
     let _ = stop_tx.send(true);
     // Scrapers keep connections open; do not let them hold the shutdown up for long.

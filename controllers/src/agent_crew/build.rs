@@ -1,14 +1,16 @@
 //! The objects that run a crew: the ConfigMap with the rendered crew, a Deployment of the
 //! `bizosaas-agent` runtime, its Service, and a PodDisruptionBudget with more than one replica.
 
-use crate::tenant::build::{DATABASE_SECRET, LABEL_COMPONENT, WORKLOAD_SERVICE_ACCOUNT};
+use crate::tenant::build::{
+    DATABASE_SECRET, LABEL_COMPONENT, WORKLOAD_SERVICE_ACCOUNT, restricted_container, restricted_pod,
+};
 use bizosaas_crds::crew_config::{CREW_FILE, CrewConfig, credential_env};
 use bizosaas_crds::{AgentCrew, LABEL_MANAGED_BY, MANAGED_BY};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecretKeySelector, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -152,15 +154,7 @@ pub fn objects(
         readiness_probe: Some(probe("/readyz")),
         liveness_probe: Some(probe("/healthz")),
         resources: Some(resources),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            run_as_user: Some(65532),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
-            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
-            ..Default::default()
-        }),
+        security_context: Some(SecurityContext { run_as_user: Some(65532), ..restricted_container() }),
         volume_mounts: Some(vec![
             VolumeMount {
                 name: "crew".into(),
@@ -188,11 +182,7 @@ pub fn objects(
                 spec: Some(PodSpec {
                     service_account_name: Some(WORKLOAD_SERVICE_ACCOUNT.into()),
                     automount_service_account_token: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
-                        ..Default::default()
-                    }),
+                    security_context: Some(restricted_pod()),
                     containers: vec![container],
                     volumes: Some(vec![
                         Volume {

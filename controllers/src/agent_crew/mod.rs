@@ -8,6 +8,7 @@ use crate::apply::Applier;
 use crate::conditions::{self, Observed};
 use crate::context::Context;
 use crate::integration;
+use crate::metrics::Categorized;
 use bizosaas_crds::agent_crew::AgentCrewStatus;
 use bizosaas_crds::common::READY;
 use bizosaas_crds::{AgentCrew, Integration, LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY};
@@ -18,7 +19,6 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
@@ -43,8 +43,8 @@ pub enum Error {
     InvalidObject(String),
 }
 
-impl Error {
-    pub fn category(&self) -> &'static str {
+impl Categorized for Error {
+    fn category(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kubernetes",
             Error::InvalidObject(_) => "invalid_object",
@@ -86,16 +86,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
 
 #[instrument(skip_all, fields(crew = %guard.0.as_ref().map(|c| c.name_any()).unwrap_or_default()))]
 async fn reconcile(guard: Arc<DeserializeGuard<AgentCrew>>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let timer = ctx.metrics.start(CONTROLLER);
-    let result = match &guard.0 {
-        Ok(crew) => apply(crew, &ctx).await,
-        Err(invalid) => Err(Error::InvalidObject(invalid.to_string())),
+    let work = async {
+        match &guard.0 {
+            Ok(crew) => apply(crew, &ctx).await,
+            Err(invalid) => Err(Error::InvalidObject(invalid.to_string())),
+        }
     };
-    timer.finish(match &result {
-        Ok(_) => "success",
-        Err(e) => e.category(),
-    });
-    result
+    ctx.metrics.measure(CONTROLLER, work).await
 }
 
 fn error_policy(_guard: Arc<DeserializeGuard<AgentCrew>>, error: &Error, _ctx: Arc<Context>) -> Action {
@@ -240,17 +237,6 @@ async fn write_status(
     api.patch_status(&crew.name_any(), &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": next})))
         .await?;
     ctx.metrics.write(CONTROLLER, "AgentCrew", "status");
-    for c in conditions::transitions(&previous.conditions, &next.conditions) {
-        let event = Event {
-            type_: if c.status == "True" { EventType::Normal } else { EventType::Warning },
-            reason: c.reason.clone(),
-            note: Some(c.message.chars().take(1000).collect()),
-            action: c.type_.clone(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &crew.object_ref(&())).await {
-            warn!(error = %e, "could not record an event");
-        }
-    }
+    ctx.record_transitions(&crew.object_ref(&()), &previous.conditions, &next.conditions).await;
     Ok(())
 }

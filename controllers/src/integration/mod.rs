@@ -9,6 +9,7 @@ pub mod health;
 use crate::apply::Applier;
 use crate::conditions::{self, Observed};
 use crate::context::Context;
+use crate::metrics::Categorized;
 use crate::vault::VaultError;
 use bizosaas_crds::common::READY;
 use bizosaas_crds::integration::{IntegrationSpec, IntegrationStatus};
@@ -20,7 +21,6 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
@@ -47,8 +47,8 @@ pub enum Error {
     InvalidObject(String),
 }
 
-impl Error {
-    pub fn category(&self) -> &'static str {
+impl Categorized for Error {
+    fn category(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kubernetes",
             Error::InvalidObject(_) => "invalid_object",
@@ -89,16 +89,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
 
 #[instrument(skip_all, fields(integration = %guard.0.as_ref().map(|i| i.name_any()).unwrap_or_default()))]
 async fn reconcile(guard: Arc<DeserializeGuard<Integration>>, ictx: Arc<IntegrationContext>) -> Result<Action, Error> {
-    let timer = ictx.ctx.metrics.start(CONTROLLER);
-    let result = match &guard.0 {
-        Ok(integration) => apply(integration, &ictx).await,
-        Err(invalid) => Err(Error::InvalidObject(invalid.to_string())),
+    let work = async {
+        match &guard.0 {
+            Ok(integration) => apply(integration, &ictx).await,
+            Err(invalid) => Err(Error::InvalidObject(invalid.to_string())),
+        }
     };
-    timer.finish(match &result {
-        Ok(_) => "success",
-        Err(e) => e.category(),
-    });
-    result
+    ictx.ctx.metrics.measure(CONTROLLER, work).await
 }
 
 fn error_policy(_guard: Arc<DeserializeGuard<Integration>>, error: &Error, _ictx: Arc<IntegrationContext>) -> Action {
@@ -280,18 +277,7 @@ async fn finish(
         )
         .await?;
         ctx.metrics.write(CONTROLLER, "Integration", "status");
-        for c in conditions::transitions(&previous.conditions, &next.conditions) {
-            let event = Event {
-                type_: if c.status == "True" { EventType::Normal } else { EventType::Warning },
-                reason: c.reason.clone(),
-                note: Some(c.message.chars().take(1000).collect()),
-                action: c.type_.clone(),
-                secondary: None,
-            };
-            if let Err(e) = ctx.recorder.publish(&event, &integration.object_ref(&())).await {
-                warn!(error = %e, "could not record an event");
-            }
-        }
+        ctx.record_transitions(&integration.object_ref(&()), &previous.conditions, &next.conditions).await;
     }
     Ok(Action::requeue(requeue))
 }

@@ -5,8 +5,9 @@ use super::CONTROLLER;
 use super::build::{self, BuildError, Children, DATABASE_SECRET, Owner};
 use super::status::{self, *};
 use crate::apply::Applier;
-use crate::conditions::{self, Observed};
+use crate::conditions::Observed;
 use crate::context::Context;
+use crate::metrics::Categorized;
 use crate::postgres::{DatabaseError, TenantCredentials, TenantNames};
 use crate::vault::{Vault, VaultError};
 use bizosaas_crds::tenant::{DatabaseIsolation, SecretsBackend, TenantStatus};
@@ -21,7 +22,6 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::{self, reflector};
 use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
@@ -55,9 +55,8 @@ pub enum Error {
     InvalidObject(String),
 }
 
-impl Error {
-    /// Stable category, used as a metric label.
-    pub fn category(&self) -> &'static str {
+impl Categorized for Error {
+    fn category(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kubernetes",
             Error::Build(_) => "invalid_spec",
@@ -128,16 +127,13 @@ fn tenant_of<K: Resource>(child: K) -> Option<ObjectRef<DeserializeGuard<Tenant>
 
 #[instrument(skip_all, fields(tenant = %guard.0.as_ref().map(|t| t.name_any()).unwrap_or_default()))]
 async fn reconcile(guard: Arc<DeserializeGuard<Tenant>>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let timer = ctx.metrics.start(CONTROLLER);
-    let result = match &guard.0 {
-        Ok(tenant) => reconcile_tenant(Arc::new(tenant.clone()), &ctx).await,
-        Err(invalid) => Err(Error::InvalidObject(invalid.to_string())),
+    let work = async {
+        match &guard.0 {
+            Ok(tenant) => reconcile_tenant(tenant, &ctx).await,
+            Err(invalid) => Err(Error::InvalidObject(invalid.to_string())),
+        }
     };
-    timer.finish(match &result {
-        Ok(_) => "success",
-        Err(e) => e.category(),
-    });
-    result
+    ctx.metrics.measure(CONTROLLER, work).await
 }
 
 fn error_policy(_guard: Arc<DeserializeGuard<Tenant>>, error: &Error, _ctx: Arc<Context>) -> Action {
@@ -147,24 +143,24 @@ fn error_policy(_guard: Arc<DeserializeGuard<Tenant>>, error: &Error, _ctx: Arc<
 
 /// Holds a Tenant with a finalizer until its deletion policy has run. The finalizer is added
 /// in the same reconcile that provisions the Tenant, saving a round trip through the watch.
-async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_tenant(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     let has_finalizer = tenant.finalizers().iter().any(|f| f == FINALIZER);
     match (tenant.metadata.deletion_timestamp.is_some(), has_finalizer) {
         (true, false) => Ok(Action::await_change()),
         (true, true) => {
-            let action = cleanup(&tenant, ctx).await?;
+            let action = cleanup(tenant, ctx).await?;
             let rest: Vec<&String> = tenant.finalizers().iter().filter(|f| *f != FINALIZER).collect();
-            set_finalizers(&tenant, ctx, serde_json::json!(rest)).await?;
+            set_finalizers(tenant, ctx, serde_json::json!(rest)).await?;
             Ok(action)
         }
         (false, false) => {
             let mut all: Vec<&String> = tenant.finalizers().iter().collect();
             let ours = FINALIZER.to_string();
             all.push(&ours);
-            set_finalizers(&tenant, ctx, serde_json::json!(all)).await?;
-            apply(&tenant, ctx).await
+            set_finalizers(tenant, ctx, serde_json::json!(all)).await?;
+            apply(tenant, ctx).await
         }
-        (false, true) => apply(&tenant, ctx).await,
+        (false, true) => apply(tenant, ctx).await,
     }
 }
 
@@ -546,21 +542,7 @@ async fn write_status(tenant: &Tenant, ctx: &Context, next: TenantStatus) -> Res
     let patch = serde_json::json!({ "status": next });
     api.patch_status(&tenant.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
     ctx.metrics.write(CONTROLLER, "Tenant", "status");
-    for condition in conditions::transitions(&previous.conditions, &next.conditions) {
-        if condition.type_ != bizosaas_crds::common::READY && condition.status == "True" {
-            continue;
-        }
-        let event = KubeEvent {
-            type_: if condition.status == "True" { EventType::Normal } else { EventType::Warning },
-            reason: condition.reason.clone(),
-            note: Some(condition.message.chars().take(1000).collect()),
-            action: condition.type_.clone(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &tenant.object_ref(&())).await {
-            warn!(error = %e, "could not record an event");
-        }
-    }
+    ctx.record_transitions(&tenant.object_ref(&()), &previous.conditions, &next.conditions).await;
     Ok(())
 }
 

@@ -89,11 +89,7 @@ fn workload(owner: &Owner, service: BusinessService, spec: &TenantSpec, config: 
                 spec: Some(PodSpec {
                     service_account_name: Some(WORKLOAD_SERVICE_ACCOUNT.into()),
                     automount_service_account_token: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
-                        ..Default::default()
-                    }),
+                    security_context: Some(restricted_pod()),
                     containers: vec![container],
                     ..Default::default()
                 }),
@@ -166,6 +162,15 @@ fn database_env(owner: &Owner, backend: SecretsBackend, config: &Config) -> Vec<
                 format!("{}/data/tenants/{}/database", config.vault_kv_mount, owner.name),
             ),
         ],
+    }
+}
+
+/// The pod security context the restricted Pod Security Standard asks for.
+pub fn restricted_pod() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+        ..Default::default()
     }
 }
 
