@@ -311,6 +311,9 @@ start_controller_manager() {
   local kcfg="$KCFG_DIR/kube-controller-manager.kubeconfig"
   # --leader-elect=false: single instance; a stale lease left by a crash would
   # otherwise delay the restart by the lease duration.
+  # --resource-quota-sync-period: CRDs are installed seconds after `up`; a quota
+  # created before the quota controller discovered them only counts their objects
+  # at its next full sync (5 minutes by default).
   start kube-controller-manager \
     --kubeconfig="$kcfg" \
     --authentication-kubeconfig="$kcfg" \
@@ -327,6 +330,7 @@ start_controller_manager() {
     --allocate-node-cidrs=false \
     --kube-api-qps=100 \
     --kube-api-burst=200 \
+    --resource-quota-sync-period=10s \
     --profiling=false
 }
 
