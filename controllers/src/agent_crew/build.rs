@@ -2,7 +2,7 @@
 //! `bizosaas-agent` runtime, its Service, and a PodDisruptionBudget with more than one replica.
 
 use crate::tenant::build::{
-    DATABASE_SECRET, LABEL_COMPONENT, WORKLOAD_SERVICE_ACCOUNT, restricted_container, restricted_pod,
+    DATABASE_SECRET, LABEL_COMPONENT, WORKLOAD_SERVICE_ACCOUNT, http_service, restricted_container, restricted_pod,
 };
 use bizosaas_crds::crew_config::{CREW_FILE, CrewConfig, credential_env};
 use bizosaas_crds::{AgentCrew, LABEL_MANAGED_BY, MANAGED_BY};
@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     HTTPGetAction, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecretKeySelector, SecurityContext, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount,
+    Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -206,20 +206,7 @@ pub fn objects(
         }),
         ..Default::default()
     };
-    let service = Service {
-        metadata: meta(),
-        spec: Some(ServiceSpec {
-            selector: Some(selector(&name)),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: 80,
-                target_port: Some(IntOrString::String("http".into())),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let service = http_service(meta(), selector(&name));
     let pdb = (crew.spec.replicas > 1).then(|| PodDisruptionBudget {
         metadata: meta(),
         spec: Some(PodDisruptionBudgetSpec {

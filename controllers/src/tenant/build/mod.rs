@@ -13,7 +13,7 @@ pub use network::network_policies;
 pub use quota::{limit_range, resource_quota};
 pub use rbac::{role_bindings, service_account};
 pub use secret::{database_fields, database_secret};
-pub use services::{ServiceWorkload, restricted_container, restricted_pod, service_workloads};
+pub use services::{ServiceWorkload, http_service, restricted_container, restricted_pod, service_workloads};
 
 use crate::context::Config;
 use bizosaas_crds::{LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY, Tenant};

@@ -98,20 +98,7 @@ fn workload(owner: &Owner, service: BusinessService, spec: &TenantSpec, config: 
         }),
         ..Default::default()
     };
-    let service_obj = Service {
-        metadata: meta(),
-        spec: Some(ServiceSpec {
-            selector: Some(selector),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: 80,
-                target_port: Some(IntOrString::String("http".into())),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let service_obj = http_service(meta(), selector);
     let ingress = Ingress {
         metadata: meta(),
         spec: Some(IngressSpec {
@@ -162,6 +149,24 @@ fn database_env(owner: &Owner, backend: SecretsBackend, config: &Config) -> Vec<
                 format!("{}/data/tenants/{}/database", config.vault_kv_mount, owner.name),
             ),
         ],
+    }
+}
+
+/// A ClusterIP Service on port 80 in front of the pods' `http` port.
+pub fn http_service(metadata: ObjectMeta, selector: BTreeMap<String, String>) -> Service {
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            selector: Some(selector),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                target_port: Some(IntOrString::String("http".into())),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 
