@@ -60,15 +60,7 @@ bin_of() {
 # Prints the pid of component $1 if it is alive. The pid file holds
 # "<pid> <binary>"; the process must still be running that binary (guards
 # against pid reuse after a crash or reboot; zombies have an empty cmdline).
-running_pid() {
-  local file="$RUN/$1.pid" pid bin argv0
-  [[ -s $file ]] || return 1
-  read -r pid bin <"$file" || true
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  { IFS= read -r -d '' argv0 <"/proc/$pid/cmdline"; } 2>/dev/null || return 1
-  [[ $argv0 == "$bin" ]] || return 1
-  echo "$pid"
-}
+running_pid() { pid_file_pid "$RUN/$1.pid"; }
 
 # start NAME ARGS... : run the component detached from this shell.
 # setsid gives it its own session (no controlling terminal, no SIGHUP when the
@@ -505,11 +497,7 @@ cmd_kubeconfig() {
 }
 
 # Serialise up/down of the same state dir (e.g. parallel test jobs).
-lock_state() {
-  mkdir -p "$STATE"
-  exec 8>"$STATE/.lock"
-  flock 8
-}
+lock_state() { lock_dir "$STATE"; }
 
 main() {
   case "${1:-}" in

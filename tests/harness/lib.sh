@@ -32,3 +32,38 @@ wait_for() {
     sleep 0.2
   done
 }
+
+# Serialise up/down of one state dir (e.g. parallel test jobs): takes fd 8.
+lock_dir() {
+  mkdir -p "$1"
+  exec 8>"$1/.lock"
+  flock 8
+}
+
+# pid_file_pid FILE : the pid recorded in FILE ("pid ... binary") while that
+# process still runs that binary; fails otherwise (stale file, reused pid).
+pid_file_pid() {
+  local fields argv0
+  [[ -s $1 ]] || return 1
+  read -r -a fields <"$1" || true
+  [[ ${fields[0]:-} =~ ^[0-9]+$ ]] || return 1
+  { IFS= read -r -d '' argv0 <"/proc/${fields[0]}/cmdline"; } 2>/dev/null || return 1
+  [[ $argv0 == "${fields[-1]}" ]] || return 1
+  echo "${fields[0]}"
+}
+
+# stop_pid_file FILE NAME TIMEOUT : SIGTERM the process group recorded in FILE,
+# SIGKILL after TIMEOUT seconds, then remove FILE.
+stop_pid_file() {
+  local file=$1 name=$2 timeout=$3 pid
+  pid=$(pid_file_pid "$file") || { rm -f "$file"; return 0; }
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  if ! wait_for "$timeout" pid_gone "$file"; then
+    log "$name (pid $pid) ignored SIGTERM for ${timeout}s; sending SIGKILL"
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    wait_for 5 pid_gone "$file" || die "could not stop $name (pid $pid)"
+  fi
+  rm -f "$file"
+}
+
+pid_gone() { ! pid_file_pid "$1" >/dev/null; }

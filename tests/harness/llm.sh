@@ -217,15 +217,7 @@ EOF
 # Prints the pid of the server if it is alive. The pid file holds
 # "<pid> <port> <python>"; the process must still be running that python
 # (guards against pid reuse after a crash or reboot).
-running_pid() {
-  local pid port bin argv0
-  [[ -s $PID_FILE ]] || return 1
-  read -r pid port bin <"$PID_FILE" || true
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  { IFS= read -r -d '' argv0 <"/proc/$pid/cmdline"; } 2>/dev/null || return 1
-  [[ $argv0 == "$bin" ]] || return 1
-  echo "$pid"
-}
+running_pid() { pid_file_pid "$PID_FILE"; }
 
 running_port() { local pid port; read -r pid port _ <"$PID_FILE" && echo "$port"; }
 
@@ -278,19 +270,8 @@ start_server() {
   wait_for 10 running_pid >/dev/null || fail "exited right after starting"
 }
 
-stop_server() {
-  local pid
-  pid=$(running_pid) || { rm -f "$PID_FILE"; return 0; }
-  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  if ! wait_for "$STOP_TIMEOUT" not_running; then
-    log "server (pid $pid) ignored SIGTERM for ${STOP_TIMEOUT}s; sending SIGKILL"
-    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-    wait_for 5 not_running || die "could not stop the server (pid $pid)"
-  fi
-  rm -f "$PID_FILE"
-}
+stop_server() { stop_pid_file "$PID_FILE" server "$STOP_TIMEOUT"; }
 
-not_running() { ! running_pid >/dev/null; }
 
 # fail MESSAGE : show the log tail, stop the server, exit 1.
 fail() {
@@ -355,11 +336,7 @@ cmd_status() {
 }
 
 # Serialise up/down of the same state dir (e.g. parallel test jobs).
-lock_state() {
-  mkdir -p "$STATE"
-  exec 8>"$STATE/.lock"
-  flock 8
-}
+lock_state() { lock_dir "$STATE"; }
 
 main() {
   case "${1:-}" in

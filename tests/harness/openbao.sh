@@ -61,17 +61,8 @@ bao_cli() {
 
 # Prints the server's pid if it is alive. The pid file holds "<pid> <binary>";
 # the process must still be running that binary (guards against pid reuse).
-running_pid() {
-  local pid bin argv0
-  [[ -s $PID_FILE ]] || return 1
-  read -r pid bin <"$PID_FILE" || true
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  { IFS= read -r -d '' argv0 <"/proc/$pid/cmdline"; } 2>/dev/null || return 1
-  [[ $argv0 == "$bin" ]] || return 1
-  echo "$pid"
-}
+running_pid() { pid_file_pid "$PID_FILE"; }
 
-not_running() { ! running_pid >/dev/null; }
 
 # 200 from sys/health: initialised, unsealed and active.
 healthy() { curl -fsS -o /dev/null --max-time 2 "$BAO_URL/v1/sys/health" 2>/dev/null; }
@@ -110,17 +101,7 @@ start_server() {
   wait_for 10 running_pid >/dev/null || fail "exited right after starting"
 }
 
-stop_server() {
-  local pid
-  pid=$(running_pid) || { rm -f "$PID_FILE"; return 0; }
-  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  if ! wait_for "$STOP_TIMEOUT" not_running; then
-    log "bao (pid $pid) ignored SIGTERM for ${STOP_TIMEOUT}s; sending SIGKILL"
-    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-    wait_for 5 not_running || die "could not stop bao (pid $pid)"
-  fi
-  rm -f "$PID_FILE"
-}
+stop_server() { stop_pid_file "$PID_FILE" bao "$STOP_TIMEOUT"; }
 
 # fail MESSAGE : show the log tail, stop the server, exit 1.
 fail() {
@@ -265,10 +246,8 @@ EOF
 
 # Serialise up/down/k8s-auth of the same state dir (e.g. parallel test jobs).
 lock_state() {
-  mkdir -p "$BAO_STATE"
+  lock_dir "$BAO_STATE"
   chmod 700 "$BAO_STATE"
-  exec 8>"$BAO_STATE/.lock"
-  flock 8
 }
 
 main() {
