@@ -12,32 +12,14 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU16;
 use std::time::Duration;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TENANT: &str = "e2e-crews";
 const NS: &str = "tenant-e2e-crews";
 const TIMEOUT: Duration = Duration::from_secs(90);
-
-/// An OpenAI-compatible endpoint stand-in that answers every request with 200.
-async fn gateway() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\n{\"data\":[]}")
-                    .await;
-            });
-        }
-    });
-    port
-}
 
 fn crew(name: &str, spec: serde_json::Value) -> AgentCrew {
     serde_json::from_value(serde_json::json!({
@@ -111,7 +93,8 @@ async fn a_crew_runs_rolls_reports_and_respects_quota() {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
 
     // The LLM gateway Integration.
-    let port = gateway().await;
+    // The gateway only has to answer the Integration's health check.
+    let port = http_server(Arc::new(AtomicU16::new(200)), Arc::default()).await;
     kubectl_ok(&["create", "secret", "generic", "llm-key", "-n", NS, "--from-literal=apiKey=first-key"], None);
     let integration: Integration = serde_json::from_value(serde_json::json!({
         "apiVersion": "bizosaas.io/v1alpha1", "kind": "Integration", "metadata": {"name": "llm", "namespace": NS},

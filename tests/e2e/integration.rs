@@ -13,35 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 const NS: &str = "e2e-integrations";
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-/// An HTTP server answering every request with the status in `status`, recording the
-/// Authorization headers it saw.
-async fn http_server(status: Arc<AtomicU16>, seen: Arc<std::sync::Mutex<Vec<String>>>) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let (status, seen) = (status.clone(), seen.clone());
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let n = stream.read(&mut buf).await.unwrap_or(0);
-                let head = String::from_utf8_lossy(&buf[..n]).to_string();
-                if let Some(auth) = head.lines().find(|l| l.to_ascii_lowercase().starts_with("authorization:")) {
-                    seen.lock().unwrap().push(auth.to_string());
-                }
-                let code = status.load(Ordering::SeqCst);
-                let response = format!("HTTP/1.1 {code} Test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-                let _ = stream.write_all(response.as_bytes()).await;
-            });
-        }
-    });
-    port
-}
 
 /// A TCP listener greeting like an SMTP server.
 async fn smtp_server() -> u16 {

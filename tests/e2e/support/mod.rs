@@ -11,7 +11,8 @@ use kube::{Client, Config};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The repository root.
@@ -260,4 +261,30 @@ impl Operator {
         // A zombie (state Z) has exited.
         !status.is_empty() && status.split(' ').nth(2).is_none_or(|s| s != "Z")
     }
+}
+
+/// An HTTP server answering every request with the status in `status`, recording the
+/// Authorization headers it saw.
+pub async fn http_server(status: Arc<AtomicU16>, seen: Arc<std::sync::Mutex<Vec<String>>>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let (status, seen) = (status.clone(), seen.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                if let Some(auth) = head.lines().find(|l| l.to_ascii_lowercase().starts_with("authorization:")) {
+                    seen.lock().unwrap().push(auth.to_string());
+                }
+                let code = status.load(Ordering::SeqCst);
+                let response = format!("HTTP/1.1 {code} Test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    port
 }
