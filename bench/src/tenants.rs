@@ -64,6 +64,11 @@ fn tenant(name: &str, args: &Args) -> Tenant {
     .expect("benchmark tenant is valid")
 }
 
+/// Name of the `i`-th tenant of a half (`bare` or `op`).
+fn tenant_name(half: &str, i: usize) -> String {
+    format!("bench-{half}-{i}")
+}
+
 #[derive(Default)]
 struct Half {
     seconds: f64,
@@ -138,7 +143,7 @@ async fn bare_client(client: &Client, admin: &Admin, args: &Args) -> anyhow::Res
             let (client, writes, config) = (client.clone(), writes.clone(), config.clone());
             async move {
                 let t0 = Instant::now();
-                let name = format!("bench-bare-{i}");
+                let name = tenant_name("bare", i);
                 let t = tenant(&name, args);
                 let children = build::children(&t, &config)?;
                 let owner = build::Owner::of(&t)?;
@@ -248,7 +253,7 @@ async fn through_operator(client: &Client, admin: &Admin, args: &Args) -> anyhow
         .map(|i| {
             let (api, ready_at) = (api.clone(), ready_at.clone());
             async move {
-                let name = format!("bench-op-{i}");
+                let name = tenant_name("op", i);
                 let mut t = tenant(&name, args);
                 t.metadata.uid = None;
                 let at = Instant::now();
@@ -267,7 +272,6 @@ async fn through_operator(client: &Client, admin: &Admin, args: &Args) -> anyhow
         .try_collect()
         .await?;
     let seconds = started.elapsed().as_secs_f64();
-    let created_at: Vec<String> = (0..args.count).map(|i| format!("bench-op-{i}")).collect();
     // Let the last status writes and watch events settle before reading the counters.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let writes = metrics.sample("bizosaas_api_writes_total").await.unwrap_or(0.0) - writes_before;
@@ -278,9 +282,9 @@ async fn through_operator(client: &Client, admin: &Admin, args: &Args) -> anyhow
     // operator writes while reconciling them again.
     let reconciles_before = metrics.sample("bizosaas_reconciles_total").await.unwrap_or(0.0);
     let writes_idle_before = metrics.sample("bizosaas_api_writes_total").await.unwrap_or(0.0);
-    for name in &created_at {
+    for i in 0..args.count {
         let patch = serde_json::json!({"metadata": {"annotations": {"bizosaas.io/bench-touch": "1"}}});
-        api.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+        api.patch(&tenant_name("op", i), &PatchParams::default(), &Patch::Merge(patch)).await?;
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     while metrics.sample("bizosaas_reconciles_total").await.unwrap_or(0.0) < reconciles_before + args.count as f64 {
@@ -361,7 +365,7 @@ async fn cleanup(client: &Client, admin: &Admin, args: &Args) -> anyhow::Result<
         let _ = namespaces.delete(&ns.name_any(), &DeleteParams::background()).await;
     }
     for i in 0..args.count {
-        let names = TenantNames::new(&format!("bench-bare-{i}"))?;
+        let names = TenantNames::new(&tenant_name("bare", i))?;
         admin.retire_tenant(&names, isolation(args), DeletionPolicy::Delete).await?;
     }
     Ok(())
