@@ -29,14 +29,23 @@ impl Applier<'_> {
     where
         K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
     {
-        let name = desired.name_any();
+        let live = if self.compare { api.get_opt(&desired.name_any()).await? } else { None };
+        self.ensure_against(api, desired, live.as_ref()).await
+    }
+
+    /// [`Applier::ensure`] with the live object the caller has already read.
+    pub async fn ensure_against<K>(&self, api: &Api<K>, desired: &K, live: Option<&K>) -> Result<bool, kube::Error>
+    where
+        K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+    {
         if self.compare
-            && let Some(live) = api.get_opt(&name).await?
+            && let Some(live) = live
             && live.meta().deletion_timestamp.is_none()
-            && is_subset(&to_value(desired), &to_value(&live))
+            && is_subset(&to_value(desired), &to_value(live))
         {
             return Ok(false);
         }
+        let name = desired.name_any();
         api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(desired)).await?;
         self.metrics.write(self.controller, &K::kind(&()), "apply");
         Ok(true)

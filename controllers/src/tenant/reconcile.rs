@@ -210,8 +210,9 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     };
 
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
-    if let Some(existing) = namespaces.get_opt(&children.namespace.name_any()).await?
-        && !is_ours(&existing, &name)
+    let live_namespace = namespaces.get_opt(&children.namespace.name_any()).await?;
+    if let Some(existing) = &live_namespace
+        && !is_ours(existing, &name)
     {
         let message = format!(
             "Namespace {} already exists and is not managed by bizosaas-operator for this tenant; \
@@ -226,7 +227,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     let owner = Owner::of(tenant)?;
     let applier = applier(tenant, ctx);
     let started = std::time::Instant::now();
-    let mut observed = apply_children(&owner, &children, applier, ctx).await?;
+    let mut observed = apply_children(&owner, &children, live_namespace.as_ref(), applier, ctx).await?;
     let children_ms = started.elapsed().as_millis();
     let (database_condition, database) = ensure_database(tenant, &owner, applier, ctx).await?;
     debug!(children_ms, database_ms = started.elapsed().as_millis() - children_ms, "tenant applied");
@@ -252,12 +253,18 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     })
 }
 
-/// Applies the Kubernetes children, all at once after the namespace, and prunes those the
-/// spec no longer asks for.
-async fn apply_children(owner: &Owner, c: &Children, a: Applier<'_>, ctx: &Context) -> Result<Vec<Observed>, Error> {
+/// Applies the Kubernetes children, all at once after the namespace (already read for the
+/// conflict check), and prunes those the spec no longer asks for.
+async fn apply_children(
+    owner: &Owner,
+    c: &Children,
+    live_namespace: Option<&Namespace>,
+    a: Applier<'_>,
+    ctx: &Context,
+) -> Result<Vec<Observed>, Error> {
     let client = ctx.client.clone();
     let ns = owner.namespace.as_str();
-    a.ensure(&Api::<Namespace>::all(client.clone()), &c.namespace).await?;
+    a.ensure_against(&Api::<Namespace>::all(client.clone()), &c.namespace, live_namespace).await?;
 
     let policies = Api::<NetworkPolicy>::namespaced(client.clone(), ns);
     let bindings = Api::<RoleBinding>::namespaced(client.clone(), ns);
