@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Builds the pinned harness binaries into the cache, once.
 #
-# Usage: build.sh [cluster|openbao|all]...   (default: cluster)
+# Usage: build.sh [cluster|node|openbao|all]...   (default: cluster)
 #
 #   cluster: the local control plane, from source (Go modules under go/)
 #     $BIZOSAAS_CACHE_DIR/bin/kubernetes-<ver>/{kube-apiserver,kube-controller-manager,kube-scheduler}
 #     $BIZOSAAS_CACHE_DIR/bin/etcd-<ver>/etcd
 #     $BIZOSAAS_CACHE_DIR/bin/kwok-<ver>/{kwok,kwok.yaml}
+#   node: the real node's runtime parts, from source (Go modules under go/)
+#     containerd-<ver>/{containerd,containerd-shim-runc-v2,ctr}, runc-<ver>/runc,
+#     cni-plugins-<ver>/{bridge,host-local,loopback,portmap},
+#     kube-router-<ver>/kube-router, coredns-<ver>/coredns,
+#     harness-tools/{imagebuild,pause,runc-oom-clamp}
 #   openbao: the OpenBao server/CLI (the comment above build_openbao says why
 #     it is not built from source)
 #     $BIZOSAAS_CACHE_DIR/bin/openbao-<ver>/{bao,LICENSE,NOTICE}
@@ -49,6 +54,14 @@ check_pins() {
   require_pin kwok sigs.k8s.io/kwok "$KWOK_VERSION"
 }
 
+check_node_pins() {
+  require_pin containerd github.com/containerd/containerd/v2 "$CONTAINERD_VERSION"
+  require_pin runc github.com/opencontainers/runc "$RUNC_VERSION"
+  require_pin cni github.com/containernetworking/plugins "$CNI_PLUGINS_VERSION"
+  require_pin kube-router github.com/cloudnativelabs/kube-router/v2 "$KUBE_ROUTER_VERSION"
+  require_pin coredns github.com/coredns/coredns "$COREDNS_VERSION"
+}
+
 # Identity of a build: module files + flags. Changing either forces a rebuild.
 stamp_of() {
   local module=$1 flags=$2
@@ -76,7 +89,9 @@ build_kubernetes() {
   go_build kubernetes "$1" "$K8S_LDFLAGS" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler
+    k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kubelet \
+    k8s.io/kubernetes/cmd/kube-proxy
 }
 
 build_etcd() {
@@ -98,6 +113,47 @@ build_kwok() {
     first=0
     cat "$src/kustomize/stage/$stage"
   done >"$out/kwok.yaml"
+}
+
+# containerd without the snapshotters that need cgo headers (btrfs, devmapper):
+# the node uses overlayfs.
+CONTAINERD_TAGS="no_btrfs no_devmapper"
+CONTAINERD_LDFLAGS="-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION"
+build_containerd() {
+  CGO_ENABLED=0 go build -C "$GO_DIR/containerd" -trimpath -buildvcs=false -tags "$CONTAINERD_TAGS" \
+    -ldflags "$CONTAINERD_LDFLAGS" -o "$1/" \
+    github.com/containerd/containerd/v2/cmd/containerd \
+    github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
+    github.com/containerd/containerd/v2/cmd/ctr
+}
+
+# runc needs cgo (its nsexec) and libseccomp (Debian's libseccomp-dev) for
+# seccomp profiles such as RuntimeDefault.
+RUNC_LDFLAGS="-s -w -X main.version=${RUNC_VERSION#v}"
+build_runc() {
+  [[ -e /usr/include/seccomp.h ]] || { echo "runc needs libseccomp's headers: apt-get install libseccomp-dev"; return 1; }
+  CGO_ENABLED=1 go build -C "$GO_DIR/runc" -trimpath -buildvcs=false -tags seccomp \
+    -ldflags "$RUNC_LDFLAGS" -o "$1/runc" github.com/opencontainers/runc
+}
+
+build_cni() {
+  CGO_ENABLED=0 go_build cni "$1" "$PLAIN_LDFLAGS" \
+    github.com/containernetworking/plugins/plugins/main/bridge \
+    github.com/containernetworking/plugins/plugins/main/loopback \
+    github.com/containernetworking/plugins/plugins/ipam/host-local \
+    github.com/containernetworking/plugins/plugins/meta/portmap
+}
+
+build_kube_router() {
+  CGO_ENABLED=0 go_build kube-router "$1" "$PLAIN_LDFLAGS" github.com/cloudnativelabs/kube-router/v2/cmd/kube-router
+}
+
+build_coredns() {
+  CGO_ENABLED=0 go_build coredns "$1" "$PLAIN_LDFLAGS" .   # module bizosaas.io/harness/coredns -> ./coredns
+}
+
+build_tools() {
+  CGO_ENABLED=0 go_build tools "$1" "$PLAIN_LDFLAGS" ./imagebuild ./pause ./runc-oom-clamp
 }
 
 # OpenBao's Go module cannot be had from the Go module proxy here (it refuses
@@ -197,9 +253,32 @@ build_cluster_set() {
   check_pins
   command -v go >/dev/null || die "go is not on PATH"
   ensure "kubernetes-$KUBERNETES_VERSION" "$K8S_BIN_DIR" "$K8S_LDFLAGS" build_kubernetes \
-    kube-apiserver kube-controller-manager kube-scheduler
+    kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy
   ensure "etcd-$ETCD_VERSION" "$ETCD_BIN_DIR" "$PLAIN_LDFLAGS" build_etcd etcd
   ensure "kwok-$KWOK_VERSION" "$KWOK_BIN_DIR" "$PLAIN_LDFLAGS" build_kwok kwok kwok.yaml
+}
+
+# node_ensure MODULE NAME DIR FLAGS BUILDFN FILE...
+node_ensure() {
+  local module=$1 name=$2 dir=$3 flags=$4 fn=$5; shift 5
+  ensure_stamped "$name" "$dir" "$(stamp_of "$module" "$flags")" "$fn" "$@"
+}
+
+build_node_set() {
+  check_node_pins
+  command -v go >/dev/null || die "go is not on PATH"
+  node_ensure containerd "containerd-$CONTAINERD_VERSION" "$CONTAINERD_BIN_DIR" "$CONTAINERD_TAGS $CONTAINERD_LDFLAGS" \
+    build_containerd containerd containerd-shim-runc-v2 ctr
+  node_ensure runc "runc-$RUNC_VERSION" "$RUNC_BIN_DIR" "$RUNC_LDFLAGS" build_runc runc
+  node_ensure cni "cni-plugins-$CNI_PLUGINS_VERSION" "$CNI_BIN_DIR" "$PLAIN_LDFLAGS" build_cni \
+    bridge host-local loopback portmap
+  node_ensure kube-router "kube-router-$KUBE_ROUTER_VERSION" "$KUBE_ROUTER_BIN_DIR" "$PLAIN_LDFLAGS" \
+    build_kube_router kube-router
+  node_ensure coredns "coredns-$COREDNS_VERSION" "$COREDNS_BIN_DIR" "$PLAIN_LDFLAGS" build_coredns coredns
+  # Our own sources are part of the tools' identity.
+  local tools_flags
+  tools_flags="$PLAIN_LDFLAGS $(cat "$GO_DIR"/tools/*/*.go | sha256sum | cut -d' ' -f1)"
+  node_ensure tools harness-tools "$TOOLS_BIN_DIR" "$tools_flags" build_tools imagebuild pause runc-oom-clamp
 }
 
 build_openbao_set() {
@@ -214,9 +293,10 @@ main() {
   for target; do
     case $target in
       cluster) build_cluster_set ;;
+      node) build_node_set ;;
       openbao) build_openbao_set ;;
-      all) build_cluster_set; build_openbao_set ;;
-      *) echo "usage: $0 [cluster|openbao|all]..." >&2; exit 2 ;;
+      all) build_cluster_set; build_node_set; build_openbao_set ;;
+      *) echo "usage: $0 [cluster|node|openbao|all]..." >&2; exit 2 ;;
     esac
   done
 }

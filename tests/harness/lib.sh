@@ -13,6 +13,14 @@ K8S_BIN_DIR="$CACHE_DIR/bin/kubernetes-$KUBERNETES_VERSION"
 ETCD_BIN_DIR="$CACHE_DIR/bin/etcd-$ETCD_VERSION"
 KWOK_BIN_DIR="$CACHE_DIR/bin/kwok-$KWOK_VERSION"
 OPENBAO_BIN_DIR="$CACHE_DIR/bin/openbao-$OPENBAO_VERSION"
+CONTAINERD_BIN_DIR="$CACHE_DIR/bin/containerd-$CONTAINERD_VERSION"
+RUNC_BIN_DIR="$CACHE_DIR/bin/runc-$RUNC_VERSION"
+CNI_BIN_DIR="$CACHE_DIR/bin/cni-plugins-$CNI_PLUGINS_VERSION"
+KUBE_ROUTER_BIN_DIR="$CACHE_DIR/bin/kube-router-$KUBE_ROUTER_VERSION"
+COREDNS_BIN_DIR="$CACHE_DIR/bin/coredns-$COREDNS_VERSION"
+# The harness's own Go tools (image writer, pause, runc's oom clamp): rebuilt
+# whenever their sources change.
+TOOLS_BIN_DIR="$CACHE_DIR/bin/harness-tools"
 
 log() { printf '[%s] %s\n' "${LOG_PREFIX:-harness}" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
