@@ -214,7 +214,15 @@ fn config(args: &RunArgs) -> anyhow::Result<Config> {
 async fn connect_vault(args: &RunArgs, address: &str) -> anyhow::Result<Vault> {
     let auth = match args.vault_auth {
         VaultAuthMethod::Token => {
-            VaultAuth::Token(args.vault_token.clone().context("--vault-auth token needs BIZOSAAS_VAULT_TOKEN")?)
+            // A token read from a file or a Secret often ends in a newline, which is not valid
+            // in a header.
+            let token = args.vault_token.as_deref().map(str::trim).unwrap_or_default();
+            anyhow::ensure!(!token.is_empty(), "--vault-auth token needs BIZOSAAS_VAULT_TOKEN");
+            anyhow::ensure!(
+                token.bytes().all(|b| b.is_ascii_graphic()),
+                "BIZOSAAS_VAULT_TOKEN holds characters a token cannot have"
+            );
+            VaultAuth::Token(token.to_string())
         }
         VaultAuthMethod::Kubernetes => {
             VaultAuth::Kubernetes { role: args.vault_role.clone(), jwt_path: args.vault_jwt_path.clone() }

@@ -1,5 +1,5 @@
 //! AgentCrews end to end: in a tenant namespace a crew becomes Ready with its runtime
-//! Deployment Available on the kwok node; config changes and credential rotation roll it; a
+//! Deployment Available on the real node; config changes and credential rotation roll it; a
 //! missing Integration is reported; the tenant's quotas are respected; deleting it removes
 //! its children.
 
@@ -84,7 +84,7 @@ async fn setup_tenant(client: &Client) {
 
 #[tokio::test]
 async fn a_crew_runs_rolls_reports_and_respects_quota() {
-    let op = operator_with_vault();
+    let op = operator();
     op.wait_ready().await;
     let client = client().await;
     setup_tenant(&client).await;
@@ -98,14 +98,14 @@ async fn a_crew_runs_rolls_reports_and_respects_quota() {
     kubectl_ok(&["create", "secret", "generic", "llm-key", "-n", NS, "--from-literal=apiKey=first-key"], None);
     let integration: Integration = serde_json::from_value(serde_json::json!({
         "apiVersion": "bizosaas.io/v1alpha1", "kind": "Integration", "metadata": {"name": "llm", "namespace": NS},
-        "spec": {"type": "OpenAI", "endpoint": format!("http://127.0.0.1:{port}/v1"),
+        "spec": {"type": "OpenAI", "endpoint": format!("http://{}:{port}/v1", node_ip()),
                  "credentials": {"secretRef": {"name": "llm-key", "key": "apiKey"}},
                  "healthCheck": {"interval": "1s", "timeout": "1s"}},
     }))
     .unwrap();
     Api::<Integration>::namespaced(client.clone(), NS).create(&PostParams::default(), &integration).await.unwrap();
 
-    // Ready, with its Deployment Available on the kwok node.
+    // Ready, with its Deployment Available on the real node (the runtime pod passes its probes).
     crews.create(&PostParams::default(), &crew("team", basic_spec("llm"))).await.unwrap();
     wait_condition(&crews, "team", "Ready", "True").await;
     let status = crews.get("team").await.unwrap().status.unwrap();
@@ -120,7 +120,7 @@ async fn a_crew_runs_rolls_reports_and_respects_quota() {
     let config = Api::<ConfigMap>::namespaced(client.clone(), NS).get("crew-team").await.unwrap();
     let crew_json: serde_json::Value = serde_json::from_str(&config.data.unwrap()["crew.json"]).unwrap();
     assert_eq!(crew_json["tenant"], TENANT);
-    assert_eq!(crew_json["model"]["baseUrl"], format!("http://127.0.0.1:{port}/v1"));
+    assert_eq!(crew_json["model"]["baseUrl"], format!("http://{}:{port}/v1", node_ip()));
     assert_eq!(crew_json["model"]["apiKeyEnv"], "BIZOSAAS_INTEGRATION_LLM");
     Api::<Service>::namespaced(client.clone(), NS).get("crew-team").await.unwrap();
 

@@ -12,7 +12,7 @@ use support::*;
 #[tokio::test]
 async fn a_converged_tenant_causes_no_writes() {
     install_crds();
-    let op = Operator::start_with_env(&[], &[("BIZOSAAS_DATABASE_URL", database_url())]);
+    let op = operator();
     op.wait_ready().await;
     let client = client().await;
     let api: Api<Tenant> = Api::all(client.clone());

@@ -20,7 +20,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A TCP listener greeting like an SMTP server.
 async fn smtp_server() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind((node_ip(), 0)).await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {
@@ -62,7 +62,7 @@ async fn projected(secrets: &Api<Secret>, name: &str) -> Option<(String, String)
 
 #[tokio::test]
 async fn credentials_are_projected_rotated_and_checked() {
-    let op = operator_with_vault();
+    let op = operator();
     op.wait_ready().await;
     let client = client().await;
     kubectl(&["delete", "namespace", NS, "--ignore-not-found", "--wait=true"], None);
@@ -84,7 +84,7 @@ async fn credentials_are_projected_rotated_and_checked() {
         &PostParams::default(),
         &integration(
             "web",
-            serde_json::json!({"type": "Webhook", "endpoint": format!("http://127.0.0.1:{port}"),
+            serde_json::json!({"type": "Webhook", "endpoint": format!("http://{}:{port}", node_ip()),
                                "credentials": {"secretRef": {"name": "src", "key": "apiKey"}}, "healthCheck": check}),
         ),
     )
@@ -126,7 +126,7 @@ async fn credentials_are_projected_rotated_and_checked() {
         &PostParams::default(),
         &integration(
             "mail",
-            serde_json::json!({"type": "SMTP", "endpoint": format!("smtp://127.0.0.1:{smtp}"),
+            serde_json::json!({"type": "SMTP", "endpoint": format!("smtp://{}:{smtp}", node_ip()),
                                "credentials": {"secretRef": {"name": "src", "key": "apiKey"}}, "healthCheck": check}),
         ),
     )
@@ -140,7 +140,7 @@ async fn credentials_are_projected_rotated_and_checked() {
         &PostParams::default(),
         &integration(
             "broken",
-            serde_json::json!({"type": "Webhook", "endpoint": format!("http://127.0.0.1:{port}"),
+            serde_json::json!({"type": "Webhook", "endpoint": format!("http://{}:{port}", node_ip()),
                                "credentials": {"secretRef": {"name": "src", "key": "nope"}}, "healthCheck": check}),
         ),
     )
@@ -166,7 +166,7 @@ async fn credentials_are_projected_rotated_and_checked() {
             &PostParams::default(),
             &integration(
                 name,
-                serde_json::json!({"type": "Webhook", "endpoint": format!("http://127.0.0.1:{port}"),
+                serde_json::json!({"type": "Webhook", "endpoint": format!("http://{}:{port}", node_ip()),
                                    "credentials": {"vault": {"path": path, "key": "token"}}, "healthCheck": check}),
             ),
         )

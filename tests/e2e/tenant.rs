@@ -1,4 +1,4 @@
-//! Tenants end to end: the operator binary against the local control plane and a real
+//! Tenants end to end: the operator in the local cluster against the control plane and a real
 //! PostgreSQL. Each test uses its own tenant names, so they run in parallel against one
 //! operator.
 
@@ -12,24 +12,13 @@ use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use std::sync::OnceLock;
 use std::time::Duration;
 use support::*;
 use tokio_postgres::NoTls;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// One operator for this test binary.
-fn operator() -> &'static Operator {
-    static OPERATOR: OnceLock<Operator> = OnceLock::new();
-    OPERATOR.get_or_init(|| {
-        install_crds();
-        let url = database_url();
-        Operator::start_with_env(&[], &[("BIZOSAAS_DATABASE_URL", url)])
-    })
-}
-
-async fn setup() -> (Client, &'static Operator) {
+async fn setup() -> (Client, &'static InCluster) {
     let op = operator();
     op.wait_ready().await;
     (client().await, op)

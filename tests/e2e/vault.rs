@@ -47,7 +47,7 @@ async fn login(role: &str, namespace: &str) -> (u16, Option<String>) {
 
 #[tokio::test]
 async fn vault_backed_tenants_can_read_only_their_own_path() {
-    let _op = operator_with_vault();
+    let _op = operator();
     _op.wait_ready().await;
     let client = client().await;
     let root = vault_token();

@@ -1,5 +1,6 @@
 //! Shared helpers of the end-to-end tests: where the local control plane and PostgreSQL are,
-//! a kube client, kubectl, waiting, and the operator binary as a child process.
+//! a kube client, kubectl, waiting, the operator as the chart installs it in the cluster, and
+//! the operator binary as a child process.
 //!
 //! Start the parts with `./dev test` (or `tests/harness/cluster.sh up` and
 //! `tests/harness/postgres.sh up`). A missing part fails the test with that hint.
@@ -86,14 +87,103 @@ pub async fn vault(method: &str, path: &str, token: &str, body: Option<serde_jso
     (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
 }
 
-/// Starts the operator connected to the test PostgreSQL and OpenBao (root token).
-pub fn operator_with_vault() -> Operator {
-    install_crds();
-    let (db, addr) = (database_url(), vault_addr());
-    Operator::start_with_env(
-        &["--vault-addr", &addr],
-        &[("BIZOSAAS_DATABASE_URL", db), ("BIZOSAAS_VAULT_TOKEN", vault_token())],
-    )
+/// The address of the real node's bridge: where the host's services listen for pods, and
+/// where a test's own servers must listen for the operator and crews (in pods) to reach them.
+pub fn node_ip() -> String {
+    std::env::var("BIZOSAAS_TEST_NODE_IP").unwrap_or_else(|_| "10.244.0.1".into())
+}
+
+/// The operator as the chart runs it in the local cluster: two replicas under the chart's
+/// ServiceAccount and ClusterRole, connected to the test PostgreSQL and OpenBao. Installed
+/// (or upgraded) once per test binary by `tests/harness/operator.sh install`.
+pub fn operator() -> &'static InCluster {
+    static OPERATOR: OnceLock<InCluster> = OnceLock::new();
+    OPERATOR.get_or_init(|| {
+        install_crds();
+        InCluster::install(&[]);
+        InCluster
+    })
+}
+
+/// Handle on the in-cluster operator (release `bizosaas` in `bizosaas-system`).
+pub struct InCluster;
+
+pub const OPERATOR_NAMESPACE: &str = "bizosaas-system";
+pub const OPERATOR_DEPLOYMENT: &str = "bizosaas-operator";
+
+impl InCluster {
+    /// `helm upgrade --install` with the harness's settings and `extra` helm arguments; waits
+    /// for the rollout.
+    pub fn install(extra: &[&str]) {
+        let out = Command::new("bash")
+            .arg(repo().join("tests/harness/operator.sh"))
+            .arg("install")
+            .args(extra)
+            .output()
+            .expect("bash runs");
+        assert!(
+            out.status.success(),
+            "installing the operator chart failed (build and import its image first: `./dev images`):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The pod holding the leader Lease and its IP, once that pod is Ready.
+    pub async fn leader(&self) -> Option<(String, String)> {
+        use k8s_openapi::api::coordination::v1::Lease;
+        use k8s_openapi::api::core::v1::Pod;
+        let client = client().await;
+        let lease = kube::Api::<Lease>::namespaced(client.clone(), OPERATOR_NAMESPACE)
+            .get_opt(OPERATOR_DEPLOYMENT)
+            .await
+            .ok()??;
+        let holder = lease.spec?.holder_identity?;
+        let pod = kube::Api::<Pod>::namespaced(client, OPERATOR_NAMESPACE).get_opt(&holder).await.ok()??;
+        let status = pod.status?;
+        let ready = status.conditions.unwrap_or_default().iter().any(|c| c.type_ == "Ready" && c.status == "True");
+        ready.then_some((holder, status.pod_ip?))
+    }
+
+    /// Waits until the Deployment is rolled out and a Ready pod leads.
+    pub async fn wait_ready(&self) {
+        wait_for("the in-cluster operator to lead", Duration::from_secs(120), || async {
+            self.leader().await.map(|_| ())
+        })
+        .await;
+    }
+
+    /// GET on the leader's HTTP port; `None` while there is no leader or it does not answer.
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let (_, ip) = self.leader().await?;
+        get_pod(&ip, path).await
+    }
+
+    /// Sum of a metric's samples on the leader whose line contains every filter.
+    pub async fn metric(&self, name: &str, filters: &[&str]) -> f64 {
+        let (_, text) = self.get("/metrics").await.expect("the leader serves metrics");
+        sum_metric(&text, name, filters)
+    }
+
+    /// The logs of every operator pod, current and previous containers.
+    pub fn logs(&self) -> String {
+        let out = Command::new("bash").arg(repo().join("tests/harness/operator.sh")).arg("logs").output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// GET on an operator pod's HTTP port (8080).
+pub async fn get_pod(ip: &str, path: &str) -> Option<(u16, String)> {
+    let response = http().get(format!("http://{ip}:8080{path}")).send().await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
+}
+
+/// Sum of the samples in OpenMetrics `text` of `name` whose line contains every filter.
+pub fn sum_metric(text: &str, name: &str, filters: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && filters.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A client for the local control plane.
@@ -127,14 +217,13 @@ pub fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Installs the generated CRDs and the tenant ClusterRoles and waits until they are served.
+/// Installs the generated CRDs and waits until they are served. (The tenant ClusterRoles
+/// come with the chart: see [`operator`].)
 pub fn install_crds() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let crds = repo().join("manifests/crds");
         kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-k", crds.to_str().unwrap()], None);
-        let roles = repo().join("manifests/rbac/tenant-clusterroles.yaml");
-        kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", roles.to_str().unwrap()], None);
         let names: Vec<String> = bizosaas_crds::generate::crds()
             .into_iter()
             .map(|c| format!("crd/{}", c.metadata.name.unwrap_or_default()))
@@ -241,10 +330,7 @@ impl Operator {
     /// Sum of a metric's samples whose line contains every filter.
     pub async fn metric(&self, name: &str, filters: &[&str]) -> f64 {
         let (_, text) = self.get("/metrics").await.expect("metrics answer");
-        text.lines()
-            .filter(|l| l.starts_with(name) && filters.iter().all(|f| l.contains(f)))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        sum_metric(&text, name, filters)
     }
 
     /// Sends SIGTERM.
@@ -263,11 +349,11 @@ impl Operator {
     }
 }
 
-/// An HTTP server answering every request with the status in `status`, recording the
-/// Authorization headers it saw.
+/// An HTTP server on the node's address answering every request with the status in
+/// `status`, recording the Authorization headers it saw.
 pub async fn http_server(status: Arc<AtomicU16>, seen: Arc<std::sync::Mutex<Vec<String>>>) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind((node_ip(), 0)).await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {

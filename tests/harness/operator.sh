@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The operator in the local cluster: the Helm chart installed from this checkout with
+# the locally built images (images/build.sh --import), the harness's PostgreSQL and
+# OpenBao, under the chart's own ServiceAccount and ClusterRole.
+#
+# Usage: operator.sh install [HELM ARGS...]|uninstall|status|logs
+#   install    helm upgrade --install the release `bizosaas` in bizosaas-system and wait
+#              until the operator Deployment is rolled out; extra arguments go to helm
+#              (e.g. --set replicaCount=2). Settings: BIZOSAAS_OPERATOR_REPLICAS (2).
+#   uninstall  helm uninstall (Tenants, their finalizers and their data stay)
+#   logs       the logs of every operator pod
+set -euo pipefail
+LOG_PREFIX=operator
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+ROOT="$(cd "$HARNESS_DIR/../.." && pwd)"
+
+NAMESPACE=bizosaas-system
+RELEASE=bizosaas
+KUBECONFIG="$(bash "$HARNESS_DIR/cluster.sh" kubeconfig)"
+export KUBECONFIG
+HELM="$HELM_BIN_DIR/helm"
+IMAGES_ENV="$CACHE_DIR/images/images.env"
+REPLICAS="${BIZOSAAS_OPERATOR_REPLICAS:-2}"
+
+# secret NAME KEY VALUE : applies a one-key Secret; the value goes through stdin.
+secret() {
+  kubectl -n "$NAMESPACE" create secret generic "$1" --from-file="$2=/dev/stdin" --dry-run=client -o yaml \
+    < <(printf '%s' "$3") | kubectl apply --server-side --force-conflicts -f - >/dev/null
+}
+
+cmd_install() {
+  "$HARNESS_DIR/build.sh" helm
+  [[ -s $IMAGES_ENV ]] || die "no operator image: build it with images/build.sh --import (or ./dev images)"
+  # shellcheck disable=SC1090
+  source "$IMAGES_ENV"
+  local db_url vault_addr vault_token
+  db_url=$(bash "$HARNESS_DIR/postgres.sh" url) || die "PostgreSQL is not up (tests/harness/postgres.sh up)"
+  vault_addr=$(bash "$HARNESS_DIR/openbao.sh" addr) || die "OpenBao is not up (tests/harness/openbao.sh up)"
+  vault_token=$(bash "$HARNESS_DIR/openbao.sh" token)
+
+  kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl apply --server-side -f - >/dev/null
+  # Credentials go in through stdin, never on a command line.
+  secret bizosaas-database url "$db_url"
+  secret bizosaas-vault-token token "$vault_token"
+
+  local t0=$EPOCHREALTIME
+  "$HELM" upgrade --install "$RELEASE" "$ROOT/charts/bizosaas" -n "$NAMESPACE" \
+    --set replicaCount="$REPLICAS" \
+    --set image.repository="${OPERATOR_IMAGE%:*}" --set image.tag="${OPERATOR_IMAGE##*:}" \
+    --set image.digest="$OPERATOR_DIGEST" --set image.pullPolicy=IfNotPresent \
+    --set agent.image.repository="${AGENT_IMAGE%:*}" --set agent.image.tag="${AGENT_IMAGE##*:}" \
+    --set agent.image.digest="$AGENT_DIGEST" \
+    --set database.existingSecret=bizosaas-database \
+    --set vault.enabled=true --set vault.address="$vault_addr" --set vault.auth=token \
+    --set vault.tokenSecret.name=bizosaas-vault-token \
+    --set logLevel='info\,bizosaas_controllers=debug\,tokio_postgres=warn' \
+    --wait --timeout 180s "$@" >/dev/null ||
+    { kubectl -n "$NAMESPACE" get pods -o wide >&2 || true; cmd_logs | tail -n 30 >&2; die "helm install failed"; }
+  kubectl -n "$NAMESPACE" rollout status deployment/"$RELEASE-operator" --timeout=180s >/dev/null
+  log "installed in $(elapsed_since "$t0")s ($(kubectl -n "$NAMESPACE" get deploy "$RELEASE-operator" -o jsonpath='{.status.readyReplicas}') ready replicas)"
+}
+
+cmd_uninstall() {
+  "$HARNESS_DIR/build.sh" helm
+  "$HELM" uninstall "$RELEASE" -n "$NAMESPACE" --wait --ignore-not-found >/dev/null
+  log "uninstalled"
+}
+
+cmd_logs() {
+  local pod
+  for pod in $(kubectl -n "$NAMESPACE" get pods -l app.kubernetes.io/instance="$RELEASE" -o name 2>/dev/null); do
+    kubectl -n "$NAMESPACE" logs "$pod" --all-containers --prefix 2>/dev/null || true
+  done
+}
+
+case "${1:-}" in
+  install) shift; cmd_install "$@" ;;
+  uninstall) cmd_uninstall ;;
+  status) "$HELM" status "$RELEASE" -n "$NAMESPACE"; kubectl -n "$NAMESPACE" get pods -o wide ;;
+  logs) cmd_logs ;;
+  *) echo "usage: $0 install [HELM ARGS...]|uninstall|status|logs" >&2; exit 2 ;;
+esac
