@@ -44,7 +44,7 @@ impl Default for Config {
             services: ServiceCatalog::default(),
             database_tenant_host: None,
             vault_kv_mount: "secret".into(),
-            agent_image: concat!("ghcr.io/bizosaas/bizosaas-agent:", env!("CARGO_PKG_VERSION")).into(),
+            agent_image: concat!("bizosaas/bizosaas-agent:", env!("CARGO_PKG_VERSION")).into(),
         }
     }
 }

@@ -62,7 +62,7 @@ pub struct RunArgs {
     #[arg(long, env = "BIZOSAAS_PLATFORM_DATABASE", default_value = "bizosaas_platform")]
     platform_database: String,
     /// Image of the `bizosaas-agent` runtime that AgentCrews run.
-    #[arg(long, env = "BIZOSAAS_AGENT_IMAGE", default_value = concat!("ghcr.io/bizosaas/bizosaas-agent:", env!("CARGO_PKG_VERSION")))]
+    #[arg(long, env = "BIZOSAAS_AGENT_IMAGE", default_value = concat!("bizosaas/bizosaas-agent:", env!("CARGO_PKG_VERSION")))]
     agent_image: String,
     /// Take the `bizosaas-operator` Lease before reconciling (needed with more than one replica).
     #[arg(long, env = "BIZOSAAS_LEADER_ELECTION", action = clap::ArgAction::Set, default_value_t = false)]

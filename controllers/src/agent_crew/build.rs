@@ -234,7 +234,7 @@ mod tests {
         let config = crew_config("growth-team", "tenant-acme", "acme", &crew.spec, &integrations()).unwrap();
         let hashes =
             BTreeMap::from([("openrouter".to_string(), hash.to_string()), ("wagtail".to_string(), "w1".to_string())]);
-        objects(&crew, &config, &hashes, "ghcr.io/bizosaas/bizosaas-agent:0.1.0")
+        objects(&crew, &config, &hashes, "bizosaas/bizosaas-agent:0.1.0")
     }
 
     #[test]
