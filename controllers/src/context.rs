@@ -5,6 +5,7 @@ use crate::conditions;
 use crate::metrics::Metrics;
 use crate::postgres::Admin;
 use crate::tenant::plans::PlanCatalog;
+use crate::tenant::service_catalog::ServiceCatalog;
 use crate::vault::Vault;
 use bizosaas_crds::common::{Condition, READY};
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -23,9 +24,8 @@ pub struct Config {
     pub base_domain: String,
     /// Default quotas per plan.
     pub plans: PlanCatalog,
-    /// Image registry and tag of the business services, e.g. `ghcr.io/bizosaas` and `0.1.0`.
-    pub service_image_prefix: String,
-    pub service_image_tag: String,
+    /// How each business service runs: image, port, probes, extra env, resources, command.
+    pub services: ServiceCatalog,
     /// `host:port` tenant workloads use to reach PostgreSQL; defaults to the admin URL's.
     pub database_tenant_host: Option<String>,
     /// Mount of Vault's KV v2 engine that holds `tenants/<name>/...`.
@@ -41,11 +41,10 @@ impl Default for Config {
             ingress_namespace: "ingress-nginx".into(),
             base_domain: "bizosaas.local".into(),
             plans: PlanCatalog::default(),
-            service_image_prefix: "ghcr.io/bizosaas".into(),
-            service_image_tag: env!("CARGO_PKG_VERSION").into(),
+            services: ServiceCatalog::default(),
             database_tenant_host: None,
             vault_kv_mount: "secret".into(),
-            agent_image: concat!("ghcr.io/bizosaas/bizosaas-agent:", env!("CARGO_PKG_VERSION")).into(),
+            agent_image: concat!("bizosaas/bizosaas-agent:", env!("CARGO_PKG_VERSION")).into(),
         }
     }
 }

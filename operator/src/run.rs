@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use bizosaas_controllers::metrics::Metrics;
 use bizosaas_controllers::postgres::Admin;
 use bizosaas_controllers::tenant::plans::PlanCatalog;
+use bizosaas_controllers::tenant::service_catalog::ServiceCatalog;
 use bizosaas_controllers::vault::{Vault, VaultAuth, VaultConfig};
 use bizosaas_controllers::{Config, Context, agent_crew, integration, tenant};
 use bizosaas_crds::Tenant;
@@ -46,6 +47,11 @@ pub struct RunArgs {
     /// YAML plan catalog; built-in defaults without it.
     #[arg(long, env = "BIZOSAAS_PLANS_FILE")]
     plans_file: Option<PathBuf>,
+    /// YAML service catalog: image, port and probes of each business service. Built-in
+    /// defaults (`bizosaas/<service>:<version>` on 8080) without it; with it, only the
+    /// services it lists are offered.
+    #[arg(long, env = "BIZOSAAS_SERVICES_FILE")]
+    services_file: Option<PathBuf>,
     /// Admin connection URL of PostgreSQL. Without it tenants report DatabaseNotConfigured.
     #[arg(long, env = "BIZOSAAS_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
@@ -55,11 +61,8 @@ pub struct RunArgs {
     /// Database holding Shared tenants' rows.
     #[arg(long, env = "BIZOSAAS_PLATFORM_DATABASE", default_value = "bizosaas_platform")]
     platform_database: String,
-    /// Image registry of the business services.
-    #[arg(long, env = "BIZOSAAS_SERVICE_IMAGE_PREFIX", default_value = "ghcr.io/bizosaas")]
-    service_image_prefix: String,
     /// Image of the `bizosaas-agent` runtime that AgentCrews run.
-    #[arg(long, env = "BIZOSAAS_AGENT_IMAGE", default_value = concat!("ghcr.io/bizosaas/bizosaas-agent:", env!("CARGO_PKG_VERSION")))]
+    #[arg(long, env = "BIZOSAAS_AGENT_IMAGE", default_value = concat!("bizosaas/bizosaas-agent:", env!("CARGO_PKG_VERSION")))]
     agent_image: String,
     /// Take the `bizosaas-operator` Lease before reconciling (needed with more than one replica).
     #[arg(long, env = "BIZOSAAS_LEADER_ELECTION", action = clap::ArgAction::Set, default_value_t = false)]
@@ -192,23 +195,32 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 fn config(args: &RunArgs) -> anyhow::Result<Config> {
     let plans = match &args.plans_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            PlanCatalog::from_yaml(&text)?
-        }
+        Some(path) => PlanCatalog::from_yaml(&read(path)?).with_context(|| format!("loading {}", path.display()))?,
         None => PlanCatalog::default(),
     };
+    let services = match &args.services_file {
+        Some(path) => ServiceCatalog::from_yaml(&read(path)?).with_context(|| format!("loading {}", path.display()))?,
+        None => ServiceCatalog::default(),
+    };
+    let missing = services.missing();
+    if !missing.is_empty() {
+        let names: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
+        warn!(services = %names.join(", "), "not in the service catalog: Tenants naming them report ServiceNotInCatalog");
+    }
     Ok(Config {
         platform_namespace: args.platform_namespace.clone(),
         ingress_namespace: args.ingress_namespace.clone(),
         base_domain: args.base_domain.clone(),
         plans,
-        service_image_prefix: args.service_image_prefix.clone(),
+        services,
         database_tenant_host: args.database_tenant_host.clone(),
         vault_kv_mount: args.vault_kv_mount.clone(),
         agent_image: args.agent_image.clone(),
-        ..Config::default()
     })
+}
+
+fn read(path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
 async fn connect_vault(args: &RunArgs, address: &str) -> anyhow::Result<Vault> {

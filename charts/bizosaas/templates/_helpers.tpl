@@ -81,14 +81,28 @@ ServiceAccount of the operator.
 {{- end }}
 
 {{/*
+An image reference from {repository, tag, digest} and the default tag: `repository@digest`
+when a digest is set, else `repository:tag`.
+Usage: include "bizosaas.imageRef" (list .Values.image .Chart.AppVersion)
+*/}}
+{{- define "bizosaas.imageRef" -}}
+{{- $image := index . 0 }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $image.repository (default (index . 1) $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
 Operator and agent images.
 */}}
 {{- define "bizosaas.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- include "bizosaas.imageRef" (list .Values.image .Chart.AppVersion) }}
 {{- end }}
 
 {{- define "bizosaas.agentImage" -}}
-{{- printf "%s:%s" .Values.agent.image.repository (default .Chart.AppVersion .Values.agent.image.tag) }}
+{{- include "bizosaas.imageRef" (list .Values.agent.image .Chart.AppVersion) }}
 {{- end }}
 
 {{/*

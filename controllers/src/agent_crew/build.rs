@@ -3,14 +3,14 @@
 
 use crate::tenant::build::{
     DATABASE_SECRET, LABEL_COMPONENT, WORKLOAD_SERVICE_ACCOUNT, http_service, restricted_container, restricted_pod,
+    tmp_mount, tmp_volume,
 };
 use bizosaas_crds::crew_config::{CREW_FILE, CrewConfig, credential_env};
 use bizosaas_crds::{AgentCrew, LABEL_MANAGED_BY, MANAGED_BY};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecretKeySelector, SecurityContext, Service,
-    Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SecretKeySelector, SecurityContext, Service, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -162,7 +162,7 @@ pub fn objects(
                 read_only: Some(true),
                 ..Default::default()
             },
-            VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() },
+            tmp_mount(),
         ]),
         ..Default::default()
     };
@@ -190,14 +190,7 @@ pub fn objects(
                             config_map: Some(ConfigMapVolumeSource { name: object.clone(), ..Default::default() }),
                             ..Default::default()
                         },
-                        Volume {
-                            name: "tmp".into(),
-                            empty_dir: Some(EmptyDirVolumeSource {
-                                size_limit: Some(Quantity("64Mi".into())),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        },
+                        tmp_volume(),
                     ]),
                     ..Default::default()
                 }),
@@ -241,7 +234,7 @@ mod tests {
         let config = crew_config("growth-team", "tenant-acme", "acme", &crew.spec, &integrations()).unwrap();
         let hashes =
             BTreeMap::from([("openrouter".to_string(), hash.to_string()), ("wagtail".to_string(), "w1".to_string())]);
-        objects(&crew, &config, &hashes, "ghcr.io/bizosaas/bizosaas-agent:0.1.0")
+        objects(&crew, &config, &hashes, "bizosaas/bizosaas-agent:0.1.0")
     }
 
     #[test]

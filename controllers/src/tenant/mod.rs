@@ -4,6 +4,7 @@
 pub mod build;
 pub mod plans;
 mod reconcile;
+pub mod service_catalog;
 mod status;
 
 pub use reconcile::{Error, FINALIZER, run};

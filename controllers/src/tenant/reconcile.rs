@@ -294,7 +294,16 @@ async fn apply_children(
         let names = |items: &mut dyn Iterator<Item = String>| items.collect::<BTreeSet<String>>();
         let keep_policies = names(&mut c.network_policies.iter().map(|p| p.name_any()));
         let keep_bindings = names(&mut c.role_bindings.iter().map(|b| b.name_any()));
-        let keep_services = names(&mut c.services.iter().map(|w| w.service_name.as_str().to_string()));
+        // A service the catalog lacks keeps whatever objects it has until the catalog offers
+        // it again or the Tenant drops it.
+        let keep_services = names(
+            &mut c
+                .services
+                .iter()
+                .map(|w| w.service_name)
+                .chain(c.services_not_in_catalog.iter().copied())
+                .map(|s| s.as_str().to_string()),
+        );
         let (network_selector, rbac_selector) = (owner.selector("network"), owner.selector("rbac"));
         let service_selector = owner.selector("service");
         futures::try_join!(
@@ -506,8 +515,12 @@ impl CredentialStore<'_> {
     }
 }
 
-/// Business services count as ready when every Deployment has its replicas available.
+/// Business services count as ready when the catalog offers every one and every Deployment
+/// has its replicas available.
 async fn services_condition(tenant: &Tenant, c: &Children, ctx: &Context) -> Result<Observed, Error> {
+    if let Some(missing) = status::services_not_in_catalog(&c.services_not_in_catalog) {
+        return Ok(missing);
+    }
     if c.services.is_empty() {
         return Ok(Observed::ok(SERVICES_READY, "NoServices", "The tenant runs no business services"));
     }

@@ -3,7 +3,7 @@
 use crate::conditions::{self, Observed};
 use bizosaas_crds::Tenant;
 use bizosaas_crds::common::READY;
-use bizosaas_crds::tenant::{TenantPhase, TenantStatus};
+use bizosaas_crds::tenant::{BusinessService, TenantPhase, TenantStatus};
 
 pub const NAMESPACE_READY: &str = "NamespaceReady";
 pub const QUOTA_READY: &str = "QuotaReady";
@@ -43,9 +43,25 @@ pub fn next(tenant: &Tenant, observed: Vec<Observed>, database: Option<String>) 
     }
 }
 
+/// `ServicesReady` when the Tenant names services the operator's catalog lacks; `None` when
+/// the catalog offers them all. Their Deployments cannot be built, so waiting would not help.
+pub fn services_not_in_catalog(missing: &[BusinessService]) -> Option<Observed> {
+    let (first, rest) = missing.split_first()?;
+    let names = rest.iter().fold(first.as_str().to_string(), |names, s| format!("{names}, {}", s.as_str()));
+    let (noun, verb, them) = if rest.is_empty() { ("Service", "is", "it") } else { ("Services", "are", "them") };
+    Some(Observed::failed(
+        SERVICES_READY,
+        "ServiceNotInCatalog",
+        format!(
+            "{noun} {names} {verb} not in the operator's service catalog (--services-file): \
+             add {them} to the catalog or remove {them} from spec.services"
+        ),
+    ))
+}
+
 /// Reasons that need a user to change something before a retry can help.
 fn is_permanent(reason: &str) -> bool {
-    matches!(reason, "NamespaceConflict" | "InvalidSpec" | "VaultNotConfigured")
+    matches!(reason, "NamespaceConflict" | "InvalidSpec" | "VaultNotConfigured" | "ServiceNotInCatalog")
 }
 
 #[cfg(test)]
@@ -68,6 +84,22 @@ mod tests {
         assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "DatabaseUnavailable"));
         assert_eq!(status.phase, Some(TenantPhase::Provisioning));
         assert_eq!(status.namespace.as_deref(), Some("tenant-acme"));
+    }
+
+    #[test]
+    fn services_missing_from_the_catalog_fail_the_tenant_by_name() {
+        assert_eq!(services_not_in_catalog(&[]), None);
+        let one = services_not_in_catalog(&[BusinessService::Cms]).unwrap();
+        assert_eq!((one.type_, one.status, one.reason.as_str()), (SERVICES_READY, false, "ServiceNotInCatalog"));
+        assert!(one.message.starts_with("Service cms is not in the operator's service catalog"), "{}", one.message);
+        let two = services_not_in_catalog(&[BusinessService::Cms, BusinessService::Gaming]).unwrap();
+        assert!(two.message.starts_with("Services cms, gaming are not"), "{}", two.message);
+
+        let tenant = fixtures::tenant(fixtures::ACME);
+        let status = next(&tenant, vec![Observed::ok(NAMESPACE_READY, "Applied", ""), one], None);
+        let ready = status.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "ServiceNotInCatalog"));
+        assert_eq!(status.phase, Some(TenantPhase::Failed));
     }
 
     #[test]

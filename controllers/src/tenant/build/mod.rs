@@ -7,15 +7,18 @@ mod quota;
 mod rbac;
 mod secret;
 mod services;
+mod workload;
 
 pub use namespace::namespace;
 pub use network::network_policies;
 pub use quota::{limit_range, resource_quota};
 pub use rbac::{role_bindings, service_account};
 pub use secret::{database_fields, database_secret};
-pub use services::{ServiceWorkload, http_service, restricted_container, restricted_pod, service_workloads};
+pub use services::{ServiceWorkload, ServiceWorkloads, service_workloads};
+pub use workload::{http_service, restricted_container, restricted_pod, tmp_mount, tmp_volume};
 
 use crate::context::Config;
+use bizosaas_crds::tenant::BusinessService;
 use bizosaas_crds::{LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY, Tenant};
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -53,12 +56,15 @@ pub struct Children {
     pub service_account: ServiceAccount,
     pub role_bindings: Vec<RoleBinding>,
     pub services: Vec<ServiceWorkload>,
+    /// Services the Tenant names that the operator's service catalog lacks.
+    pub services_not_in_catalog: Vec<BusinessService>,
 }
 
 /// Builds the desired children of a Tenant.
 pub fn children(tenant: &Tenant, config: &Config) -> Result<Children, BuildError> {
     let owner = Owner::of(tenant)?;
     let quota = config.plans.effective(tenant.spec.plan, tenant.spec.quota.as_ref());
+    let services = service_workloads(&owner, &tenant.spec, config);
     Ok(Children {
         namespace: namespace(&owner),
         resource_quota: resource_quota(&owner, &quota, tenant.spec.suspended),
@@ -66,7 +72,8 @@ pub fn children(tenant: &Tenant, config: &Config) -> Result<Children, BuildError
         network_policies: network_policies(&owner, tenant.spec.network_isolation, config),
         service_account: service_account(&owner),
         role_bindings: role_bindings(&owner, &tenant.spec.owners),
-        services: service_workloads(&owner, &tenant.spec, config),
+        services: services.workloads,
+        services_not_in_catalog: services.not_in_catalog,
     })
 }
 
