@@ -46,6 +46,7 @@ cmd_install() {
 
   local t0=$EPOCHREALTIME
   "$HELM" upgrade --install "$RELEASE" "$ROOT/charts/bizosaas" -n "$NAMESPACE" \
+    -f "$HARNESS_DIR/chart-values.yaml" \
     --set replicaCount="$REPLICAS" \
     --set image.repository="${OPERATOR_IMAGE%:*}" --set image.tag="${OPERATOR_IMAGE##*:}" \
     --set image.digest="$OPERATOR_DIGEST" --set image.pullPolicy=IfNotPresent \
