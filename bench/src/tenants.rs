@@ -3,6 +3,8 @@
 use crate::proc_stats;
 use anyhow::Context as _;
 use bizosaas_controllers::Config;
+use bizosaas_controllers::egress::resolve::Resolver;
+use bizosaas_controllers::egress::{ResolvedEndpoint, Target};
 use bizosaas_controllers::postgres::{Admin, TenantNames};
 use bizosaas_controllers::tenant::build;
 use bizosaas_crds::Tenant;
@@ -153,7 +155,8 @@ async fn bare_client(client: &Client, admin: &Admin, args: &Args) -> anyhow::Res
                 create(&Api::<ResourceQuota>::namespaced(client.clone(), &ns), bare(children.resource_quota)).await?;
                 create(&Api::<LimitRange>::namespaced(client.clone(), &ns), bare(children.limit_range)).await?;
                 n += 3.0;
-                for p in children.network_policies {
+                let database = database_policy(&client, admin, &owner).await?;
+                for p in children.network_policies.into_iter().chain(database) {
                     create(&Api::<NetworkPolicy>::namespaced(client.clone(), &ns), bare(p)).await?;
                     n += 1.0;
                 }
@@ -184,6 +187,18 @@ async fn bare_client(client: &Client, admin: &Admin, args: &Args) -> anyhow::Res
         cpu_seconds: proc_stats::cpu_seconds(std::process::id()).unwrap_or(0.0) - cpu_before,
         control_plane_cpu_seconds: proc_stats::cpu_of(&["kube-apiserver", "etcd"]) - cp_before,
     })
+}
+
+/// `allow-database` as the operator builds it for the benchmark's database.
+async fn database_policy(
+    client: &Client,
+    admin: &Admin,
+    owner: &build::Owner,
+) -> anyhow::Result<Option<NetworkPolicy>> {
+    let (host, port) = admin.tenant_address();
+    let target = Target { host: host.to_string(), port };
+    let sockets = Resolver::new(client.clone()).resolve(&target, None).await?;
+    Ok(build::database_policy(owner, &ResolvedEndpoint { name: target.to_string(), sockets }).0)
 }
 
 /// Strips what ties an object to a Tenant, so neither the operator nor the garbage
@@ -297,7 +312,8 @@ async fn through_operator(client: &Client, admin: &Admin, args: &Args) -> anyhow
     // The minimum: one create per child the builders produce, plus one status write.
     let probe = tenant("bench-probe", args);
     let c = build::children(&probe, &Config::default())?;
-    let children = 4 + c.network_policies.len() + c.role_bindings.len() + 1;
+    let database = database_policy(client, admin, &build::Owner::of(&probe)?).await?;
+    let children = 4 + c.network_policies.len() + usize::from(database.is_some()) + c.role_bindings.len() + 1;
     watch.abort();
     // Delete while the operator runs, so the finalizer path is the real one.
     cleanup(client, admin, args).await?;

@@ -8,6 +8,7 @@ pub mod agent_crew;
 pub mod apply;
 pub mod conditions;
 pub mod context;
+pub mod egress;
 pub mod integration;
 pub mod metrics;
 pub mod postgres;

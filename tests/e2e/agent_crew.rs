@@ -1,7 +1,7 @@
 //! AgentCrews end to end: in a tenant namespace a crew becomes Ready with its runtime
-//! Deployment Available on the real node; config changes and credential rotation roll it; a
-//! missing Integration is reported; the tenant's quotas are respected; deleting it removes
-//! its children.
+//! Deployment Available on the real node, behind an egress policy to its Integration's
+//! endpoint; config changes and credential rotation roll it; a missing Integration is
+//! reported; the tenant's quotas are respected; deleting it removes its children.
 
 mod support;
 
@@ -9,7 +9,9 @@ use bizosaas_crds::common::find_condition;
 use bizosaas_crds::{AgentCrew, Integration, Tenant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use std::sync::Arc;
@@ -123,6 +125,16 @@ async fn a_crew_runs_rolls_reports_and_respects_quota() {
     assert_eq!(crew_json["model"]["baseUrl"], format!("http://{}:{port}/v1", node_ip()));
     assert_eq!(crew_json["model"]["apiKeyEnv"], "BIZOSAAS_INTEGRATION_LLM");
     Api::<Service>::namespaced(client.clone(), NS).get("crew-team").await.unwrap();
+    // Egress to exactly the gateway's address and port, for exactly the crew's pods.
+    let egress = Api::<NetworkPolicy>::namespaced(client.clone(), NS).get("crew-team-egress").await.unwrap();
+    let spec = egress.spec.unwrap();
+    assert_eq!(spec.pod_selector, Some(d.spec.as_ref().unwrap().selector.clone()));
+    let rules = spec.egress.unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].to.as_ref().unwrap()[0].ip_block.as_ref().unwrap().cidr, format!("{}/32", node_ip()));
+    assert_eq!(rules[0].ports.as_ref().unwrap()[0].port, Some(IntOrString::Int(port.into())));
+    let egress_allowed = find_condition(&status.conditions, "EgressAllowed").unwrap();
+    assert_eq!(egress_allowed.status, "True", "{}", egress_allowed.message);
 
     // A config change rolls the pods.
     let first = template_hash(&deployments, "team").await.unwrap();

@@ -160,6 +160,7 @@ async fn a_dedicated_tenant_gets_every_child_and_follows_its_spec() {
         names,
         [
             "allow-agent-https-egress",
+            "allow-database",
             "allow-dns",
             "allow-ingress-controller",
             "allow-platform",

@@ -2,8 +2,8 @@
 //! `bizosaas-agent` runtime, its Service, and a PodDisruptionBudget with more than one replica.
 
 use crate::tenant::build::{
-    DATABASE_SECRET, LABEL_COMPONENT, WORKLOAD_SERVICE_ACCOUNT, http_service, restricted_container, restricted_pod,
-    tmp_mount, tmp_volume,
+    DATABASE_SECRET, LABEL_COMPONENT, LABEL_DATABASE_CLIENT, WORKLOAD_SERVICE_ACCOUNT, http_service,
+    restricted_container, restricted_pod, tmp_mount, tmp_volume,
 };
 use bizosaas_crds::crew_config::{CREW_FILE, CrewConfig, credential_env};
 use bizosaas_crds::{AgentCrew, LABEL_MANAGED_BY, MANAGED_BY};
@@ -42,7 +42,8 @@ pub struct CrewObjects {
     pub config_hash: String,
 }
 
-fn labels(crew: &str) -> BTreeMap<String, String> {
+/// Labels on every object of a crew.
+pub fn labels(crew: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
         (LABEL_COMPONENT.to_string(), "agent".to_string()),
@@ -52,7 +53,8 @@ fn labels(crew: &str) -> BTreeMap<String, String> {
     ])
 }
 
-fn selector(crew: &str) -> BTreeMap<String, String> {
+/// Labels that select a crew's pods: the Deployment's, Service's and egress policy's selector.
+pub fn selector(crew: &str) -> BTreeMap<String, String> {
     BTreeMap::from([(LABEL_CREW.to_string(), crew.to_string()), (LABEL_COMPONENT.to_string(), "agent".to_string())])
 }
 
@@ -168,6 +170,10 @@ pub fn objects(
     };
     let mut pod_labels = labels(&name);
     pod_labels.extend(selector(&name));
+    if config.memory {
+        // Memory reaches the tenant database; the tenant's `allow-database` policy selects this.
+        pod_labels.insert(LABEL_DATABASE_CLIENT.to_string(), "true".to_string());
+    }
     let deployment = Deployment {
         metadata: meta(),
         spec: Some(DeploymentSpec {
@@ -259,6 +265,19 @@ mod tests {
         assert_eq!(pod.service_account_name.as_deref(), Some("tenant-workload"));
         let labels = o.deployment.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
         assert_eq!(labels[LABEL_COMPONENT], "agent", "the agent egress NetworkPolicy selects this label");
+        assert_eq!(labels[LABEL_DATABASE_CLIENT], "true", "memory needs the database egress policy");
+    }
+
+    #[test]
+    fn only_crews_with_memory_are_database_clients() {
+        let mut crew = crew();
+        crew.spec.memory = None;
+        let config = crew_config("growth-team", "tenant-acme", "acme", &crew.spec, &integrations()).unwrap();
+        let o = objects(&crew, &config, &BTreeMap::new(), "ghcr.io/bizosaas/bizosaas-agent:0.1.0");
+        let template = &o.deployment.spec.as_ref().unwrap().template;
+        assert!(!template.metadata.as_ref().unwrap().labels.as_ref().unwrap().contains_key(LABEL_DATABASE_CLIENT));
+        let env = template.spec.as_ref().unwrap().containers[0].env.as_ref().unwrap();
+        assert!(env.iter().all(|e| e.name != "DATABASE_URL"));
     }
 
     #[test]

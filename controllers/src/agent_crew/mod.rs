@@ -1,12 +1,17 @@
 //! The AgentCrew controller: validates templates, models and Integrations, renders the crew
-//! into a ConfigMap and runs the `bizosaas-agent` runtime as a Deployment with a Service.
+//! into a ConfigMap and runs the `bizosaas-agent` runtime as a Deployment with a Service, behind
+//! an egress NetworkPolicy to the endpoints of its Integrations.
 
 pub mod build;
+pub mod network;
 pub mod render;
+mod triggers;
 
 use crate::apply::Applier;
 use crate::conditions::{self, Observed};
 use crate::context::Context;
+use crate::egress::resolve::{OnBehalfOf, ResolveError, Resolver, ServiceKey};
+use crate::egress::{ResolvedEndpoint, Target};
 use crate::integration;
 use crate::metrics::Categorized;
 use bizosaas_crds::agent_crew::AgentCrewStatus;
@@ -15,6 +20,7 @@ use bizosaas_crds::{AgentCrew, Integration, LABEL_MANAGED_BY, LABEL_TENANT, MANA
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
@@ -32,6 +38,7 @@ use tracing::{instrument, warn};
 /// Controller name used in metrics, logs and events.
 pub const CONTROLLER: &str = "agentcrew";
 pub const INTEGRATIONS_RESOLVED: &str = "IntegrationsResolved";
+pub const EGRESS_ALLOWED: &str = "EgressAllowed";
 pub const AVAILABLE: &str = "Available";
 
 /// Why a reconcile failed, with a stable category for metrics.
@@ -52,6 +59,12 @@ impl Categorized for Error {
     }
 }
 
+/// State the AgentCrew controller keeps between reconciles.
+struct CrewContext {
+    ctx: Arc<Context>,
+    services: Arc<triggers::ServiceDependencies>,
+}
+
 /// Runs the AgentCrew controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let client = ctx.client.clone();
@@ -59,50 +72,51 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let controller =
         Controller::new(Api::<DeserializeGuard<AgentCrew>>::all(client.clone()), watcher::Config::default());
     let crews = controller.store();
+    let services = Arc::new(triggers::ServiceDependencies::default());
+    let dependents = services.clone();
     controller
         .owns(Api::<ConfigMap>::all(client.clone()), ours.clone())
         .owns(Api::<Deployment>::all(client.clone()), ours.clone())
         .owns(Api::<Service>::all(client.clone()), ours.clone())
-        .owns(Api::<PodDisruptionBudget>::all(client.clone()), ours)
-        // A crew follows the Integrations it uses: creation, rotation (content hash), removal.
-        .watches(Api::<Integration>::all(client), watcher::Config::default(), move |integration: Integration| {
-            let namespace = integration.namespace();
-            let name = integration.name_any();
-            crews
-                .state()
-                .into_iter()
-                .filter_map(|guard| guard.0.as_ref().ok().cloned())
-                .filter(|crew| {
-                    crew.namespace() == namespace && render::referenced_integrations(&crew.spec).contains(&name)
-                })
-                .map(|crew| ObjectRef::new(&crew.name_any()).within(&crew.namespace().unwrap_or_default()))
-                .collect::<Vec<ObjectRef<DeserializeGuard<AgentCrew>>>>()
+        .owns(Api::<PodDisruptionBudget>::all(client.clone()), ours.clone())
+        .owns(Api::<NetworkPolicy>::all(client.clone()), ours)
+        // A crew follows the Integrations it uses: creation, endpoint, rotation (content hash),
+        // removal; not their health checks.
+        .watches_stream(triggers::integration_changes(client.clone()), move |integration: Integration| {
+            triggers::crews_using(&crews, &integration)
+        })
+        // And the endpoints of the Services its egress policy allows.
+        .watches_stream(triggers::endpoint_slice_changes(client), move |slice| {
+            ServiceKey::of_slice(&slice).map(|service| dependents.dependents(&service)).unwrap_or_default()
         })
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, Arc::new(CrewContext { ctx, services }))
         .for_each(|_| futures::future::ready(()))
         .await;
 }
 
 #[instrument(skip_all, fields(crew = %guard.0.as_ref().map(|c| c.name_any()).unwrap_or_default()))]
-async fn reconcile(guard: Arc<DeserializeGuard<AgentCrew>>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(guard: Arc<DeserializeGuard<AgentCrew>>, cctx: Arc<CrewContext>) -> Result<Action, Error> {
     let work = async {
         match &guard.0 {
-            Ok(crew) => apply(crew, &ctx).await,
+            Ok(crew) => apply(crew, &cctx).await,
             Err(invalid) => Err(Error::InvalidObject(invalid.to_string())),
         }
     };
-    ctx.metrics.measure(CONTROLLER, work).await
+    cctx.ctx.metrics.measure(CONTROLLER, work).await
 }
 
-fn error_policy(_guard: Arc<DeserializeGuard<AgentCrew>>, error: &Error, _ctx: Arc<Context>) -> Action {
+fn error_policy(_guard: Arc<DeserializeGuard<AgentCrew>>, error: &Error, _cctx: Arc<CrewContext>) -> Action {
     warn!(category = error.category(), error = %error, "agent crew reconcile failed");
     Action::requeue(Duration::from_secs(15))
 }
 
-async fn apply(crew: &AgentCrew, ctx: &Context) -> Result<Action, Error> {
+async fn apply(crew: &AgentCrew, cctx: &CrewContext) -> Result<Action, Error> {
+    let ctx = cctx.ctx.as_ref();
+    let crew_ref = ObjectRef::new(&crew.name_any()).within(&crew.namespace().unwrap_or_default());
     if crew.metadata.deletion_timestamp.is_some() {
         // Every child is owned by the crew; the garbage collector removes them.
+        cctx.services.forget(&crew_ref);
         return Ok(Action::await_change());
     }
     let namespace = crew.namespace().unwrap_or_default();
@@ -126,11 +140,11 @@ async fn apply(crew: &AgentCrew, ctx: &Context) -> Result<Action, Error> {
         .filter(|i| referenced.contains(&i.name_any()))
         .filter_map(|i| Some((i.name_any(), i.status.as_ref()?.content_hash.clone()?)))
         .collect();
-    let tenant = Api::<Namespace>::all(ctx.client.clone())
+    let tenant_label = Api::<Namespace>::all(ctx.client.clone())
         .get_opt(&namespace)
         .await?
-        .and_then(|ns| ns.labels().get(LABEL_TENANT).cloned())
-        .unwrap_or_else(|| namespace.clone());
+        .and_then(|ns| ns.labels().get(LABEL_TENANT).cloned());
+    let tenant = tenant_label.clone().unwrap_or_else(|| namespace.clone());
 
     // Validate and render.
     let config = match render::crew_config(&name, &namespace, &tenant, &crew.spec, &refs) {
@@ -152,10 +166,33 @@ async fn apply(crew: &AgentCrew, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
 
-    // Build and apply.
-    let objects = build::objects(crew, &config, &hashes, &ctx.config.agent_image);
+    // Dereference the endpoints the crew's egress policy allows; only a tenant namespace has
+    // the default deny it widens.
     let a = Applier { metrics: &ctx.metrics, controller: CONTROLLER, compare: true };
     let client = ctx.client.clone();
+    let policies = Api::<NetworkPolicy>::namespaced(client.clone(), &namespace);
+    let egress = match &tenant_label {
+        Some(tenant) => {
+            let on_behalf_of = OnBehalfOf { namespace: &namespace, tenant };
+            let resolved = resolve_endpoints(&referenced, &refs, on_behalf_of, ctx).await?;
+            cctx.services.record(crew_ref, resolved.services);
+            let built = network::egress_policy(crew, &resolved.endpoints);
+            a.ensure(&policies, &built.policy).await?;
+            let mut problems = built.refused.iter().map(|r| r.to_string()).collect::<Vec<_>>();
+            problems.extend(resolved.unresolved);
+            egress_condition(&name, &referenced, !built.refused.is_empty(), &problems)
+        }
+        None => {
+            cctx.services.forget(&crew_ref);
+            a.prune(&policies, &build::crew_selector(crew), &BTreeSet::new()).await?;
+            let message =
+                format!("Namespace {namespace} belongs to no tenant: no NetworkPolicy limits the crew's egress");
+            Observed::ok(EGRESS_ALLOWED, "NoTenantNamespace", message)
+        }
+    };
+
+    // Build and apply.
+    let objects = build::objects(crew, &config, &hashes, &ctx.config.agent_image);
     a.ensure(&Api::<ConfigMap>::namespaced(client.clone(), &namespace), &objects.config_map).await?;
     let deployments = Api::<Deployment>::namespaced(client.clone(), &namespace);
     a.ensure(&deployments, &objects.deployment).await?;
@@ -175,11 +212,65 @@ async fn apply(crew: &AgentCrew, ctx: &Context) -> Result<Action, Error> {
     let (available, ready_replicas) = availability(crew, live.as_ref());
     let observed = vec![
         Observed::ok(INTEGRATIONS_RESOLVED, "Resolved", format!("Integrations {} are resolved", referenced.join(", "))),
+        egress,
         available,
     ];
     let converged = observed.iter().all(|o| o.status);
     write_status(crew, ctx, observed, agents, ready_replicas).await?;
     Ok(Action::requeue(Duration::from_secs(if converged { 600 } else { 30 })))
+}
+
+/// The crew's Integration endpoints after the dereference step.
+struct ResolvedEndpoints {
+    endpoints: Vec<ResolvedEndpoint>,
+    /// Why an endpoint has no addresses, one sentence each.
+    unresolved: Vec<String>,
+    /// The Services named by endpoints, resolved or not: a change of their endpoints (or their
+    /// creation) re-derives the policy.
+    services: BTreeSet<ServiceKey>,
+}
+
+/// Resolves the endpoint of every Integration the crew uses, all at once: IP literals as they
+/// are, Services through their EndpointSlices, other names through DNS.
+async fn resolve_endpoints(
+    referenced: &[String],
+    refs: &BTreeMap<String, IntegrationRef>,
+    on_behalf_of: OnBehalfOf<'_>,
+    ctx: &Context,
+) -> Result<ResolvedEndpoints, Error> {
+    let resolver = &Resolver::new(ctx.client.clone());
+    let mut resolved = ResolvedEndpoints { endpoints: Vec::new(), unresolved: Vec::new(), services: BTreeSet::new() };
+    let mut lookups = Vec::new();
+    for name in referenced {
+        let Some(integration) = refs.get(name) else { continue };
+        match Target::from_url(&integration.endpoint) {
+            Ok(target) => {
+                resolved.services.extend(ServiceKey::of(&target));
+                lookups.push(async move { (name, resolver.resolve(&target, Some(on_behalf_of)).await) });
+            }
+            Err(e) => resolved.unresolved.push(format!("Integration {name}: {e}")),
+        }
+    }
+    for (name, result) in futures::future::join_all(lookups).await {
+        match result {
+            Ok(sockets) => resolved.endpoints.push(ResolvedEndpoint { name: format!("Integration {name}"), sockets }),
+            Err(ResolveError::Kube(e)) => return Err(e.into()),
+            Err(e) => resolved.unresolved.push(format!("Integration {name}: {e}")),
+        }
+    }
+    Ok(resolved)
+}
+
+/// `EgressAllowed`: every endpoint allowed, or which were refused or unresolved.
+fn egress_condition(crew: &str, referenced: &[String], refused: bool, problems: &[String]) -> Observed {
+    let policy = network::policy_name(crew);
+    if problems.is_empty() {
+        let message = format!("NetworkPolicy {policy} allows the endpoints of Integrations {}", referenced.join(", "));
+        return Observed::ok(EGRESS_ALLOWED, "Allowed", message);
+    }
+    let reason = if refused { "EndpointRefused" } else { "EndpointUnresolved" };
+    let message = format!("NetworkPolicy {policy} allows the other endpoints; {}", problems.join("; "));
+    Observed::failed(EGRESS_ALLOWED, reason, message)
 }
 
 /// Whether the runtime is available, and why not: a quota that refuses the pods is named.

@@ -61,6 +61,11 @@ impl Admin {
         })
     }
 
+    /// The `host` and `port` tenant workloads connect to: what their database egress allows.
+    pub fn tenant_address(&self) -> (&str, u16) {
+        (&self.tenant_host, self.tenant_port)
+    }
+
     /// Opens a connection to `database` (the admin URL's database when `None`).
     async fn connect(&self, database: Option<&str>) -> Result<Client, DatabaseError> {
         let mut config = self.config.clone();
@@ -291,7 +296,7 @@ mod tests {
         assert_eq!((admin.tenant_host.as_str(), admin.tenant_port), ("db.internal", 6543));
         let admin =
             Admin::new("postgres://admin:pw@127.0.0.1:6543/postgres", Some("pg.bizosaas-system:5432"), "p").unwrap();
-        assert_eq!((admin.tenant_host.as_str(), admin.tenant_port), ("pg.bizosaas-system", 5432));
+        assert_eq!(admin.tenant_address(), ("pg.bizosaas-system", 5432));
         assert!(Admin::new("not a url", None, "p").is_err());
     }
 }

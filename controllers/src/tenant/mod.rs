@@ -2,6 +2,7 @@
 //! a PostgreSQL database with row-level security, credentials and business services.
 
 pub mod build;
+mod database_egress;
 pub mod plans;
 mod reconcile;
 pub mod service_catalog;

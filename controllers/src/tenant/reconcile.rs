@@ -2,11 +2,13 @@
 //! finalizer that applies the deletion policy.
 
 use super::CONTROLLER;
-use super::build::{self, BuildError, Children, DATABASE_SECRET, Owner};
+use super::build::{self, BuildError, Children, DATABASE_POLICY, DATABASE_SECRET, Owner};
+use super::database_egress;
 use super::status::{self, *};
 use crate::apply::Applier;
 use crate::conditions::Observed;
 use crate::context::Context;
+use crate::egress::resolve::SERVICE_NAME_LABEL;
 use crate::metrics::Categorized;
 use crate::postgres::{DatabaseError, TenantCredentials, TenantNames};
 use crate::vault::{Vault, VaultError};
@@ -16,6 +18,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Secret, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -76,12 +79,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     // The Tenant's own status and finalizer writes come back through the watch; only a change
     // a user makes (spec, labels, annotations, deletion) needs a reconcile.
     let (reader, writer) = reflector::store();
+    let store = reader.clone();
     let tenants =
         reflector(writer, watcher(Api::<DeserializeGuard<Tenant>>::all(client.clone()), watcher::Config::default()))
             .default_backoff()
             .applied_objects()
             .predicate_filter(user_change, PredicateConfig::default());
-    Controller::for_stream(tenants, reader)
+    let mut controller = Controller::for_stream(tenants, reader)
         .watches_stream(children::<Namespace>(&client, &ours), tenant_of)
         .watches_stream(children::<ResourceQuota>(&client, &ours), tenant_of)
         .watches_stream(children::<LimitRange>(&client, &ours), tenant_of)
@@ -91,7 +95,18 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .watches_stream(children::<Secret>(&client, &ours), tenant_of)
         .watches_stream(children::<Deployment>(&client, &ours), tenant_of)
         .watches_stream(children::<Service>(&client, &ours), tenant_of)
-        .watches_stream(children::<Ingress>(&client, &ours), tenant_of)
+        .watches_stream(children::<Ingress>(&client, &ours), tenant_of);
+    if let Some(service) = database_egress::database_service(&ctx) {
+        // The database Service's endpoints are what `allow-database` allows: when its pods
+        // move, every tenant's policy follows.
+        let api = Api::<PartialObjectMeta<EndpointSlice>>::namespaced(client.clone(), &service.namespace);
+        let slices = watcher::Config::default().labels(&format!("{SERVICE_NAME_LABEL}={}", service.name));
+        let changes = watcher(api, slices).default_backoff().touched_objects();
+        controller = controller.watches_stream(changes, move |_| {
+            store.state().iter().map(|t| ObjectRef::new(&t.name_any())).collect::<Vec<_>>()
+        });
+    }
+    controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
@@ -199,7 +214,7 @@ fn is_ours(namespace: &Namespace, tenant: &str) -> bool {
 
 async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     let name = tenant.name_any();
-    let children = match build::children(tenant, &ctx.config) {
+    let mut children = match build::children(tenant, &ctx.config) {
         Ok(children) => children,
         Err(e @ BuildError::InvalidName(_)) => {
             let observed = vec![Observed::failed(NAMESPACE_READY, "InvalidSpec", e.to_string())];
@@ -225,9 +240,17 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     }
 
     let owner = Owner::of(tenant)?;
+    let db_egress = database_egress::database_egress(&owner, ctx).await?;
+    children.network_policies.extend(db_egress.policy);
+    let retained: BTreeSet<String> = db_egress.keep_live.then(|| DATABASE_POLICY.to_string()).into_iter().collect();
     let applier = applier(tenant, ctx);
     let started = std::time::Instant::now();
-    let mut observed = apply_children(&owner, &children, live_namespace.as_ref(), applier, ctx).await?;
+    let mut observed = apply_children(&owner, &children, live_namespace.as_ref(), &retained, applier, ctx).await?;
+    if let Some(failure) = db_egress.failure
+        && let Some(network) = observed.iter_mut().find(|o| o.type_ == NETWORK_READY)
+    {
+        *network = failure;
+    }
     let children_ms = started.elapsed().as_millis();
     let (database_condition, database) = ensure_database(tenant, &owner, applier, ctx).await?;
     debug!(children_ms, database_ms = started.elapsed().as_millis() - children_ms, "tenant applied");
@@ -254,11 +277,13 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
 }
 
 /// Applies the Kubernetes children, all at once after the namespace (already read for the
-/// conflict check), and prunes those the spec no longer asks for.
+/// conflict check), and prunes those the spec no longer asks for, except the `retained`
+/// NetworkPolicies.
 async fn apply_children(
     owner: &Owner,
     c: &Children,
     live_namespace: Option<&Namespace>,
+    retained: &BTreeSet<String>,
     a: Applier<'_>,
     ctx: &Context,
 ) -> Result<Vec<Observed>, Error> {
@@ -292,7 +317,7 @@ async fn apply_children(
     // Children the spec dropped: only possible once the tenant was provisioned before.
     if a.compare {
         let names = |items: &mut dyn Iterator<Item = String>| items.collect::<BTreeSet<String>>();
-        let keep_policies = names(&mut c.network_policies.iter().map(|p| p.name_any()));
+        let keep_policies = names(&mut c.network_policies.iter().map(|p| p.name_any()).chain(retained.iter().cloned()));
         let keep_bindings = names(&mut c.role_bindings.iter().map(|b| b.name_any()));
         // A service the catalog lacks keeps whatever objects it has until the catalog offers
         // it again or the Tenant drops it.

@@ -10,7 +10,7 @@ mod services;
 mod workload;
 
 pub use namespace::namespace;
-pub use network::network_policies;
+pub use network::{DATABASE_POLICY, database_client, database_policy, network_policies};
 pub use quota::{limit_range, resource_quota};
 pub use rbac::{role_bindings, service_account};
 pub use secret::{database_fields, database_secret};
@@ -33,6 +33,9 @@ pub const WORKLOAD_SERVICE_ACCOUNT: &str = "tenant-workload";
 pub const DATABASE_SECRET: &str = "tenant-database";
 /// Label naming which part of the tenant an object belongs to.
 pub const LABEL_COMPONENT: &str = "bizosaas.io/component";
+/// Label (`"true"`) of pods that connect to the tenant database: the `allow-database`
+/// NetworkPolicy selects them.
+pub const LABEL_DATABASE_CLIENT: &str = "bizosaas.io/database-client";
 
 /// A tenant spec the builders cannot turn into objects. The API server's schema rejects most
 /// bad input first; this catches what slips past it (e.g. objects created before a CRD update).
@@ -180,6 +183,7 @@ spec:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bizosaas_crds::tenant::SecretsBackend;
 
     #[test]
     fn every_child_is_labelled_and_owned_by_the_tenant() {
@@ -201,6 +205,21 @@ mod tests {
             assert_eq!(owner.controller, Some(true));
             if meta.name.as_deref() != Some("tenant-acme") {
                 assert_eq!(meta.namespace.as_deref(), Some("tenant-acme"));
+            }
+        }
+    }
+
+    #[test]
+    fn business_service_pods_are_database_clients_whatever_the_secrets_backend() {
+        for backend in [SecretsBackend::Kubernetes, SecretsBackend::Vault] {
+            let mut tenant = fixtures::tenant(fixtures::ACME);
+            tenant.spec.secrets.backend = backend;
+            for s in children(&tenant, &Config::default()).unwrap().services {
+                let spec = s.deployment.spec.unwrap();
+                let labels = spec.template.metadata.unwrap().labels.unwrap();
+                assert_eq!(labels[LABEL_DATABASE_CLIENT], "true", "{backend:?}: allow-database selects it");
+                let selector = spec.selector.match_labels.unwrap();
+                assert!(!selector.contains_key(LABEL_DATABASE_CLIENT), "the Deployment's selector is unchanged");
             }
         }
     }

@@ -1,10 +1,12 @@
 //! The tenant's NetworkPolicies: deny by default, then allow the same namespace, DNS, the
 //! platform namespace, the ingress controller and HTTPS to public addresses. `Strict` and
 //! `Open` differ only in egress: `Strict` gives public HTTPS to agent pods (they call LLM
-//! gateways), `Open` to every pod.
+//! gateways), `Open` to every pod. With a database, `allow-database` lets the pods labelled
+//! database clients reach PostgreSQL wherever it runs.
 
-use super::{LABEL_COMPONENT, Owner};
+use super::{LABEL_COMPONENT, LABEL_DATABASE_CLIENT, Owner};
 use crate::context::Config;
+use crate::egress::{self, Refused, ResolvedEndpoint};
 use bizosaas_crds::tenant::NetworkIsolation;
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -72,6 +74,27 @@ pub fn network_policies(owner: &Owner, isolation: NetworkIsolation, config: &Con
         policies.push(policy(owner, "allow-https-egress", all_pods, None, Some(vec![public_https()])));
     }
     policies
+}
+
+/// Name of the policy that lets database clients reach PostgreSQL.
+pub const DATABASE_POLICY: &str = "allow-database";
+
+/// `labels` with the [`LABEL_DATABASE_CLIENT`] label: for the pod templates of workloads that
+/// get a database URL.
+pub fn database_client(mut labels: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    labels.insert(LABEL_DATABASE_CLIENT.to_string(), "true".to_string());
+    labels
+}
+
+/// `allow-database` from the resolved database endpoint, and the addresses it refused. `None`
+/// when nothing can be allowed: there is no policy to write.
+pub fn database_policy(owner: &Owner, database: &ResolvedEndpoint) -> (Option<NetworkPolicy>, Vec<Refused>) {
+    let admitted = egress::admit(std::slice::from_ref(database));
+    let policy = (!admitted.is_empty()).then(|| {
+        let clients = selector(&[(LABEL_DATABASE_CLIENT, "true")]);
+        policy(owner, DATABASE_POLICY, clients, None, Some(egress::egress_rules(&admitted)))
+    });
+    (policy, admitted.refused)
 }
 
 fn policy(
@@ -178,5 +201,51 @@ mod tests {
         assert_eq!(extra.pod_selector, Some(LabelSelector::default()));
         assert!(extra.ingress.is_none());
         assert_eq!(extra.policy_types.as_deref().unwrap(), ["Egress"]);
+    }
+
+    fn database(sockets: &[&str]) -> ResolvedEndpoint {
+        crate::egress::tests::endpoint("the tenant database", sockets)
+    }
+
+    #[test]
+    fn database_clients_reach_the_database_host_and_port() {
+        let owner = Owner::of(&fixtures::tenant(fixtures::ACME)).unwrap();
+        let (policy, refused) = database_policy(&owner, &database(&["10.96.40.2:5432", "10.0.3.7:5432"]));
+        assert!(refused.is_empty());
+        let policy = policy.unwrap();
+        assert_eq!(policy.metadata.name.as_deref(), Some("allow-database"));
+        assert_eq!(policy.metadata.labels.as_ref().unwrap()[LABEL_COMPONENT], "network", "pruned with the others");
+        let spec = policy.spec.as_ref().unwrap();
+        assert_eq!(spec.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()[LABEL_DATABASE_CLIENT], "true");
+        assert_eq!(spec.policy_types.as_deref().unwrap(), ["Egress"]);
+        let rule = &spec.egress.as_ref().unwrap()[..];
+        assert_eq!(rule.len(), 1);
+        let cidrs: Vec<&str> =
+            rule[0].to.as_ref().unwrap().iter().map(|p| p.ip_block.as_ref().unwrap().cidr.as_str()).collect();
+        assert_eq!(cidrs, ["10.0.3.7/32", "10.96.40.2/32"]);
+        assert_eq!(rule[0].ports.as_ref().unwrap(), &[port("TCP", 5432)]);
+    }
+
+    #[test]
+    fn a_database_on_a_link_local_address_gets_no_policy() {
+        let owner = Owner::of(&fixtures::tenant(fixtures::ACME)).unwrap();
+        let (policy, refused) = database_policy(&owner, &database(&["169.254.169.254:5432"]));
+        assert!(policy.is_none());
+        assert_eq!(refused.len(), 1);
+    }
+
+    #[test]
+    fn the_database_policy_leaves_the_other_policies_unchanged() {
+        let owner = Owner::of(&fixtures::tenant(fixtures::ACME)).unwrap();
+        let (policy, _) = database_policy(&owner, &database(&["10.0.3.7:5432"]));
+        let others = network_policies(&owner, NetworkIsolation::Strict, &Config::default());
+        let names = names(&others);
+        assert!(!names.contains(&DATABASE_POLICY.to_string()), "only added where a database is configured");
+        assert_eq!(names.len(), 6);
+        let policy = policy.unwrap();
+        let db_selector = policy.spec.as_ref().unwrap().pod_selector.as_ref().unwrap();
+        for other in &others {
+            assert_ne!(other.spec.as_ref().unwrap().pod_selector.as_ref(), Some(db_selector));
+        }
     }
 }

@@ -102,7 +102,10 @@ fn workload(
             replicas: Some(if spec.suspended { 0 } else { 1 }),
             selector: LabelSelector { match_labels: Some(selector.clone()), ..Default::default() },
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(labels.clone()), ..Default::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(super::database_client(labels.clone())),
+                    ..Default::default()
+                }),
                 spec: Some(PodSpec {
                     service_account_name: Some(WORKLOAD_SERVICE_ACCOUNT.into()),
                     automount_service_account_token: Some(false),
