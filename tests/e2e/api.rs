@@ -1,6 +1,6 @@
 //! The API against the real kube-apiserver: CRDs install, samples are accepted, `kubectl
 //! explain` shows the docs, the schema and CEL rules reject bad input with a message a user
-//! can act on, and the local cluster runs Deployments on its kwok node.
+//! can act on, and the local cluster schedules pods on its real node (kwok only for pods that tolerate it).
 
 mod support;
 
@@ -179,32 +179,61 @@ async fn database_isolation_is_immutable() {
     assert!(stderr.contains("database.isolation is immutable"), "{stderr}");
 }
 
+/// The kwok node carries a NoSchedule taint: only pods that tolerate it (the scale
+/// benchmark's) land there; everything else runs on the real node.
 #[tokio::test]
-async fn a_deployment_becomes_available_on_the_kwok_node() {
+async fn tolerating_pods_land_on_the_kwok_node_and_the_rest_on_the_real_one() {
+    use k8s_openapi::api::core::v1::Pod;
     let client = client().await;
     let ns = test_namespace("bizosaas-kwok-test");
-    let deployment: Deployment = serde_json::from_value(serde_json::json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "web", "namespace": ns},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": "web"}},
-            "template": {
-                "metadata": {"labels": {"app": "web"}},
-                "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}
+    let deployment = |name: &str, tolerate: bool| -> Deployment {
+        let tolerations = if tolerate {
+            serde_json::json!([{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}])
+        } else {
+            serde_json::json!([])
+        };
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {
+                        "nodeSelector": if tolerate { serde_json::json!({"type": "kwok"}) } else { serde_json::json!({}) },
+                        "tolerations": tolerations,
+                        "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+                        "containers": [{
+                            "name": "web", "image": "docker.io/bizosaas/toolbox:harness",
+                            "command": ["/bin/sleep", "3600"],
+                            "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                                                "capabilities": {"drop": ["ALL"]}},
+                        }],
+                    }
+                }
             }
-        }
-    }))
-    .unwrap();
+        }))
+        .unwrap()
+    };
     let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    api.create(&PostParams::default(), &deployment).await.unwrap();
-    let available = wait_for("Deployment web Available", Duration::from_secs(90), || async {
-        let d = api.get("web").await.ok()?;
-        let status = d.status?;
-        (status.available_replicas == Some(2)).then_some(status)
-    })
-    .await;
-    assert_eq!(available.ready_replicas, Some(2));
+    api.create(&PostParams::default(), &deployment("fake", true)).await.unwrap();
+    api.create(&PostParams::default(), &deployment("real", false)).await.unwrap();
+    for name in ["fake", "real"] {
+        let available = wait_for(&format!("Deployment {name} Available"), Duration::from_secs(90), || async {
+            let d = api.get(name).await.ok()?;
+            let status = d.status?;
+            (status.available_replicas == Some(2)).then_some(status)
+        })
+        .await;
+        assert_eq!(available.ready_replicas, Some(2));
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    for (app, node) in [("fake", "kwok-node-0"), ("real", "bizosaas-node")] {
+        let list = pods.list(&kube::api::ListParams::default().labels(&format!("app={app}"))).await.unwrap();
+        let nodes: Vec<_> = list.items.iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
+        assert_eq!(nodes, [node, node], "pods of {app}");
+    }
     Api::<Namespace>::all(client).delete(&ns, &DeleteParams::background()).await.unwrap();
 }

@@ -1,15 +1,27 @@
 //! The operator binary against the local control plane: it serves health, readiness and
-//! Prometheus metrics, logs JSON when asked, and stops cleanly on SIGTERM.
+//! Prometheus metrics, logs JSON when asked, stays a standby while another replica holds the
+//! Lease, and stops cleanly on SIGTERM.
 
 mod support;
 
 use std::time::Duration;
 use support::*;
 
+/// The binary as a standby replica: the chart's operator holds the Lease, so this one serves
+/// its endpoints, waits for leadership without reconciling anything, and stops on SIGTERM.
 #[tokio::test]
 async fn serves_health_readiness_and_metrics_then_stops_on_sigterm() {
-    install_crds();
-    let operator = Operator::start(&["--log-format", "json"]);
+    operator().wait_ready().await;
+    let operator = Operator::start(&[
+        "--log-format",
+        "json",
+        "--leader-election",
+        "true",
+        "--pod-namespace",
+        OPERATOR_NAMESPACE,
+        "--pod-name",
+        "e2e-standby",
+    ]);
     operator.wait_ready().await;
 
     let (status, body) = operator.get("/healthz").await.unwrap();
@@ -19,8 +31,15 @@ async fn serves_health_readiness_and_metrics_then_stops_on_sigterm() {
     for family in ["bizosaas_reconciles", "bizosaas_reconcile_duration_seconds"] {
         assert!(metrics.contains(&format!("# TYPE {family} ")), "{family} missing from:\n{metrics}");
     }
-    assert!(metrics.contains(r#"bizosaas_reconciles_total{controller="tenant",outcome="success"}"#), "{metrics}");
     assert!(metrics.trim_end().ends_with("# EOF"), "not OpenMetrics text");
+    wait_for("the standby to wait for the Lease", Duration::from_secs(30), || async {
+        operator.logs().contains("waiting for leadership").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, metrics) = operator.get("/metrics").await.unwrap();
+    assert_eq!(sum_metric(&metrics, "bizosaas_reconciles_total", &[]), 0.0, "a standby reconciled:\n{metrics}");
+    assert!(!operator.logs().contains("controllers starting"), "a standby started its controllers");
 
     let logs = operator.logs();
     let first = logs.lines().next().expect("the operator logs");

@@ -44,6 +44,18 @@ cmd_install() {
   secret bizosaas-database url "$db_url"
   secret bizosaas-vault-token token "$vault_token"
 
+  # ClusterRoles applied from manifests/rbac (e.g. by the benchmark) are adopted by the
+  # release, as Helm documents, instead of failing the install.
+  local role
+  for role in bizosaas-tenant-admin bizosaas-tenant-viewer; do
+    if kubectl get clusterrole "$role" >/dev/null 2>&1 &&
+      [[ -z $(kubectl get clusterrole "$role" -o jsonpath='{.metadata.annotations.meta\.helm\.sh/release-name}') ]]; then
+      kubectl annotate clusterrole "$role" --overwrite meta.helm.sh/release-name="$RELEASE" \
+        meta.helm.sh/release-namespace="$NAMESPACE" >/dev/null
+      kubectl label clusterrole "$role" --overwrite app.kubernetes.io/managed-by=Helm >/dev/null
+    fi
+  done
+
   local t0=$EPOCHREALTIME
   "$HELM" upgrade --install "$RELEASE" "$ROOT/charts/bizosaas" -n "$NAMESPACE" \
     -f "$HARNESS_DIR/chart-values.yaml" \
