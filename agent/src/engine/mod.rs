@@ -230,9 +230,28 @@ impl Engine {
                 output: crate::llm::client::clip(&output, self.options.event_text_chars),
                 usage,
             });
+            self.remember(run, index, &step.agent, &step.task.description, &output).await;
             outputs.push(output);
         }
         Ok(())
+    }
+
+    /// Long-term memory: with memory on, every finished task's output is kept in the tenant's
+    /// `agent_memory`, so later runs find it with `memory_search`. A failed write costs the
+    /// memory, not the run.
+    async fn remember(&self, run: &RunHandle, task: usize, agent: &str, description: &str, output: &str) {
+        let Some(memory) = &self.memory else { return };
+        let metadata = serde_json::json!({
+            "kind": "task_output",
+            "run": run.id,
+            "task": task,
+            "description": crate::llm::client::clip(description, 500),
+        });
+        // Clipped by bytes' worth of characters: a character is at most 4 bytes.
+        let content = crate::llm::client::clip(output, crate::tools::memory::MAX_CONTENT / 4 - 1);
+        if let Err(e) = memory.save(agent, &content, &metadata).await {
+            tracing::warn!(run = %run.id, task, error = %e, "could not keep the task's output in memory");
+        }
     }
 
     /// The client an agent uses: the manager model for the manager of a Hierarchical crew.

@@ -1,0 +1,251 @@
+//! A crew runs for real: its runtime pod on the real node passes its probes, a run POSTed
+//! to the crew's Service from a pod in the tenant namespace completes against the llama.cpp
+//! server with real token usage, the crew's memory and usage land in PostgreSQL under
+//! row-level security through the `tenant-database` Secret, and a credential rotation rolls
+//! the pod onto the new key. The LLM server is reached through the tenant's NetworkPolicies:
+//! the crew's egress policy allows exactly its Integration's endpoint.
+
+mod support;
+
+use bizosaas_crds::common::{find_condition, is_ready};
+use bizosaas_crds::{AgentCrew, Integration, Tenant};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::*;
+
+const TENANT: &str = "e2e-crew-run";
+const NS: &str = "tenant-e2e-crew-run";
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// An HTTP forwarder on the node's address in front of the LLM server that records the
+/// Authorization header of every request: the test's view of which key a crew pod sends.
+async fn recording_gateway(upstream: String, seen: Arc<Mutex<Vec<String>>>) -> u16 {
+    use axum::body::{Body, Bytes};
+    use axum::http::{HeaderMap, Method, Uri};
+    let forward = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+        let (upstream, seen) = (upstream.clone(), seen.clone());
+        async move {
+            if let Some(auth) = headers.get("authorization") {
+                seen.lock().unwrap().push(auth.to_str().unwrap_or_default().to_string());
+            }
+            // The upstream URL ends in /v1, as does the path the runtime calls.
+            let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let url = format!("{}{}", upstream.trim_end_matches("/v1"), path);
+            let mut request = http().request(method, url).body(body);
+            if let Some(ct) = headers.get("content-type") {
+                request = request.header("content-type", ct);
+            }
+            match request.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    let ct = response.headers().get("content-type").cloned();
+                    let bytes = response.bytes().await.unwrap_or_default();
+                    let mut out = axum::response::Response::new(Body::from(bytes));
+                    *out.status_mut() = status;
+                    if let Some(ct) = ct {
+                        out.headers_mut().insert("content-type", ct);
+                    }
+                    out
+                }
+                Err(e) => {
+                    let mut out = axum::response::Response::new(Body::from(e.to_string()));
+                    *out.status_mut() = axum::http::StatusCode::BAD_GATEWAY;
+                    out
+                }
+            }
+        }
+    };
+    let app = axum::Router::new().fallback(forward);
+    let listener = tokio::net::TcpListener::bind((node_ip(), 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    port
+}
+
+async fn fresh_tenant(client: &Client) {
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    if tenants.get_opt(TENANT).await.unwrap().is_some() {
+        let _ = tenants.delete(TENANT, &DeleteParams::default()).await;
+        wait_for("the old tenant to go", TIMEOUT, || async {
+            tenants.get_opt(TENANT).await.ok()?.is_none().then_some(())
+        })
+        .await;
+        wait_for("the old namespace to go", TIMEOUT, || async {
+            (!kubectl(&["get", "namespace", NS], None).status.success()).then_some(())
+        })
+        .await;
+    }
+    let tenant: Tenant = serde_json::from_value(serde_json::json!({
+        "apiVersion": "bizosaas.io/v1alpha1", "kind": "Tenant", "metadata": {"name": TENANT},
+        "spec": {"displayName": "Crew run", "database": {"isolation": "Shared", "deletionPolicy": "Delete"}},
+    }))
+    .unwrap();
+    tenants.create(&PostParams::default(), &tenant).await.unwrap();
+    wait_for("the tenant Ready", TIMEOUT, || async {
+        is_ready(&tenants.get(TENANT).await.ok()?.status?.conditions).then_some(())
+    })
+    .await;
+}
+
+/// The crew's runtime pod that is Ready, once there is exactly one and no other is left.
+async fn runtime_pod(pods: &Api<Pod>) -> Option<Pod> {
+    let list = pods.list(&ListParams::default().labels("bizosaas.io/crew=writers")).await.ok()?;
+    let [pod] = list.items.as_slice() else { return None };
+    let status = pod.status.as_ref()?;
+    let ready = status.conditions.as_ref()?.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+    (ready && pod.metadata.deletion_timestamp.is_none()).then(|| pod.clone())
+}
+
+/// POSTs a run from the caller pod and waits for its end; returns the run as JSON.
+fn run_from_caller(key: &str) -> serde_json::Value {
+    let body = serde_json::json!({
+        "tasks": [{"description": "Write one short line about spring flowers.", "agent": "writer"}],
+    })
+    .to_string();
+    let url = format!("http://crew-writers.{NS}.svc/v1/runs?wait=110");
+    let out = kubectl(
+        &[
+            "exec",
+            "-n",
+            NS,
+            "caller",
+            "--",
+            "netcheck",
+            "http",
+            "-t",
+            "115s",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            &format!("Idempotency-Key: {key}"),
+            "-d",
+            &body,
+            &url,
+        ],
+        None,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the run request failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let (status_line, json) = stdout.split_once('\n').unwrap_or((&stdout, ""));
+    assert!(status_line.starts_with("20"), "the runtime answered {status_line}: {json}");
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("not a run ({e}): {json}"))
+}
+
+// Multi-threaded: the recording gateway keeps serving while kubectl exec blocks a thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crew_pod_runs_against_the_llm_remembers_and_rotates_its_key() {
+    let llm = std::env::var("BIZOSAAS_TEST_LLM_URL")
+        .expect("no LLM server: start it with `tests/harness/llm.sh up` (or run `./dev test`)");
+    let model = std::env::var("BIZOSAAS_TEST_LLM_MODEL").unwrap_or_else(|_| "gemma3-270m".into());
+    operator().wait_ready().await;
+    let client = client().await;
+    fresh_tenant(&client).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let port = recording_gateway(llm, seen.clone()).await;
+
+    kubectl_ok(&["create", "secret", "generic", "llm-key", "-n", NS, "--from-literal=apiKey=first-key"], None);
+    let integration: Integration = serde_json::from_value(serde_json::json!({
+        "apiVersion": "bizosaas.io/v1alpha1", "kind": "Integration", "metadata": {"name": "llm", "namespace": NS},
+        "spec": {"type": "OpenAI", "endpoint": format!("http://{}:{port}/v1", node_ip()),
+                 "credentials": {"secretRef": {"name": "llm-key", "key": "apiKey"}},
+                 "healthCheck": {"interval": "2s", "timeout": "2s"}},
+    }))
+    .unwrap();
+    Api::<Integration>::namespaced(client.clone(), NS).create(&PostParams::default(), &integration).await.unwrap();
+    let crew: AgentCrew = serde_json::from_value(serde_json::json!({
+        "apiVersion": "bizosaas.io/v1alpha1", "kind": "AgentCrew", "metadata": {"name": "writers", "namespace": NS},
+        "spec": {"process": "Sequential", "model": {"integration": "llm", "name": model, "maxTokens": 24},
+                 "agents": [{"name": "writer", "template": "copywriting", "maxIterations": 1}],
+                 "memory": {"enabled": true}},
+    }))
+    .unwrap();
+    let crews: Api<AgentCrew> = Api::namespaced(client.clone(), NS);
+    crews.create(&PostParams::default(), &crew).await.unwrap();
+
+    // Ready only once the runtime pod really is (its readiness probe passes on the node).
+    wait_for("the crew Ready", TIMEOUT, || async {
+        is_ready(&crews.get("writers").await.ok()?.status?.conditions).then_some(())
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let first_pod = wait_for("one Ready runtime pod", TIMEOUT, || runtime_pod(&pods)).await;
+    assert_eq!(first_pod.spec.as_ref().unwrap().node_name.as_deref(), Some("bizosaas-node"));
+
+    // A caller in the tenant namespace: the same-namespace policy lets it reach the crew.
+    let caller: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "caller", "namespace": NS},
+        "spec": {
+            "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{"name": "caller", "image": "docker.io/bizosaas/toolbox:harness",
+                            "command": ["/bin/sleep", "3600"],
+                            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "100m", "memory": "32Mi"}},
+                            "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                                                "capabilities": {"drop": ["ALL"]}}}],
+        },
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &caller).await.unwrap();
+    kubectl_ok(&["wait", "-n", NS, "--for=condition=Ready", "pod/caller", "--timeout=60s"], None);
+
+    let run = run_from_caller("e2e-crew-run-1");
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let usage = &run["usage"];
+    assert!(usage["promptTokens"].as_u64().unwrap() > 0 && usage["completionTokens"].as_u64().unwrap() > 0, "{run}");
+    let output = run["tasks"][0]["output"].as_str().unwrap();
+    assert!(!output.trim().is_empty(), "{run}");
+    assert_eq!(seen.lock().unwrap().last().map(String::as_str), Some("Bearer first-key"));
+
+    // Memory and usage, written by the pod as the tenant's app role.
+    let secret = Api::<Secret>::namespaced(client.clone(), NS).get("tenant-database").await.unwrap();
+    let url = String::from_utf8(secret.data.unwrap()["url"].0.clone()).unwrap();
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let memories: i64 = db
+        .query_one(
+            "SELECT count(*) FROM agent_memory WHERE crew = 'writers' AND metadata->>'run' = $1",
+            &[&run["id"].as_str().unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(memories, 1, "the task's output is in the crew's memory");
+    let tokens: i64 = db
+        .query_one("SELECT coalesce(sum(prompt_tokens + completion_tokens), 0)::bigint FROM usage_events WHERE crew = 'writers'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(tokens > 0, "usage is recorded");
+    // Row-level security: the app role sees its own tenant's rows only.
+    let foreign: i64 =
+        db.query_one("SELECT count(*) FROM agent_memory WHERE tenant_id <> $1", &[&TENANT]).await.unwrap().get(0);
+    assert_eq!(foreign, 0, "another tenant's memories are visible");
+
+    // Rotation: the pod is replaced and the new one sends the new key.
+    let patch = serde_json::json!({"stringData": {"apiKey": "second-key"}});
+    Api::<Secret>::namespaced(client.clone(), NS)
+        .patch("llm-key", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+    let first_name = first_pod.metadata.name.clone().unwrap();
+    wait_for("a new runtime pod after the rotation", TIMEOUT, || async {
+        let pod = runtime_pod(&pods).await?;
+        (pod.metadata.name.as_deref() != Some(first_name.as_str())).then_some(())
+    })
+    .await;
+    let run = run_from_caller("e2e-crew-run-2");
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(seen.lock().unwrap().last().map(String::as_str), Some("Bearer second-key"));
+    let d = Api::<Deployment>::namespaced(client.clone(), NS).get("crew-writers").await.unwrap();
+    assert_eq!(d.status.unwrap().ready_replicas, Some(1));
+    let crew = crews.get("writers").await.unwrap();
+    let egress = find_condition(&crew.status.unwrap().conditions, "EgressAllowed").cloned().unwrap();
+    assert_eq!(egress.status, "True", "{}", egress.message);
+
+    Api::<Tenant>::all(client).delete(TENANT, &DeleteParams::default()).await.unwrap();
+}
