@@ -63,8 +63,10 @@ async fn leader_and_standby(client: &Client) -> (Pod, Pod) {
 }
 
 async fn tenant_ready(api: &Api<Tenant>) {
-    wait_for("Tenant e2e-ha Ready", TIMEOUT, || async { is_ready(&api.get(TENANT).await.ok()?.status?.conditions).then_some(()) })
-        .await;
+    wait_for("Tenant e2e-ha Ready", TIMEOUT, || async {
+        is_ready(&api.get(TENANT).await.ok()?.status?.conditions).then_some(())
+    })
+    .await;
 }
 
 /// Drops what a Retain tenant of an earlier run left behind.
@@ -94,8 +96,10 @@ async fn replicas_fail_over_upgrades_roll_and_uninstall_keeps_tenants() {
     let tenants: Api<Tenant> = Api::all(client.clone());
     if tenants.get_opt(TENANT).await.unwrap().is_some() {
         tenants.delete(TENANT, &DeleteParams::default()).await.unwrap();
-        wait_for("the old e2e-ha to go", TIMEOUT, || async { tenants.get_opt(TENANT).await.ok()?.is_none().then_some(()) })
-            .await;
+        wait_for("the old e2e-ha to go", TIMEOUT, || async {
+            tenants.get_opt(TENANT).await.ok()?.is_none().then_some(())
+        })
+        .await;
     }
     drop_retained().await;
     let tenant: Tenant = serde_json::from_value(serde_json::json!({
@@ -137,7 +141,10 @@ async fn replicas_fail_over_upgrades_roll_and_uninstall_keeps_tenants() {
     let patch = serde_json::json!({"spec": {"quota": {"pods": 12}}});
     tenants.patch(TENANT, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
     wait_for("the new leader to apply the quota", TIMEOUT, || async {
-        let quota = kubectl(&["get", "resourcequota", "-n", "tenant-e2e-ha", "tenant-quota", "-o", "jsonpath={.spec.hard.pods}"], None);
+        let quota = kubectl(
+            &["get", "resourcequota", "-n", "tenant-e2e-ha", "tenant-quota", "-o", "jsonpath={.spec.hard.pods}"],
+            None,
+        );
         (String::from_utf8_lossy(&quota.stdout) == "12").then_some(())
     })
     .await;
@@ -167,7 +174,8 @@ async fn replicas_fail_over_upgrades_roll_and_uninstall_keeps_tenants() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    wait_for("the operator pods to go", TIMEOUT, || async { operator_pods(&client).await.is_empty().then_some(()) }).await;
+    wait_for("the operator pods to go", TIMEOUT, || async { operator_pods(&client).await.is_empty().then_some(()) })
+        .await;
     let kept = tenants.get(TENANT).await.unwrap();
     assert!(kept.metadata.finalizers.unwrap_or_default().iter().any(|f| f.starts_with("bizosaas.io/")));
     assert!(kubectl(&["get", "namespace", "tenant-e2e-ha"], None).status.success());
