@@ -34,6 +34,8 @@ cmd_install() {
   [[ -s $IMAGES_ENV ]] || die "no operator image: build it with images/build.sh --import (or ./dev images)"
   # shellcheck disable=SC1090
   source "$IMAGES_ENV"
+  # The images of the last build, whatever the node held before.
+  bash "$HARNESS_DIR/node.sh" import "$OPERATOR_ARCHIVE" "$AGENT_ARCHIVE"
   local db_url vault_addr vault_token
   db_url=$(bash "$HARNESS_DIR/postgres.sh" url) || die "PostgreSQL is not up (tests/harness/postgres.sh up)"
   vault_addr=$(bash "$HARNESS_DIR/openbao.sh" addr) || die "OpenBao is not up (tests/harness/openbao.sh up)"
