@@ -374,3 +374,64 @@ pub async fn http_server(status: Arc<AtomicU16>, seen: Arc<std::sync::Mutex<Vec<
     });
     port
 }
+
+/// A restricted pod in `ns` running `sleep` from the harness's toolbox image (busybox and
+/// `netcheck`), with `labels`; waits until it is Ready.
+pub async fn toolbox_pod(client: &Client, ns: &str, name: &str, labels: serde_json::Value) {
+    use k8s_openapi::api::core::v1::Pod;
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {
+            "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "toolbox", "image": "docker.io/bizosaas/toolbox:harness",
+                            "command": ["/bin/sleep", "3600"],
+                            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "100m", "memory": "32Mi"}},
+                            "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                                                "capabilities": {"drop": ["ALL"]}}}],
+        },
+    }))
+    .unwrap();
+    kube::Api::<Pod>::namespaced(client.clone(), ns).create(&Default::default(), &pod).await.unwrap();
+    kubectl_ok(&["wait", "-n", ns, "--for=condition=Ready", &format!("pod/{name}"), "--timeout=90s"], None);
+}
+
+/// `netcheck ARGS...` in a toolbox pod: Ok(stdout) when it connected, Err(stderr) otherwise.
+pub fn netcheck(ns: &str, pod: &str, args: &[&str]) -> Result<String, String> {
+    let mut argv = vec!["exec", "-n", ns, pod, "--", "netcheck"];
+    argv.extend_from_slice(args);
+    let out = kubectl(&argv, None);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Creates a Tenant from `spec` after deleting a leftover of an earlier run; waits until Ready.
+pub async fn fresh_tenant(client: &Client, name: &str, spec: serde_json::Value) {
+    use bizosaas_crds::Tenant;
+    let tenants: kube::Api<Tenant> = kube::Api::all(client.clone());
+    let timeout = Duration::from_secs(120);
+    if tenants.get_opt(name).await.unwrap().is_some() {
+        let _ = tenants.delete(name, &Default::default()).await;
+        wait_for(&format!("the old {name} to go"), timeout, || async {
+            tenants.get_opt(name).await.ok()?.is_none().then_some(())
+        })
+        .await;
+        let ns = format!("tenant-{name}");
+        wait_for(&format!("namespace {ns} to go"), timeout, || async {
+            (!kubectl(&["get", "namespace", &ns], None).status.success()).then_some(())
+        })
+        .await;
+    }
+    let tenant: Tenant = serde_json::from_value(serde_json::json!({
+        "apiVersion": "bizosaas.io/v1alpha1", "kind": "Tenant", "metadata": {"name": name}, "spec": spec,
+    }))
+    .unwrap();
+    tenants.create(&Default::default(), &tenant).await.unwrap();
+    wait_for(&format!("Tenant {name} Ready"), timeout, || async {
+        bizosaas_crds::common::is_ready(&tenants.get(name).await.ok()?.status?.conditions).then_some(())
+    })
+    .await;
+}

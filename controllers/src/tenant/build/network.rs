@@ -1,5 +1,6 @@
 //! The tenant's NetworkPolicies: deny by default, then allow the same namespace, DNS, the
-//! platform namespace, the ingress controller and HTTPS to public addresses. `Strict` and
+//! platform's tenant-facing pods (ingress from the whole platform namespace), the ingress
+//! controller and HTTPS to public addresses. `Strict` and
 //! `Open` differ only in egress: `Strict` gives public HTTPS to agent pods (they call LLM
 //! gateways), `Open` to every pod. With a database, `allow-database` lets the pods labelled
 //! database clients reach PostgreSQL wherever it runs.
@@ -15,6 +16,9 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
+
+/// Label of the platform's pods that tenant workloads may call (none of the operator's).
+pub const LABEL_TENANT_FACING: &str = "bizosaas.io/tenant-facing";
 
 /// Private, link-local and shared address ranges that "public HTTPS" must not reach.
 const NON_PUBLIC: [&str; 5] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10"];
@@ -53,8 +57,14 @@ pub fn network_policies(owner: &Owner, isolation: NetworkIsolation, config: &Con
                 from: Some(vec![namespace_peer(&config.platform_namespace)]),
                 ports: None,
             }]),
+            // Out of the platform namespace, only what is there for tenants (pods labelled
+            // `bizosaas.io/tenant-facing: "true"`): never the operator or anything else.
             Some(vec![NetworkPolicyEgressRule {
-                to: Some(vec![namespace_peer(&config.platform_namespace)]),
+                to: Some(vec![NetworkPolicyPeer {
+                    namespace_selector: Some(namespace(&config.platform_namespace)),
+                    pod_selector: Some(selector(&[(LABEL_TENANT_FACING, "true")])),
+                    ..Default::default()
+                }]),
                 ports: None,
             }]),
         ),
@@ -179,6 +189,12 @@ mod tests {
         );
         let deny = policies[0].spec.as_ref().unwrap();
         assert_eq!(deny.policy_types.as_deref().unwrap(), ["Ingress", "Egress"]);
+        // Egress into the platform namespace reaches its tenant-facing pods only.
+        let platform = policies[3].spec.as_ref().unwrap();
+        let peer = &platform.egress.as_ref().unwrap()[0].to.as_ref().unwrap()[0];
+        let pods = peer.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap();
+        assert_eq!(pods.get(LABEL_TENANT_FACING).map(String::as_str), Some("true"));
+        assert!(peer.namespace_selector.is_some());
         assert!(deny.ingress.is_none() && deny.egress.is_none());
         let platform = policies[3].spec.as_ref().unwrap();
         let peer = &platform.ingress.as_ref().unwrap()[0].from.as_ref().unwrap()[0];
