@@ -11,7 +11,6 @@ use bizosaas_crds::common::{find_condition, is_ready};
 use bizosaas_crds::{AgentCrew, Integration, Tenant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -64,31 +63,6 @@ async fn recording_gateway(upstream: String, seen: Arc<Mutex<Vec<String>>>) -> u
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     port
-}
-
-async fn fresh_tenant(client: &Client) {
-    let tenants: Api<Tenant> = Api::all(client.clone());
-    if tenants.get_opt(TENANT).await.unwrap().is_some() {
-        let _ = tenants.delete(TENANT, &DeleteParams::default()).await;
-        wait_for("the old tenant to go", TIMEOUT, || async {
-            tenants.get_opt(TENANT).await.ok()?.is_none().then_some(())
-        })
-        .await;
-        wait_for("the old namespace to go", TIMEOUT, || async {
-            (!kubectl(&["get", "namespace", NS], None).status.success()).then_some(())
-        })
-        .await;
-    }
-    let tenant: Tenant = serde_json::from_value(serde_json::json!({
-        "apiVersion": "bizosaas.io/v1alpha1", "kind": "Tenant", "metadata": {"name": TENANT},
-        "spec": {"displayName": "Crew run", "database": {"isolation": "Shared", "deletionPolicy": "Delete"}},
-    }))
-    .unwrap();
-    tenants.create(&PostParams::default(), &tenant).await.unwrap();
-    wait_for("the tenant Ready", TIMEOUT, || async {
-        is_ready(&tenants.get(TENANT).await.ok()?.status?.conditions).then_some(())
-    })
-    .await;
 }
 
 /// The crew's runtime pod that is Ready, once there is exactly one and no other is left.
@@ -145,7 +119,12 @@ async fn a_crew_pod_runs_against_the_llm_remembers_and_rotates_its_key() {
     let model = std::env::var("BIZOSAAS_TEST_LLM_MODEL").unwrap_or_else(|_| "gemma3-270m".into());
     operator().wait_ready().await;
     let client = client().await;
-    fresh_tenant(&client).await;
+    fresh_tenant(
+        &client,
+        TENANT,
+        serde_json::json!({"displayName": "Crew run", "database": {"isolation": "Shared", "deletionPolicy": "Delete"}}),
+    )
+    .await;
     let seen = Arc::new(Mutex::new(Vec::new()));
     let port = recording_gateway(llm, seen.clone()).await;
 
@@ -178,20 +157,7 @@ async fn a_crew_pod_runs_against_the_llm_remembers_and_rotates_its_key() {
     assert_eq!(first_pod.spec.as_ref().unwrap().node_name.as_deref(), Some("bizosaas-node"));
 
     // A caller in the tenant namespace: the same-namespace policy lets it reach the crew.
-    let caller: Pod = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "caller", "namespace": NS},
-        "spec": {
-            "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{"name": "caller", "image": "docker.io/bizosaas/toolbox:harness",
-                            "command": ["/bin/sleep", "3600"],
-                            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "100m", "memory": "32Mi"}},
-                            "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
-                                                "capabilities": {"drop": ["ALL"]}}}],
-        },
-    }))
-    .unwrap();
-    pods.create(&PostParams::default(), &caller).await.unwrap();
-    kubectl_ok(&["wait", "-n", NS, "--for=condition=Ready", "pod/caller", "--timeout=60s"], None);
+    toolbox_pod(&client, NS, "caller", serde_json::json!({})).await;
 
     let run = run_from_caller("e2e-crew-run-1");
     assert_eq!(run["status"], "succeeded", "{run}");

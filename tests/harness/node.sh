@@ -71,17 +71,7 @@ fail() {
   exit 1
 }
 
-stop() {
-  local name=$1 pid
-  pid=$(running_pid "$name") || { rm -f "$RUN/$name.pid"; return 0; }
-  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  if ! wait_for "$STOP_TIMEOUT" pid_gone "$RUN/$name.pid"; then
-    log "$name (pid $pid) ignored SIGTERM for ${STOP_TIMEOUT}s; sending SIGKILL"
-    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-    wait_for 5 pid_gone "$RUN/$name.pid" || die "could not stop $name (pid $pid)"
-  fi
-  rm -f "$RUN/$name.pid"
-}
+stop() { stop_pid_file "$RUN/$1.pid" "$1" "$STOP_TIMEOUT"; }
 
 # ---------------------------------------------------------------- configuration
 
