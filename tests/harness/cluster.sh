@@ -62,21 +62,11 @@ bin_of() {
 # against pid reuse after a crash or reboot; zombies have an empty cmdline).
 running_pid() { pid_file_pid "$RUN/$1.pid"; }
 
-# start NAME ARGS... : run the component detached from this shell.
-# setsid gives it its own session (no controlling terminal, no SIGHUP when the
-# caller's shell exits) and process group (so `down` can signal the group).
-# The wrapper closes inherited descriptors above stderr, so callers reading
-# our output through a pipe are not kept waiting for EOF, records its own pid
-# and then execs the binary under that pid.
+# start NAME ARGS... : run the component detached from this shell, with a fresh log.
 start() {
   local name=$1; shift
-  local bin; bin=$(bin_of "$name")
-  rm -f "$RUN/$name.pid"
-  # shellcheck disable=SC2016 # expanded by the inner shell
-  setsid bash -c '
-    for fd in /proc/self/fd/*; do fd=${fd##*/}; if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null; fi; done
-    echo "$$ $1" >"$2"; shift 2; exec "$@"' \
-    _ "$bin" "$RUN/$name.pid" "$bin" "$@" </dev/null >"$LOGS/$name.log" 2>&1 &
+  : >"$LOGS/$name.log"
+  spawn_detached "$RUN/$name.pid" "$LOGS/$name.log" "$(bin_of "$name")" "$@"
   wait_for 10 running_pid "$name" >/dev/null || fail "$name" "exited right after starting"
 }
 

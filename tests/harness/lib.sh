@@ -77,6 +77,22 @@ stop_pid_file() {
 
 pid_gone() { ! pid_file_pid "$1" >/dev/null; }
 
+# spawn_detached PID_FILE LOG_FILE BINARY ARGS... : run BINARY detached from this shell,
+# appending to LOG_FILE. setsid gives it its own session (no controlling terminal, no SIGHUP
+# when the caller's shell exits) and process group (so a stop can signal the group). The
+# wrapper closes inherited descriptors above stderr, so callers reading our output through a
+# pipe are not kept waiting for EOF, records "<pid> <binary>" in PID_FILE and then execs the
+# binary under that pid.
+spawn_detached() {
+  local pid_file=$1 log_file=$2 bin=$3; shift 3
+  rm -f "$pid_file"
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  setsid bash -c '
+    for fd in /proc/self/fd/*; do fd=${fd##*/}; if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null; fi; done
+    echo "$$ $1" >"$2"; shift 2; exec "$@"' \
+    _ "$bin" "$pid_file" "$bin" "$@" </dev/null >>"$log_file" 2>&1 &
+}
+
 # ---------------------------------------------------------------- the node's network
 # One bridge carries the real node's pods, and its host address is where everything that
 # pods must reach listens (the API server, PostgreSQL, OpenBao, the LLM server). Nothing

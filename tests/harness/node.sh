@@ -53,15 +53,10 @@ ctr_node() {
 
 running_pid() { pid_file_pid "$RUN/$1.pid"; }
 
-# start NAME BINARY ARGS... : run detached, as cluster.sh does (own session, pid file).
+# start NAME BINARY ARGS... : run detached (see spawn_detached), appending to its log.
 start() {
   local name=$1 bin=$2; shift 2
-  rm -f "$RUN/$name.pid"
-  # shellcheck disable=SC2016 # expanded by the inner shell
-  setsid bash -c '
-    for fd in /proc/self/fd/*; do fd=${fd##*/}; if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null; fi; done
-    echo "$$ $1" >"$2"; shift 2; exec "$@"' \
-    _ "$bin" "$RUN/$name.pid" "$bin" "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
+  spawn_detached "$RUN/$name.pid" "$LOGS/$name.log" "$bin" "$@"
   wait_for 10 running_pid "$name" >/dev/null || fail "$name" "exited right after starting"
 }
 
