@@ -14,10 +14,10 @@ use std::sync::atomic::AtomicU16;
 use std::time::Duration;
 use support::*;
 
-const A: &str = "e2e-iso-a";
-const B: &str = "e2e-iso-b";
-const NS_A: &str = "tenant-e2e-iso-a";
-const NS_B: &str = "tenant-e2e-iso-b";
+const A: &str = "e2e-wall-a";
+const B: &str = "e2e-wall-b";
+const NS_A: &str = "tenant-e2e-wall-a";
+const NS_B: &str = "tenant-e2e-wall-b";
 
 fn refused(ns: &str, pod: &str, target: &str, what: &str) {
     if let Ok(out) = netcheck(ns, pod, &["tcp", target]) {
