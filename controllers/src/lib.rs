@@ -12,6 +12,7 @@ pub mod egress;
 pub mod integration;
 pub mod metrics;
 pub mod postgres;
+pub mod scaffold;
 pub mod tenant;
 pub mod vault;
 

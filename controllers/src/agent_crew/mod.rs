@@ -14,6 +14,7 @@ use crate::egress::resolve::{OnBehalfOf, ResolveError, Resolver, ServiceKey};
 use crate::egress::{ResolvedEndpoint, Target};
 use crate::integration;
 use crate::metrics::Categorized;
+use crate::scaffold::{ReconcileError, Scaffold};
 use bizosaas_crds::agent_crew::AgentCrewStatus;
 use bizosaas_crds::common::READY;
 use bizosaas_crds::{AgentCrew, Integration, LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY};
@@ -22,18 +23,17 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Resource, ResourceExt};
 use render::IntegrationRef;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{instrument, warn};
 
 /// Controller name used in metrics, logs and events.
 pub const CONTROLLER: &str = "agentcrew";
@@ -59,9 +59,15 @@ impl Categorized for Error {
     }
 }
 
+impl ReconcileError for Error {
+    fn invalid_object(message: String) -> Self {
+        Error::InvalidObject(message)
+    }
+}
+
 /// State the AgentCrew controller keeps between reconciles.
 struct CrewContext {
-    ctx: Arc<Context>,
+    scaffold: Scaffold,
     services: Arc<triggers::ServiceDependencies>,
 }
 
@@ -90,29 +96,21 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             ServiceKey::of_slice(&slice).map(|service| dependents.dependents(&service)).unwrap_or_default()
         })
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, Arc::new(CrewContext { ctx, services }))
+        .run(reconcile, error_policy, Arc::new(CrewContext { scaffold: Scaffold::new(CONTROLLER, ctx), services }))
         .for_each(|_| futures::future::ready(()))
         .await;
 }
 
-#[instrument(skip_all, fields(crew = %guard.0.as_ref().map(|c| c.name_any()).unwrap_or_default()))]
 async fn reconcile(guard: Arc<DeserializeGuard<AgentCrew>>, cctx: Arc<CrewContext>) -> Result<Action, Error> {
-    let work = async {
-        match &guard.0 {
-            Ok(crew) => apply(crew, &cctx).await,
-            Err(invalid) => Err(Error::InvalidObject(invalid.to_string())),
-        }
-    };
-    cctx.ctx.metrics.measure(CONTROLLER, work).await
+    cctx.scaffold.reconcile(&guard, |crew| apply(crew, &cctx)).await
 }
 
-fn error_policy(_guard: Arc<DeserializeGuard<AgentCrew>>, error: &Error, _cctx: Arc<CrewContext>) -> Action {
-    warn!(category = error.category(), error = %error, "agent crew reconcile failed");
-    Action::requeue(Duration::from_secs(15))
+fn error_policy(guard: Arc<DeserializeGuard<AgentCrew>>, error: &Error, cctx: Arc<CrewContext>) -> Action {
+    cctx.scaffold.error_policy(&guard, error)
 }
 
 async fn apply(crew: &AgentCrew, cctx: &CrewContext) -> Result<Action, Error> {
-    let ctx = cctx.ctx.as_ref();
+    let ctx = cctx.scaffold.ctx.as_ref();
     let crew_ref = ObjectRef::new(&crew.name_any()).within(&crew.namespace().unwrap_or_default());
     if crew.metadata.deletion_timestamp.is_some() {
         // Every child is owned by the crew; the garbage collector removes them.
@@ -151,7 +149,7 @@ async fn apply(crew: &AgentCrew, cctx: &CrewContext) -> Result<Action, Error> {
         Ok(config) => config,
         Err(e) => {
             let observed = vec![Observed::failed(INTEGRATIONS_RESOLVED, "IntegrationNotFound", e.to_string())];
-            write_status(crew, ctx, observed, agents, None).await?;
+            write_status(crew, &cctx.scaffold, observed, agents, None).await?;
             return Ok(Action::requeue(Duration::from_secs(300)));
         }
     };
@@ -162,7 +160,7 @@ async fn apply(crew: &AgentCrew, cctx: &CrewContext) -> Result<Action, Error> {
             unresolved.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
         );
         let observed = vec![Observed::failed(INTEGRATIONS_RESOLVED, "CredentialsNotResolved", message)];
-        write_status(crew, ctx, observed, agents, None).await?;
+        write_status(crew, &cctx.scaffold, observed, agents, None).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
 
@@ -216,7 +214,7 @@ async fn apply(crew: &AgentCrew, cctx: &CrewContext) -> Result<Action, Error> {
         available,
     ];
     let converged = observed.iter().all(|o| o.status);
-    write_status(crew, ctx, observed, agents, ready_replicas).await?;
+    write_status(crew, &cctx.scaffold, observed, agents, ready_replicas).await?;
     Ok(Action::requeue(Duration::from_secs(if converged { 600 } else { 30 })))
 }
 
@@ -301,7 +299,7 @@ fn availability(crew: &AgentCrew, live: Option<&Deployment>) -> (Observed, Optio
 
 async fn write_status(
     crew: &AgentCrew,
-    ctx: &Context,
+    scaffold: &Scaffold,
     mut observed: Vec<Observed>,
     agents: Vec<String>,
     ready_replicas: Option<i32>,
@@ -324,10 +322,7 @@ async fn write_status(
     if next == previous {
         return Ok(());
     }
-    let api: Api<AgentCrew> = Api::namespaced(ctx.client.clone(), &crew.namespace().unwrap_or_default());
-    api.patch_status(&crew.name_any(), &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": next})))
-        .await?;
-    ctx.metrics.write(CONTROLLER, "AgentCrew", "status");
-    ctx.record_transitions(&crew.object_ref(&()), &previous.conditions, &next.conditions).await;
+    let api: Api<AgentCrew> = Api::namespaced(scaffold.ctx.client.clone(), &crew.namespace().unwrap_or_default());
+    scaffold.patch_status(&api, crew, &next, &previous.conditions, &next.conditions).await?;
     Ok(())
 }

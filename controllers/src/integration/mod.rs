@@ -10,6 +10,7 @@ use crate::apply::Applier;
 use crate::conditions::{self, Observed};
 use crate::context::Context;
 use crate::metrics::Categorized;
+use crate::scaffold::{ReconcileError, Scaffold};
 use crate::vault::VaultError;
 use bizosaas_crds::common::READY;
 use bizosaas_crds::integration::{IntegrationSpec, IntegrationStatus};
@@ -18,17 +19,16 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::ResourceExt;
+use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Resource, ResourceExt};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tracing::{instrument, warn};
 
 /// Controller name used in metrics, logs and events.
 pub const CONTROLLER: &str = "integration";
@@ -56,9 +56,15 @@ impl Categorized for Error {
     }
 }
 
+impl ReconcileError for Error {
+    fn invalid_object(message: String) -> Self {
+        Error::InvalidObject(message)
+    }
+}
+
 /// State the Integration controller keeps between reconciles.
 pub struct IntegrationContext {
-    pub ctx: Arc<Context>,
+    pub scaffold: Scaffold,
     http: reqwest::Client,
     /// Consecutive failed checks per Integration, for backoff.
     failures: Mutex<HashMap<ObjectRef<Integration>, u32>>,
@@ -71,7 +77,7 @@ impl IntegrationContext {
             .redirect(reqwest::redirect::Policy::limited(3))
             .build()
             .expect("the HTTP client builds once a rustls provider is installed");
-        Self { ctx, http, failures: Mutex::default() }
+        Self { scaffold: Scaffold::new(CONTROLLER, ctx), http, failures: Mutex::default() }
     }
 }
 
@@ -87,20 +93,12 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .await;
 }
 
-#[instrument(skip_all, fields(integration = %guard.0.as_ref().map(|i| i.name_any()).unwrap_or_default()))]
 async fn reconcile(guard: Arc<DeserializeGuard<Integration>>, ictx: Arc<IntegrationContext>) -> Result<Action, Error> {
-    let work = async {
-        match &guard.0 {
-            Ok(integration) => apply(integration, &ictx).await,
-            Err(invalid) => Err(Error::InvalidObject(invalid.to_string())),
-        }
-    };
-    ictx.ctx.metrics.measure(CONTROLLER, work).await
+    ictx.scaffold.reconcile(&guard, |integration| apply(integration, &ictx)).await
 }
 
-fn error_policy(_guard: Arc<DeserializeGuard<Integration>>, error: &Error, _ictx: Arc<IntegrationContext>) -> Action {
-    warn!(category = error.category(), error = %error, "integration reconcile failed");
-    Action::requeue(Duration::from_secs(15))
+fn error_policy(guard: Arc<DeserializeGuard<Integration>>, error: &Error, ictx: Arc<IntegrationContext>) -> Action {
+    ictx.scaffold.error_policy(&guard, error)
 }
 
 /// The endpoint an Integration talks to: its own, or its type's default.
@@ -113,7 +111,7 @@ async fn apply(integration: &Integration, ictx: &IntegrationContext) -> Result<A
         // The projected Secret is owned by the Integration; the garbage collector removes it.
         return Ok(Action::await_change());
     }
-    let ctx = &ictx.ctx;
+    let ctx = &ictx.scaffold.ctx;
     let spec = &integration.spec;
     let namespace = integration.namespace().unwrap_or_default();
     let health = spec.health_check.clone().unwrap_or_default();
@@ -238,7 +236,7 @@ async fn finish(
     requeue: Duration,
     heartbeat: Duration,
 ) -> Result<Action, Error> {
-    let ctx = &ictx.ctx;
+    let ctx = &ictx.scaffold.ctx;
     let failing = observed.iter().find(|o| !o.status).cloned();
     observed.push(match failing {
         None => Observed::ok(READY, "Ready", "Credentials are resolved and the endpoint answers"),
@@ -270,14 +268,7 @@ async fn finish(
         .is_none_or(|t| Timestamp::now().duration_since(t.0).unsigned_abs() >= heartbeat);
     if next != previous && (!only_timing || heartbeat_due) {
         let api: Api<Integration> = Api::namespaced(ctx.client.clone(), &integration.namespace().unwrap_or_default());
-        api.patch_status(
-            &integration.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"status": next})),
-        )
-        .await?;
-        ctx.metrics.write(CONTROLLER, "Integration", "status");
-        ctx.record_transitions(&integration.object_ref(&()), &previous.conditions, &next.conditions).await;
+        ictx.scaffold.patch_status(&api, integration, &next, &previous.conditions, &next.conditions).await?;
     }
     Ok(Action::requeue(requeue))
 }

@@ -1,14 +1,18 @@
 //! The Tenant controller: a Tenant becomes a namespace with quotas, network policies, RBAC,
 //! a PostgreSQL database with row-level security, credentials and business services.
 
+mod apply;
 pub mod build;
+mod controller;
+mod database;
 mod database_egress;
+mod finalize;
 pub mod plans;
-mod reconcile;
 pub mod service_catalog;
 mod status;
 
-pub use reconcile::{Error, FINALIZER, run};
+pub use controller::{Error, run};
+pub use finalize::FINALIZER;
 
 /// Controller name used in metrics, logs and events.
 pub const CONTROLLER: &str = "tenant";

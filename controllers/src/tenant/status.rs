@@ -1,9 +1,16 @@
 //! The Tenant's status: one condition per concern, a phase and a `Ready` summary.
 
+use super::build::{self, Children};
+use super::controller::Error;
 use crate::conditions::{self, Observed};
+use crate::context::Context;
+use crate::scaffold::Scaffold;
 use bizosaas_crds::Tenant;
 use bizosaas_crds::common::READY;
 use bizosaas_crds::tenant::{BusinessService, TenantPhase, TenantStatus};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::ResourceExt;
+use kube::api::Api;
 
 pub const NAMESPACE_READY: &str = "NamespaceReady";
 pub const QUOTA_READY: &str = "QuotaReady";
@@ -62,6 +69,54 @@ pub fn services_not_in_catalog(missing: &[BusinessService]) -> Option<Observed> 
 /// Reasons that need a user to change something before a retry can help.
 fn is_permanent(reason: &str) -> bool {
     matches!(reason, "NamespaceConflict" | "InvalidSpec" | "VaultNotConfigured" | "ServiceNotInCatalog")
+}
+
+/// Business services count as ready when the catalog offers every one and every Deployment
+/// has its replicas available.
+pub async fn services(tenant: &Tenant, c: &Children, ctx: &Context) -> Result<Observed, Error> {
+    if let Some(missing) = services_not_in_catalog(&c.services_not_in_catalog) {
+        return Ok(missing);
+    }
+    if c.services.is_empty() {
+        return Ok(Observed::ok(SERVICES_READY, "NoServices", "The tenant runs no business services"));
+    }
+    if tenant.spec.suspended {
+        return Ok(Observed::ok(SERVICES_READY, "Suspended", "Business services are scaled to zero"));
+    }
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &build::namespace_name(&tenant.name_any()));
+    let mut waiting = Vec::new();
+    for w in &c.services {
+        let name = w.service_name.as_str();
+        let available = api.get_opt(name).await?.is_some_and(|d| {
+            let current = d.status.as_ref().is_some_and(|s| s.observed_generation >= d.metadata.generation);
+            let replicas = d.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0);
+            current && replicas >= 1
+        });
+        if !available {
+            waiting.push(name);
+        }
+    }
+    Ok(if waiting.is_empty() {
+        Observed::ok(SERVICES_READY, "Available", format!("{} business services are available", c.services.len()))
+    } else {
+        Observed::failed(
+            SERVICES_READY,
+            "ServicesUnavailable",
+            format!("Waiting for {} to become available", waiting.join(", ")),
+        )
+    })
+}
+
+/// Writes the status only when it changed, and records an event for each condition that
+/// flipped.
+pub async fn write(tenant: &Tenant, s: &Scaffold, next: TenantStatus) -> Result<(), Error> {
+    let previous = tenant.status.clone().unwrap_or_default();
+    if previous == next {
+        return Ok(());
+    }
+    let api: Api<Tenant> = Api::all(s.ctx.client.clone());
+    s.patch_status(&api, tenant, &next, &previous.conditions, &next.conditions).await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,153 @@
+//! What every controller shares, so a controller is its pipeline and nothing else: the
+//! measured, traced reconcile wrapper (an object that no longer deserialises becomes an
+//! error with its own category), `error_policy` with exponential backoff per object, and the
+//! status patch that counts its write and records an event per flipped condition.
+
+use crate::context::Context;
+use crate::metrics::Categorized;
+use bizosaas_crds::common::Condition;
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tracing::{Instrument, warn};
+
+/// First retry after a failed reconcile; each further failure doubles it.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// Longest wait between retries of an object that keeps failing.
+const MAX_RETRY: Duration = Duration::from_secs(300);
+
+/// The error of a controller: categorised for metrics, and able to say that the object
+/// could not be read (it no longer matches the schema this operator knows).
+pub trait ReconcileError: Categorized + std::fmt::Display {
+    fn invalid_object(message: String) -> Self;
+}
+
+/// One controller's share of the scaffold: its name, the shared context and the failure
+/// count of each object it is backing off.
+pub struct Scaffold {
+    pub controller: &'static str,
+    pub ctx: Arc<Context>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Scaffold {
+    pub fn new(controller: &'static str, ctx: Arc<Context>) -> Self {
+        Self { controller, ctx, failures: Mutex::default() }
+    }
+
+    /// Runs one reconcile of `guard` inside a span named after the object, measuring its
+    /// duration and outcome. Success clears the object's backoff.
+    pub async fn reconcile<'a, K, E, F, Fut>(&self, guard: &'a DeserializeGuard<K>, work: F) -> Result<Action, E>
+    where
+        K: Resource<DynamicType = ()>,
+        E: ReconcileError,
+        F: FnOnce(&'a K) -> Fut,
+        Fut: Future<Output = Result<Action, E>>,
+    {
+        let key = object_key(guard);
+        let span = tracing::info_span!("reconcile", controller = self.controller, object = %key);
+        let work = async {
+            match &guard.0 {
+                Ok(object) => work(object).await,
+                Err(invalid) => Err(E::invalid_object(invalid.to_string())),
+            }
+        };
+        let result = self.ctx.metrics.measure(self.controller, work).instrument(span).await;
+        if result.is_ok() {
+            self.failures.lock().expect("backoff lock").remove(&key);
+        }
+        result
+    }
+
+    /// Requeues a failed object after a wait that doubles with each consecutive failure, so
+    /// an object that cannot succeed costs little while a passing glitch is retried at once.
+    pub fn error_policy<K: Resource<DynamicType = ()>, E: ReconcileError>(
+        &self,
+        guard: &DeserializeGuard<K>,
+        error: &E,
+    ) -> Action {
+        let key = object_key(guard);
+        let failures = {
+            let mut all = self.failures.lock().expect("backoff lock");
+            let count = all.entry(key.clone()).or_default();
+            *count = count.saturating_add(1);
+            *count
+        };
+        let retry = retry_after(failures);
+        warn!(
+            controller = self.controller,
+            object = %key,
+            category = error.category(),
+            failures,
+            retry_seconds = retry.as_secs(),
+            error = %error,
+            "reconcile failed"
+        );
+        Action::requeue(retry)
+    }
+
+    /// Merge-patches `status` onto `object`, counts the write and records an event for each
+    /// condition that flipped from `previous` to `next`.
+    pub async fn patch_status<K, S>(
+        &self,
+        api: &Api<K>,
+        object: &K,
+        status: &S,
+        previous: &[Condition],
+        next: &[Condition],
+    ) -> Result<(), kube::Error>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+        S: Serialize,
+    {
+        let patch = serde_json::json!({ "status": status });
+        api.patch_status(&object.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        self.ctx.metrics.write(self.controller, &K::kind(&()), "status");
+        self.ctx.record_transitions(&object.object_ref(&()), previous, next).await;
+        Ok(())
+    }
+}
+
+/// `namespace/name`, or `name` for a cluster-scoped object.
+fn object_key<K: Resource>(object: &K) -> String {
+    match object.meta().namespace.as_deref() {
+        Some(ns) => format!("{ns}/{}", object.meta().name.as_deref().unwrap_or_default()),
+        None => object.meta().name.clone().unwrap_or_default(),
+    }
+}
+
+/// The wait before the retry that follows `failures` consecutive failures.
+pub fn retry_after(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    FIRST_RETRY.saturating_mul(1 << doublings).min(MAX_RETRY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_a_ceiling() {
+        let waits: Vec<u64> = (1..=12).map(|n| retry_after(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        assert_eq!(retry_after(u32::MAX), MAX_RETRY);
+        assert_eq!(retry_after(0), FIRST_RETRY);
+    }
+
+    #[test]
+    fn objects_are_keyed_by_namespace_and_name() {
+        let mut cm = k8s_openapi::api::core::v1::ConfigMap::default();
+        cm.metadata.name = Some("a".into());
+        assert_eq!(object_key(&cm), "a");
+        cm.metadata.namespace = Some("ns".into());
+        assert_eq!(object_key(&cm), "ns/a");
+    }
+}

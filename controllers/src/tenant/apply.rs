@@ -1,0 +1,245 @@
+//! Provisioning a Tenant: build its children, apply them, provision its database and write
+//! its status.
+
+use super::CONTROLLER;
+use super::build::{self, BuildError, Children, DATABASE_POLICY, Owner};
+use super::controller::Error;
+use super::status::{self, *};
+use super::{database, database_egress};
+use crate::apply::Applier;
+use crate::conditions::Observed;
+use crate::context::Context;
+use crate::scaffold::Scaffold;
+use bizosaas_crds::{LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY, Tenant};
+use futures::future::BoxFuture;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use std::collections::BTreeSet;
+use std::time::Duration;
+use tracing::debug;
+
+/// How often a converged Tenant is checked again even without changes.
+pub(super) const RESYNC: Duration = Duration::from_secs(600);
+/// How soon a Tenant waiting for something outside the cluster is retried.
+const RETRY: Duration = Duration::from_secs(15);
+
+/// The applier of one reconcile. A Tenant never reconciled before has no children yet, so
+/// its first pass writes without reading each child first. The process remembers which
+/// Tenants it applied, because a reconcile right after the first may still see a cached copy
+/// without status.
+pub(super) fn applier<'a>(tenant: &Tenant, ctx: &'a Context) -> Applier<'a> {
+    let uid = tenant.metadata.uid.clone().unwrap_or_default();
+    let first_time = ctx.applied_tenants.lock().expect("applied tenants lock").insert(uid);
+    Applier { metrics: &ctx.metrics, controller: CONTROLLER, compare: tenant.status.is_some() || !first_time }
+}
+
+/// True when the namespace was created by this operator for this tenant.
+pub(super) fn is_ours(namespace: &Namespace, tenant: &str) -> bool {
+    let labels = namespace.labels();
+    labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY)
+        && labels.get(LABEL_TENANT).map(String::as_str) == Some(tenant)
+}
+
+pub(super) async fn apply(tenant: &Tenant, s: &Scaffold) -> Result<Action, Error> {
+    let ctx = s.ctx.as_ref();
+    let name = tenant.name_any();
+    let mut children = match build::children(tenant, &ctx.config) {
+        Ok(children) => children,
+        Err(e @ BuildError::InvalidName(_)) => {
+            let observed = vec![Observed::failed(NAMESPACE_READY, "InvalidSpec", e.to_string())];
+            status::write(tenant, s, status::next(tenant, observed, None)).await?;
+            return Ok(Action::await_change());
+        }
+        Err(e) => return Err(e.into()),
+    };
+
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    let live_namespace = namespaces.get_opt(&children.namespace.name_any()).await?;
+    if let Some(existing) = &live_namespace
+        && !is_ours(existing, &name)
+    {
+        let message = format!(
+            "Namespace {} already exists and is not managed by bizosaas-operator for this tenant; \
+             it is left untouched. Rename the Tenant or remove the namespace.",
+            existing.name_any()
+        );
+        let observed = vec![Observed::failed(NAMESPACE_READY, "NamespaceConflict", message)];
+        status::write(tenant, s, status::next(tenant, observed, None)).await?;
+        return Ok(Action::requeue(RESYNC));
+    }
+
+    let owner = Owner::of(tenant)?;
+    let db_egress = database_egress::database_egress(&owner, ctx).await?;
+    children.network_policies.extend(db_egress.policy);
+    let retained: BTreeSet<String> = db_egress.keep_live.then(|| DATABASE_POLICY.to_string()).into_iter().collect();
+    let applier = applier(tenant, ctx);
+    let started = std::time::Instant::now();
+    let mut observed = apply_children(&owner, &children, live_namespace.as_ref(), &retained, applier, ctx).await?;
+    if let Some(failure) = db_egress.failure
+        && let Some(network) = observed.iter_mut().find(|o| o.type_ == NETWORK_READY)
+    {
+        *network = failure;
+    }
+    let children_ms = started.elapsed().as_millis();
+    let (database_condition, database) = database::ensure(tenant, &owner, applier, ctx).await?;
+    debug!(children_ms, database_ms = started.elapsed().as_millis() - children_ms, "tenant applied");
+    let database_failed = !database_condition.0.status;
+    observed.push(database_condition.0);
+    observed.push(database_condition.1);
+    observed.push(status::services(tenant, &children, ctx).await?);
+
+    // The quota controller usually records the quota within a second; its update event
+    // triggers a reconcile, and a short requeue covers a missed one.
+    let quota_pending = observed.iter().any(|o| o.reason == "QuotaPending");
+    let next = status::next(tenant, observed, database);
+    let waiting = !bizosaas_crds::common::is_ready(&next.conditions);
+    status::write(tenant, s, next).await?;
+    Ok(if quota_pending {
+        Action::requeue(Duration::from_secs(1))
+    } else if database_failed {
+        Action::requeue(RETRY)
+    } else if waiting {
+        Action::requeue(Duration::from_secs(30))
+    } else {
+        Action::requeue(RESYNC)
+    })
+}
+
+/// Applies the Kubernetes children, all at once after the namespace (already read for the
+/// conflict check), and prunes those the spec no longer asks for, except the `retained`
+/// NetworkPolicies.
+async fn apply_children(
+    owner: &Owner,
+    c: &Children,
+    live_namespace: Option<&Namespace>,
+    retained: &BTreeSet<String>,
+    a: Applier<'_>,
+    ctx: &Context,
+) -> Result<Vec<Observed>, Error> {
+    let client = ctx.client.clone();
+    let ns = owner.namespace.as_str();
+    a.ensure_against(&Api::<Namespace>::all(client.clone()), &c.namespace, live_namespace).await?;
+
+    let policies = Api::<NetworkPolicy>::namespaced(client.clone(), ns);
+    let bindings = Api::<RoleBinding>::namespaced(client.clone(), ns);
+    let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
+    let services = Api::<Service>::namespaced(client.clone(), ns);
+    let ingresses = Api::<Ingress>::namespaced(client.clone(), ns);
+    let quotas = Api::<ResourceQuota>::namespaced(client.clone(), ns);
+    let limits = Api::<LimitRange>::namespaced(client.clone(), ns);
+    let accounts = Api::<ServiceAccount>::namespaced(client.clone(), ns);
+
+    let mut writes: Vec<BoxFuture<'_, Result<bool, kube::Error>>> = vec![
+        Box::pin(a.ensure(&quotas, &c.resource_quota)),
+        Box::pin(a.ensure(&limits, &c.limit_range)),
+        Box::pin(a.ensure(&accounts, &c.service_account)),
+    ];
+    writes.extend(c.network_policies.iter().map(|p| Box::pin(a.ensure(&policies, p)) as BoxFuture<'_, _>));
+    writes.extend(c.role_bindings.iter().map(|b| Box::pin(a.ensure(&bindings, b)) as BoxFuture<'_, _>));
+    for w in &c.services {
+        writes.push(Box::pin(a.ensure(&deployments, &w.deployment)));
+        writes.push(Box::pin(a.ensure(&services, &w.service)));
+        writes.push(Box::pin(a.ensure(&ingresses, &w.ingress)));
+    }
+    futures::future::try_join_all(writes).await?;
+
+    // Children the spec dropped: only possible once the tenant was provisioned before.
+    if a.compare {
+        let names = |items: &mut dyn Iterator<Item = String>| items.collect::<BTreeSet<String>>();
+        let keep_policies = names(&mut c.network_policies.iter().map(|p| p.name_any()).chain(retained.iter().cloned()));
+        let keep_bindings = names(&mut c.role_bindings.iter().map(|b| b.name_any()));
+        // A service the catalog lacks keeps whatever objects it has until the catalog offers
+        // it again or the Tenant drops it.
+        let keep_services = names(
+            &mut c
+                .services
+                .iter()
+                .map(|w| w.service_name)
+                .chain(c.services_not_in_catalog.iter().copied())
+                .map(|s| s.as_str().to_string()),
+        );
+        let (network_selector, rbac_selector) = (owner.selector("network"), owner.selector("rbac"));
+        let service_selector = owner.selector("service");
+        futures::try_join!(
+            a.prune(&policies, &network_selector, &keep_policies),
+            a.prune(&bindings, &rbac_selector, &keep_bindings),
+            a.prune(&deployments, &service_selector, &keep_services),
+            a.prune(&services, &service_selector, &keep_services),
+            a.prune(&ingresses, &service_selector, &keep_services),
+        )?;
+    }
+    // Until the quota controller has recorded the quota, the API server refuses every counted
+    // object (crews, workflows) with "status unknown for quota": not ready before that.
+    let quota = match quotas.get_opt(&c.resource_quota.name_any()).await? {
+        Some(live) if quota_enforced(&live, &c.resource_quota) => Observed::ok(
+            QUOTA_READY,
+            "Enforced",
+            "ResourceQuota tenant-quota is enforced; LimitRange tenant-limits is applied",
+        ),
+        _ => Observed::failed(
+            QUOTA_READY,
+            "QuotaPending",
+            "Waiting for the quota controller to record ResourceQuota tenant-quota",
+        ),
+    };
+    Ok(vec![
+        Observed::ok(NAMESPACE_READY, "Applied", format!("Namespace {ns} is ready")),
+        quota,
+        Observed::ok(NETWORK_READY, "Applied", format!("{} NetworkPolicies are applied", c.network_policies.len())),
+        Observed::ok(RBAC_READY, "Applied", "ServiceAccount tenant-workload and owner RoleBindings are applied"),
+    ])
+}
+
+/// True when the quota controller has recorded the desired limits and the usage of every
+/// limited resource; before that the API server's quota admission answers "status unknown".
+fn quota_enforced(live: &ResourceQuota, desired: &ResourceQuota) -> bool {
+    let wanted = desired.spec.as_ref().and_then(|s| s.hard.as_ref());
+    let status = live.status.as_ref();
+    let (recorded, used) = (status.and_then(|s| s.hard.as_ref()), status.and_then(|s| s.used.as_ref()));
+    match (wanted, recorded, used) {
+        (Some(wanted), Some(recorded), Some(used)) => {
+            wanted.iter().all(|(k, v)| recorded.get(k).is_some_and(|r| r.0 == v.0) && used.contains_key(k))
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn foreign_namespaces_are_not_ours() {
+        let mut ns = Namespace::default();
+        ns.metadata.name = Some("tenant-acme".into());
+        assert!(!is_ours(&ns, "acme"));
+        ns.metadata.labels = Some([(LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string())].into());
+        assert!(!is_ours(&ns, "acme"), "our label for another tenant is not enough");
+        ns.labels_mut().insert(LABEL_TENANT.into(), "acme".into());
+        assert!(is_ours(&ns, "acme"));
+    }
+
+    #[test]
+    fn a_quota_counts_as_enforced_once_its_status_matches() {
+        use k8s_openapi::api::core::v1::{ResourceQuotaSpec, ResourceQuotaStatus};
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        let hard = |pods: &str| Some([("pods".to_string(), Quantity(pods.into()))].into());
+        let desired = ResourceQuota {
+            spec: Some(ResourceQuotaSpec { hard: hard("20"), ..Default::default() }),
+            ..Default::default()
+        };
+        let mut live = desired.clone();
+        assert!(!quota_enforced(&live, &desired), "no status yet");
+        live.status = Some(ResourceQuotaStatus { hard: hard("10"), used: hard("0") });
+        assert!(!quota_enforced(&live, &desired), "old limits");
+        live.status = Some(ResourceQuotaStatus { hard: hard("20"), used: None });
+        assert!(!quota_enforced(&live, &desired), "usage not counted yet");
+        live.status = Some(ResourceQuotaStatus { hard: hard("20"), used: hard("0") });
+        assert!(quota_enforced(&live, &desired));
+    }
+}

@@ -1,0 +1,174 @@
+//! The Tenant controller's wiring: what it watches, the reconcile entry point and the
+//! finalizer dispatch into `apply` or `finalize`.
+
+use super::build::BuildError;
+use super::finalize::{self, FINALIZER};
+use super::{CONTROLLER, apply, database_egress};
+use crate::context::Context;
+use crate::egress::resolve::SERVICE_NAME_LABEL;
+use crate::metrics::Categorized;
+use crate::postgres::DatabaseError;
+use crate::scaffold::{ReconcileError, Scaffold};
+use crate::vault::VaultError;
+use bizosaas_crds::{LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY, Tenant};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Secret, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::api::Api;
+use kube::core::DeserializeGuard;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{self, reflector};
+use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use std::future::Future;
+use std::sync::Arc;
+
+/// Why a reconcile failed, with a stable category for metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error("the Tenant could not be read: {0}")]
+    InvalidObject(String),
+}
+
+impl Categorized for Error {
+    fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kubernetes",
+            Error::Build(_) => "invalid_spec",
+            Error::Database(_) => "database",
+            Error::Vault(_) => "vault",
+            Error::InvalidObject(_) => "invalid_object",
+        }
+    }
+}
+
+impl ReconcileError for Error {
+    fn invalid_object(message: String) -> Self {
+        Error::InvalidObject(message)
+    }
+}
+
+/// Runs the Tenant controller until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let ours = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    // Children point back by label rather than owner reference: kube-runtime's `owns` would
+    // give a cluster-scoped Tenant the child's namespace and so reconcile it twice at once.
+    // The Tenant's own status and finalizer writes come back through the watch; only a change
+    // a user makes (spec, labels, annotations, deletion) needs a reconcile.
+    let (reader, writer) = reflector::store();
+    let store = reader.clone();
+    let tenants =
+        reflector(writer, watcher(Api::<DeserializeGuard<Tenant>>::all(client.clone()), watcher::Config::default()))
+            .default_backoff()
+            .applied_objects()
+            .predicate_filter(user_change, PredicateConfig::default());
+    let mut controller = Controller::for_stream(tenants, reader)
+        .watches_stream(children::<Namespace>(&client, &ours), tenant_of)
+        .watches_stream(children::<ResourceQuota>(&client, &ours), tenant_of)
+        .watches_stream(children::<LimitRange>(&client, &ours), tenant_of)
+        .watches_stream(children::<NetworkPolicy>(&client, &ours), tenant_of)
+        .watches_stream(children::<ServiceAccount>(&client, &ours), tenant_of)
+        .watches_stream(children::<RoleBinding>(&client, &ours), tenant_of)
+        .watches_stream(children::<Secret>(&client, &ours), tenant_of)
+        .watches_stream(children::<Deployment>(&client, &ours), tenant_of)
+        .watches_stream(children::<Service>(&client, &ours), tenant_of)
+        .watches_stream(children::<Ingress>(&client, &ours), tenant_of);
+    if let Some(service) = database_egress::database_service(&ctx) {
+        // The database Service's endpoints are what `allow-database` allows: when its pods
+        // move, every tenant's policy follows.
+        let api = Api::<PartialObjectMeta<EndpointSlice>>::namespaced(client.clone(), &service.namespace);
+        let slices = watcher::Config::default().labels(&format!("{SERVICE_NAME_LABEL}={}", service.name));
+        let changes = watcher(api, slices).default_backoff().touched_objects();
+        controller = controller.watches_stream(changes, move |_| {
+            store.state().iter().map(|t| ObjectRef::new(&t.name_any())).collect::<Vec<_>>()
+        });
+    }
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, Arc::new(Scaffold::new(CONTROLLER, ctx)))
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
+/// Hash of what a user changes on a Tenant: generation (spec and deletion), labels and
+/// annotations. Status and finalizer updates hash the same and are filtered out.
+fn user_change(tenant: &DeserializeGuard<Tenant>) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = tenant.meta();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (meta.generation, &meta.labels, &meta.annotations, meta.deletion_timestamp.is_some()).hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// Changes to one kind of child, as metadata only: the label is all the mapping needs, and
+/// the API server then sends far less than whole Secrets and Deployments.
+fn children<K>(
+    client: &kube::Client,
+    config: &watcher::Config,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    watcher(Api::<PartialObjectMeta<K>>::all(client.clone()), config.clone()).default_backoff().touched_objects()
+}
+
+/// The Tenant a child belongs to, from its `bizosaas.io/tenant` label.
+fn tenant_of<K: Resource>(child: K) -> Option<ObjectRef<DeserializeGuard<Tenant>>> {
+    child.labels().get(LABEL_TENANT).map(|name| ObjectRef::new(name))
+}
+
+async fn reconcile(guard: Arc<DeserializeGuard<Tenant>>, s: Arc<Scaffold>) -> Result<Action, Error> {
+    s.reconcile(&guard, |tenant| reconcile_tenant(tenant, &s)).await
+}
+
+fn error_policy(guard: Arc<DeserializeGuard<Tenant>>, error: &Error, s: Arc<Scaffold>) -> Action {
+    s.error_policy(&guard, error)
+}
+
+/// Holds a Tenant with a finalizer until its deletion policy has run. The finalizer is added
+/// in the same reconcile that provisions the Tenant, saving a round trip through the watch.
+async fn reconcile_tenant(tenant: &Tenant, s: &Scaffold) -> Result<Action, Error> {
+    let has_finalizer = tenant.finalizers().iter().any(|f| f == FINALIZER);
+    match (tenant.metadata.deletion_timestamp.is_some(), has_finalizer) {
+        (true, false) => Ok(Action::await_change()),
+        (true, true) => {
+            let action = finalize::cleanup(tenant, &s.ctx).await?;
+            let rest: Vec<&String> = tenant.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+            finalize::set_finalizers(tenant, &s.ctx, serde_json::json!(rest)).await?;
+            Ok(action)
+        }
+        (false, false) => {
+            let mut all: Vec<&String> = tenant.finalizers().iter().collect();
+            let ours = FINALIZER.to_string();
+            all.push(&ours);
+            finalize::set_finalizers(tenant, &s.ctx, serde_json::json!(all)).await?;
+            apply::apply(tenant, s).await
+        }
+        (false, true) => apply::apply(tenant, s).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_categories_are_stable() {
+        assert_eq!(Error::Build(BuildError::MissingUid).category(), "invalid_spec");
+        assert_eq!(Error::Database(DatabaseError::Connect("x".into())).category(), "database");
+    }
+}

@@ -1,0 +1,182 @@
+//! A Tenant's PostgreSQL database and where its credentials are handed out: the
+//! `tenant-database` Secret or the tenant's Vault path.
+
+use super::apply::RESYNC;
+use super::build::{self, DATABASE_SECRET, Owner};
+use super::controller::Error;
+use super::status::{DATABASE_READY, SECRETS_READY};
+use crate::apply::Applier;
+use crate::conditions::Observed;
+use crate::context::Context;
+use crate::postgres::{DatabaseError, TenantCredentials, TenantNames};
+use crate::vault::{Vault, VaultError};
+use bizosaas_crds::Tenant;
+use bizosaas_crds::tenant::{DatabaseIsolation, SecretsBackend};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use tracing::info;
+
+/// Provisions the database and stores the app role's credentials (Secret or Vault). Problems
+/// outside the cluster become conditions (and a retry), not reconcile errors, so the status
+/// always says what is wrong.
+pub(super) async fn ensure(
+    tenant: &Tenant,
+    owner: &Owner,
+    applier: Applier<'_>,
+    ctx: &Context,
+) -> Result<((Observed, Observed), Option<String>), Error> {
+    let failed = |reason: &str, msg: String| {
+        Ok((
+            (Observed::failed(DATABASE_READY, reason, msg.clone()), Observed::failed(SECRETS_READY, reason, msg)),
+            None,
+        ))
+    };
+    let Some(admin) = &ctx.postgres else {
+        return failed("DatabaseNotConfigured", "The operator has no database configured (--database-url)".into());
+    };
+    let store = match tenant.spec.secrets.backend {
+        SecretsBackend::Kubernetes => {
+            CredentialStore::Secret(Box::new(Api::namespaced(ctx.client.clone(), &owner.namespace)))
+        }
+        SecretsBackend::Vault => match &ctx.vault {
+            Some(vault) => CredentialStore::Vault(vault),
+            None => {
+                let msg = "secrets.backend Vault needs the operator's Vault connection (--vault-addr), which is not configured";
+                return failed("VaultNotConfigured", msg.into());
+            }
+        },
+    };
+    let names = TenantNames::new(&owner.name)?;
+    let password = match store.handed_out_password(&owner.name).await {
+        Ok(password) => password,
+        Err(StoreError::Vault(e)) => return failed(vault_reason(&e), e.to_string()),
+        Err(StoreError::Kube(e)) => return Err(e.into()),
+    };
+    if password.is_none() {
+        info!(role = %names.app_role, "no credentials handed out yet: a new password will be set");
+    }
+    let uid = tenant.metadata.uid.clone().unwrap_or_default();
+    let recently_provisioned = {
+        let provisioned = ctx.provisioned_databases.lock().expect("provisioned databases lock");
+        provisioned
+            .get(&uid)
+            .is_some_and(|(generation, at)| *generation == tenant.metadata.generation && at.elapsed() < RESYNC)
+    };
+    let ensured = match password {
+        Some(password) if recently_provisioned => {
+            Ok(admin.credentials(&names, tenant.spec.database.isolation, password))
+        }
+        password => admin.ensure_tenant(&names, tenant.spec.database.isolation, password.as_deref()).await,
+    };
+    let creds = match ensured {
+        Ok(creds) => {
+            if !recently_provisioned {
+                let mut provisioned = ctx.provisioned_databases.lock().expect("provisioned databases lock");
+                provisioned.insert(uid, (tenant.metadata.generation, std::time::Instant::now()));
+            }
+            creds
+        }
+        Err(e) => {
+            let reason = if matches!(e, DatabaseError::Connect(_)) {
+                "DatabaseUnavailable"
+            } else {
+                "DatabaseProvisioningFailed"
+            };
+            let msg = e.to_string();
+            return Ok((
+                (
+                    Observed::failed(DATABASE_READY, reason, msg.clone()),
+                    Observed::failed(SECRETS_READY, "WaitingForDatabase", msg),
+                ),
+                None,
+            ));
+        }
+    };
+    let database = creds.database.clone();
+    let db_msg = match tenant.spec.database.isolation {
+        DatabaseIsolation::Dedicated => {
+            format!("Database {database} with roles {} and {}", names.owner_role, names.app_role)
+        }
+        DatabaseIsolation::Shared => {
+            format!("Rows in {database} behind row-level security for role {}", names.app_role)
+        }
+    };
+    let database_ok = Observed::ok(DATABASE_READY, "Provisioned", db_msg);
+    let secrets_ok = match store.store(owner, &creds, applier, &ctx.config).await {
+        Ok(message) => Observed::ok(SECRETS_READY, "Stored", message),
+        Err(StoreError::Vault(e)) => Observed::failed(SECRETS_READY, vault_reason(&e), e.to_string()),
+        Err(StoreError::Kube(e)) => return Err(e.into()),
+    };
+    Ok(((database_ok, secrets_ok), Some(database)))
+}
+
+fn vault_reason(e: &VaultError) -> &'static str {
+    match e {
+        VaultError::Unreachable(_) => "VaultUnavailable",
+        VaultError::Denied(_) => "VaultDenied",
+        _ => "VaultFailed",
+    }
+}
+
+/// Where a tenant's database credentials are handed out.
+enum CredentialStore<'a> {
+    /// The Secret `tenant-database` in the tenant namespace.
+    Secret(Box<Api<Secret>>),
+    /// `tenants/<name>/database` in Vault, read by the tenant's Kubernetes-auth role.
+    Vault(&'a Vault),
+}
+
+enum StoreError {
+    Kube(kube::Error),
+    Vault(VaultError),
+}
+
+impl CredentialStore<'_> {
+    /// The password already handed out, so reconciles never rotate it by accident.
+    async fn handed_out_password(&self, tenant: &str) -> Result<Option<String>, StoreError> {
+        match self {
+            CredentialStore::Secret(api) => {
+                let secret = api.get_opt(DATABASE_SECRET).await.map_err(StoreError::Kube)?;
+                Ok(secret
+                    .and_then(|s| s.data)
+                    .and_then(|d| d.get("password").cloned())
+                    .and_then(|p| String::from_utf8(p.0).ok()))
+            }
+            CredentialStore::Vault(vault) => {
+                let data = vault.read(&Vault::tenant_database_path(tenant)).await.map_err(StoreError::Vault)?;
+                Ok(data.and_then(|d| d.get("password").cloned()))
+            }
+        }
+    }
+
+    /// Stores the credentials; returns what the `SecretsReady` condition says.
+    async fn store(
+        &self,
+        owner: &Owner,
+        creds: &TenantCredentials,
+        applier: Applier<'_>,
+        config: &crate::Config,
+    ) -> Result<String, StoreError> {
+        match self {
+            CredentialStore::Secret(api) => {
+                applier.ensure(api, &build::database_secret(owner, creds)).await.map_err(StoreError::Kube)?;
+                Ok(format!("Secret {DATABASE_SECRET} holds the credentials of {}", creds.username))
+            }
+            CredentialStore::Vault(vault) => {
+                let path = Vault::tenant_database_path(&owner.name);
+                vault.write(&path, &build::database_fields(creds)).await.map_err(StoreError::Vault)?;
+                vault
+                    .ensure_tenant_access(&owner.name, &owner.namespace, build::WORKLOAD_SERVICE_ACCOUNT)
+                    .await
+                    .map_err(StoreError::Vault)?;
+                Ok(format!(
+                    "Vault path {}/{path} holds the credentials of {}; role and policy {} let {} read it",
+                    config.vault_kv_mount,
+                    creds.username,
+                    Vault::tenant_policy(&owner.name),
+                    build::WORKLOAD_SERVICE_ACCOUNT
+                ))
+            }
+        }
+    }
+}
