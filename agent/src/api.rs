@@ -2,18 +2,24 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /v1/runs` | start a run (`Idempotency-Key` header: a retry returns the same run; `?wait=<seconds>` answers once the run finished or the time passed) |
+//! | `POST /v1/runs` | start a run (`Idempotency-Key` header: a retry, on any replica, returns the same run with 200 and `idempotent-replayed: true` and does not start it again; `?wait=<seconds>` answers once the run finished or the time passed) |
 //! | `GET /v1/runs` | recent runs, newest first (summaries) |
-//! | `GET /v1/runs/{id}` | status, per-task outputs, token usage, error |
-//! | `GET /v1/runs/{id}/events` | server-sent events of the run's steps, from the start (or after `Last-Event-ID` / `?after=`), until it ends |
+//! | `GET /v1/runs/{id}` | status (`queued`, `running`, `succeeded`, `failed`, `cancelled`, `interrupted`), per-task outputs, token usage, error |
+//! | `DELETE /v1/runs/{id}` | cancel a queued or running run: 202 with the run (`cancelRequested`; it becomes `cancelled` within a poll interval, `?wait=` waits for it); 409 `run_finished` when it already finished |
+//! | `GET /v1/runs/{id}/events` | server-sent events of the run's steps, from the start (or after `Last-Event-ID` / `?after=`), until it ends; only on the replica that executes the run (elsewhere 404 `events_unavailable`) |
 //! | `GET /v1/crew` | the crew as the runtime resolved it (no credentials) |
 //! | `GET /healthz`, `/readyz`, `/metrics` | liveness, readiness, Prometheus metrics |
+//!
+//! With a tenant database (`DATABASE_URL`) runs are rows of `agent_runs`, so every replica
+//! and a restarted pod finds them by id and Idempotency-Key; a run whose pod stopped while it
+//! was in flight becomes `interrupted` and is not restarted (retry with a new key). Without
+//! one, runs are kept in this process's memory only.
 
 use crate::db::Db;
 use crate::engine::task::RunRequest;
-use crate::engine::{Engine, Plan, RunError};
-use crate::metrics::Metrics;
-use crate::store::{Created, RunErrorView, RunHandle, RunStatus, RunStore, StoreError};
+use crate::engine::{Engine, RunError};
+use crate::executor::Executor;
+use crate::store::{Admitted, CancelOutcome, Found, RunHandle, Runs, RunsError, StoreError};
 use crate::usage::MonthlyLedger;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
@@ -23,14 +29,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
-use tokio::sync::{Semaphore, watch};
+use std::time::Duration;
+use tokio::sync::watch;
 
 /// Longest accepted `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -38,10 +44,11 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// Everything the handlers use.
 pub struct AppState {
     pub engine: Arc<Engine>,
-    pub store: Arc<RunStore>,
+    /// The runs: this replica's in memory, with a tenant database every replica's.
+    pub runs: Arc<Runs>,
     pub executor: Executor,
     pub registry: Arc<Registry>,
-    /// Checked by `/readyz` when set.
+    /// The tenant database, checked by `/readyz` when set (memory and durable runs need it).
     pub db: Option<Arc<Db>>,
     pub monthly: Option<Arc<MonthlyLedger>>,
     /// Set on shutdown: `/readyz` fails and new runs are refused.
@@ -53,7 +60,7 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/runs", get(list_runs).post(create_run))
-        .route("/v1/runs/{id}", get(get_run))
+        .route("/v1/runs/{id}", get(get_run).delete(cancel_run))
         .route("/v1/runs/{id}/events", get(run_events))
         .route("/v1/crew", get(crew))
         .route("/healthz", get(|| async { "ok" }))
@@ -127,25 +134,31 @@ async fn create_run(
         RunError::InvalidTask(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", m),
         other => ApiError::new(StatusCode::BAD_REQUEST, other.category(), other.to_string()),
     })?;
-    let created = state.store.create(request, key).map_err(|e| match e {
-        StoreError::KeyReused => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.category(), e.to_string()),
-        StoreError::Full(_) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.category(), e.to_string()),
-    })?;
-    let (run, replayed) = match created {
-        Created::New(run) => {
-            tracing::info!(run = %run.id, steps = plan.steps.len(), "run accepted");
-            state.executor.spawn(run.clone(), plan);
-            (run, false)
-        }
-        Created::Existing(run) => (run, true),
+    // Stored and started in a task of its own: a client that goes away between the two
+    // must not leave a stored run that never starts.
+    let admit = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            match state.runs.create(request, key).await? {
+                Admitted::New(run) => {
+                    tracing::info!(run = %run.id, steps = plan.steps.len(), "run accepted");
+                    state.executor.spawn(run.clone(), plan);
+                    Ok((Found::Live(run), false))
+                }
+                Admitted::Replayed(found) => Ok((found, true)),
+            }
+        })
     };
-    if let Some(wait) = query.wait.filter(|w| w.is_finite() && *w > 0.0) {
-        run.wait_finished(Duration::from_secs_f64(wait).min(state.max_wait)).await;
-    }
+    let (found, replayed) = admit
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the run could not be created"))?
+        .map_err(runs_error)?;
+    let found = wait(&state, found, query.wait).await?;
     let status = if replayed { StatusCode::OK } else { StatusCode::CREATED };
-    let mut response = (status, Json(run.view())).into_response();
+    let view = found.view();
+    let mut response = (status, Json(&view)).into_response();
     let h = response.headers_mut();
-    if let Ok(location) = HeaderValue::from_str(&format!("/v1/runs/{}", run.id)) {
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/runs/{}", view.id)) {
         h.insert(header::LOCATION, location);
     }
     if replayed {
@@ -154,46 +167,69 @@ async fn create_run(
     Ok(response)
 }
 
-/// A run in the list.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct RunSummary {
-    id: String,
-    status: RunStatus,
-    created_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    finished_at: Option<String>,
-    total_tokens: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<RunErrorView>,
+/// Honours `?wait=<seconds>` (up to `max_wait`).
+async fn wait(state: &AppState, found: Found, wait: Option<f64>) -> Result<Found, ApiError> {
+    match wait.filter(|w| w.is_finite() && *w > 0.0) {
+        Some(w) => state.runs.wait(found, Duration::from_secs_f64(w).min(state.max_wait)).await.map_err(runs_error),
+        None => Ok(found),
+    }
 }
 
-async fn list_runs(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let runs: Vec<RunSummary> = state
-        .store
-        .list()
-        .iter()
-        .map(|r| {
-            let v = r.view();
-            RunSummary {
-                id: v.id,
-                status: v.status,
-                created_at: v.created_at,
-                finished_at: v.finished_at,
-                total_tokens: v.usage.total.total_tokens,
-                error: v.error,
-            }
-        })
-        .collect();
-    Json(json!({ "runs": runs }))
+/// Errors of the run store: a reused key 422, too many runs 429, the tenant database 503.
+fn runs_error(e: RunsError) -> ApiError {
+    let status = match &e {
+        RunsError::Store(StoreError::KeyReused) => StatusCode::UNPROCESSABLE_ENTITY,
+        RunsError::Store(StoreError::Full(_)) => StatusCode::TOO_MANY_REQUESTS,
+        RunsError::Persist(crate::store::PersistError::Unreadable { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
+        RunsError::Persist(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    if status.is_server_error() {
+        tracing::warn!(category = e.category(), error = %e, "run store unavailable");
+    }
+    ApiError::new(status, e.category(), e.to_string())
 }
 
-fn find(state: &AppState, id: &str) -> Result<Arc<RunHandle>, ApiError> {
-    state.store.get(id).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no run {id:?}")))
+async fn list_runs(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let runs = state.runs.list().await.map_err(runs_error)?;
+    Ok(Json(json!({ "runs": runs })))
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no run {id:?}"))
+}
+
+async fn find(state: &AppState, id: &str) -> Result<Found, ApiError> {
+    state.runs.find(id).await.map_err(runs_error)?.ok_or_else(|| not_found(id))
 }
 
 async fn get_run(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    Ok(Json(find(&state, &id)?.view()).into_response())
+    Ok(Json(find(&state, &id).await?.view()).into_response())
+}
+
+#[derive(Deserialize)]
+struct CancelQuery {
+    /// Seconds to wait for the run to stop before answering.
+    wait: Option<f64>,
+}
+
+async fn cancel_run(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(query): Query<CancelQuery>,
+) -> Result<Response, ApiError> {
+    match state.runs.cancel(&id).await.map_err(runs_error)? {
+        CancelOutcome::Unknown => Err(not_found(&id)),
+        CancelOutcome::AlreadyFinished(status) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "run_finished",
+            format!("run {id:?} already finished ({}); only queued or running runs can be cancelled", status.as_str()),
+        )),
+        CancelOutcome::Accepted(found) => {
+            tracing::info!(run = %id, "cancel requested");
+            let found = wait(&state, found, query.wait).await?;
+            Ok((StatusCode::ACCEPTED, Json(found.view())).into_response())
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -215,7 +251,18 @@ async fn run_events(
     Query(query): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let run = find(&state, &id)?;
+    let run = match find(&state, &id).await? {
+        Found::Live(run) => run,
+        Found::Stored(_) => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "events_unavailable",
+                format!(
+                    "the events of run {id:?} are kept only by the replica that executes it; GET /v1/runs/{id} shows its state"
+                ),
+            ));
+        }
+    };
     let last_event_id =
         headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
     let after = last_event_id.or(query.after).unwrap_or(0);
@@ -298,98 +345,5 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         )
             .into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
-}
-
-/// Runs runs in the background, at most `concurrency` at a time.
-pub struct Executor {
-    engine: Arc<Engine>,
-    slots: Arc<Semaphore>,
-    active: Arc<watch::Sender<usize>>,
-    metrics: Option<Arc<Metrics>>,
-}
-
-impl Executor {
-    pub fn new(engine: Arc<Engine>, concurrency: usize, metrics: Option<Arc<Metrics>>) -> Self {
-        Self {
-            engine,
-            slots: Arc::new(Semaphore::new(concurrency.max(1))),
-            active: Arc::new(watch::Sender::new(0)),
-            metrics,
-        }
-    }
-
-    /// Starts a run in the background.
-    pub fn spawn(&self, run: Arc<RunHandle>, plan: Plan) {
-        self.active.send_modify(|n| *n += 1);
-        if let Some(m) = &self.metrics {
-            m.runs_active.inc();
-        }
-        let guard = RunGuard {
-            run: run.clone(),
-            active: self.active.clone(),
-            metrics: self.metrics.clone(),
-            started: Instant::now(),
-        };
-        let (engine, slots) = (self.engine.clone(), self.slots.clone());
-        let span = tracing::info_span!("run", id = %run.id);
-        let task = async move {
-            let _permit = slots.acquire_owned().await;
-            run.set_running();
-            let result = engine.execute(&run, &plan).await;
-            match &result {
-                Ok(()) => tracing::info!(run = %run.id, tokens = run.total_usage().total_tokens, "run succeeded"),
-                Err(e) => tracing::warn!(run = %run.id, category = e.category(), error = %e, "run failed"),
-            }
-            guard.finish(result.err().map(|e| e.view()));
-        };
-        tokio::spawn(tracing::Instrument::instrument(task, span));
-    }
-
-    /// Waits until no run is active, at most `timeout`; true when none is.
-    pub async fn drain(&self, timeout: Duration) -> bool {
-        let mut rx = self.active.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|n| *n == 0)).await.is_ok()
-    }
-
-    pub fn active(&self) -> usize {
-        *self.active.borrow()
-    }
-}
-
-/// Finishes a run exactly once, also when its task panicked.
-struct RunGuard {
-    run: Arc<RunHandle>,
-    active: Arc<watch::Sender<usize>>,
-    metrics: Option<Arc<Metrics>>,
-    started: Instant,
-}
-
-impl RunGuard {
-    fn finish(self, error: Option<RunErrorView>) {
-        let outcome = error.as_ref().map_or("succeeded".to_string(), |e| e.category.clone());
-        self.run.finish(error);
-        if let Some(m) = &self.metrics {
-            m.run_finished(&outcome, self.started.elapsed());
-        }
-        // Drop does the counting.
-    }
-}
-
-impl Drop for RunGuard {
-    fn drop(&mut self) {
-        if !self.run.status().is_finished() {
-            self.run.finish(Some(RunErrorView {
-                category: "internal".into(),
-                message: "the run stopped unexpectedly (internal error)".into(),
-            }));
-            if let Some(m) = &self.metrics {
-                m.run_finished("internal", self.started.elapsed());
-            }
-        }
-        if let Some(m) = &self.metrics {
-            m.runs_active.dec();
-        }
-        self.active.send_modify(|n| *n = n.saturating_sub(1));
     }
 }

@@ -13,7 +13,8 @@
 //! | [`engine`] | agents' tool loops, sequential and hierarchical processes, delegation |
 //! | [`tools`] | `http_request` through an Integration, `memory_save` / `memory_search` |
 //! | [`db`] | the tenant's PostgreSQL (app role): connection and usage events |
-//! | [`store`] | runs in memory: status, outputs, events, idempotency keys |
+//! | [`store`] | runs: live in memory, durable in the tenant database's `agent_runs` when there is one |
+//! | [`executor`] | runs in the background: concurrency, cancel, heartbeat, interrupted runs |
 //! | [`events`] | the run events streamed as server-sent events |
 //! | [`api`] | the HTTP API (`/v1/runs`, probes, metrics) |
 //! | [`metrics`] | Prometheus metrics |
@@ -27,6 +28,7 @@ pub mod config;
 pub mod db;
 pub mod engine;
 pub mod events;
+pub mod executor;
 pub mod llm;
 pub mod metrics;
 pub mod secret;

@@ -1,15 +1,17 @@
 //! `bizosaas-agent serve`: builds the runtime from the crew file and the environment and
 //! serves the API until SIGTERM, then refuses new runs, lets active ones finish (up to the
-//! grace period) and exits. The runtime writes no files.
+//! grace period), stops the rest as `interrupted` (recorded in the tenant database when there
+//! is one) and exits. The runtime writes no files.
 
-use crate::api::{AppState, Executor};
+use crate::api::AppState;
 use crate::config::{self, ConfigError, DATABASE_URL_ENV};
 use crate::db::{Db, UsageRecorder};
 use crate::engine::{Accounting, Engine, EngineOptions};
+use crate::executor::{Executor, watch::WatchTask};
 use crate::llm::{Attribution, ChatClient, ClientOptions, RetryPolicy};
 use crate::metrics::Metrics;
 use crate::secret::{Redactor, Secret};
-use crate::store::RunStore;
+use crate::store::{RunRecords, RunStore, RunTiming, Runs};
 use crate::telemetry::LogFormat;
 use crate::tools::http::{HttpTool, Integration};
 use crate::tools::memory::Memory;
@@ -59,9 +61,22 @@ pub struct ServeArgs {
     /// Timeout of one `http_request` tool call in seconds.
     #[arg(long, env = "BIZOSAAS_TOOL_TIMEOUT", default_value_t = 30.0)]
     pub tool_timeout: f64,
-    /// Seconds active runs may take to finish after SIGTERM.
+    /// Seconds active runs may take to finish after SIGTERM; then they are interrupted.
     #[arg(long, env = "BIZOSAAS_SHUTDOWN_GRACE", default_value_t = 25.0)]
     pub shutdown_grace: f64,
+    /// Seconds between heartbeats of the runs this replica executes (with a tenant database).
+    #[arg(long, env = "BIZOSAAS_RUN_HEARTBEAT_INTERVAL", default_value_t = 5.0)]
+    pub run_heartbeat_interval: f64,
+    /// Seconds without a heartbeat after which a queued or running run counts as interrupted
+    /// (its pod was killed); at least twice the heartbeat interval.
+    #[arg(long, env = "BIZOSAAS_RUN_STALE_AFTER", default_value_t = 30.0)]
+    pub run_stale_after: f64,
+    /// Seconds between checks for cancels of this replica's runs asked for on other replicas.
+    #[arg(long, env = "BIZOSAAS_RUN_CANCEL_POLL", default_value_t = 1.0)]
+    pub run_cancel_poll: f64,
+    /// Recorded as the owner of the runs this replica executes; else `HOSTNAME`.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
 }
 
 /// Settings of a runtime, independent of the command line.
@@ -73,6 +88,10 @@ pub struct RuntimeOptions {
     pub max_concurrent_runs: usize,
     pub tool_timeout: Duration,
     pub max_wait: Duration,
+    /// Heartbeat, staleness and cancel polling of runs kept in the tenant database.
+    pub runs: RunTiming,
+    /// This replica's name on the runs it executes (the pod name).
+    pub owner: String,
 }
 
 impl Default for RuntimeOptions {
@@ -84,8 +103,22 @@ impl Default for RuntimeOptions {
             max_concurrent_runs: 4,
             tool_timeout: Duration::from_secs(30),
             max_wait: Duration::from_secs(300),
+            runs: RunTiming::default(),
+            owner: DEFAULT_OWNER.into(),
         }
     }
+}
+
+/// Owner name when neither `POD_NAME` nor `HOSTNAME` is set.
+pub const DEFAULT_OWNER: &str = "bizosaas-agent";
+
+/// The first non-empty of the pod name and the host name (which is the pod name in a pod).
+pub fn owner_name(pod_name: Option<&str>, hostname: Option<&str>) -> String {
+    [pod_name, hostname].into_iter().flatten().map(str::trim).find(|s| !s.is_empty()).unwrap_or(DEFAULT_OWNER).into()
+}
+
+fn seconds(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s).unwrap_or(Duration::ZERO)
 }
 
 impl ServeArgs {
@@ -102,6 +135,12 @@ impl ServeArgs {
             max_concurrent_runs: self.max_concurrent_runs,
             tool_timeout: Duration::from_secs_f64(self.tool_timeout.max(0.1)),
             max_wait: Duration::from_secs(300),
+            runs: RunTiming {
+                heartbeat_interval: seconds(self.run_heartbeat_interval),
+                stale_after: seconds(self.run_stale_after),
+                cancel_poll: seconds(self.run_cancel_poll),
+            },
+            owner: owner_name(self.pod_name.as_deref(), std::env::var("HOSTNAME").ok().as_deref()),
         }
     }
 }
@@ -111,6 +150,8 @@ pub struct Runtime {
     pub state: Arc<AppState>,
     pub metrics: Arc<Metrics>,
     pub usage_writer: Option<tokio::task::JoinHandle<()>>,
+    /// Heartbeats and cancel polling of the runs in the tenant database; stops when dropped.
+    pub run_watch: Option<WatchTask>,
 }
 
 /// Builds the runtime for a crew. `env` reads the environment (credentials, `DATABASE_URL`).
@@ -120,6 +161,7 @@ pub fn build(
     options: RuntimeOptions,
 ) -> Result<Runtime, ConfigError> {
     config::validate(&crew)?;
+    options.runs.check().map_err(ConfigError::Invalid)?;
     let mut secrets: Vec<Secret> = Vec::new();
     let model_key =
         config::secret_from_env(&crew.model.api_key_env, &format!("API key of model {}", crew.model.model), env)?;
@@ -190,7 +232,10 @@ pub fn build(
         None => (None, None),
     };
     let accounting = Accounting { metrics: Some(metrics.clone()), recorder, monthly: monthly.clone() };
-    let memory_db = db.filter(|_| crew.memory);
+    // With a tenant database runs are durable; without one they live in memory only.
+    let records = db
+        .as_ref()
+        .map(|db| Arc::new(RunRecords::new(db.clone(), &crew.tenant, &crew.name, &options.owner, options.runs)));
     let engine = Arc::new(Engine::new(
         Arc::new(crew),
         llm,
@@ -201,18 +246,20 @@ pub fn build(
         redactor,
         options.engine.clone(),
     ));
-    let executor = Executor::new(engine.clone(), options.max_concurrent_runs, Some(metrics.clone()));
+    let executor = Executor::new(engine.clone(), options.max_concurrent_runs, Some(metrics.clone()), records.clone());
+    let run_watch = records.clone().map(|r| crate::executor::watch::spawn(r, executor.active_runs()));
+    let runs = Runs::new(Arc::new(RunStore::new(options.max_runs)), records, options.max_runs);
     let state = Arc::new(AppState {
         engine,
-        store: Arc::new(RunStore::new(options.max_runs)),
+        runs: Arc::new(runs),
         executor,
         registry: Arc::new(registry),
-        db: memory_db,
+        db,
         monthly,
         shutting_down: Default::default(),
         max_wait: options.max_wait,
     });
-    Ok(Runtime { state, metrics, usage_writer })
+    Ok(Runtime { state, metrics, usage_writer, run_watch })
 }
 
 /// `bizosaas-agent serve`.
@@ -220,7 +267,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let crew = config::load(&args.config)?;
     let (name, namespace, process, agents) =
         (crew.name.clone(), crew.namespace.clone(), crew.process, crew.agents.len());
-    let Runtime { state, usage_writer, .. } = build(crew, &|k| std::env::var(k).ok(), args.runtime_options())?;
+    let Runtime { state, usage_writer, run_watch, .. } =
+        build(crew, &|k| std::env::var(k).ok(), args.runtime_options())?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(crew = %name, %namespace, ?process, agents, listen = %args.listen, "serving the agent runtime");
     let grace = Duration::from_secs_f64(args.shutdown_grace.max(0.0));
@@ -233,7 +281,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let active = state.executor.active();
             tracing::info!(active, "shutting down: refusing new runs, waiting for active ones");
             if !state.executor.drain(grace).await {
-                tracing::warn!(active = state.executor.active(), "runs still active after the grace period");
+                let interrupted = state.executor.interrupt_all();
+                tracing::warn!(interrupted, "runs still active after the grace period: stopping them as interrupted");
+                if !state.executor.drain(Duration::from_secs(5)).await {
+                    tracing::warn!(active = state.executor.active(), "interrupted runs not recorded in time");
+                }
             }
             stopped.notify_one();
         }
@@ -248,6 +300,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     // With the last reference to the engine gone, the usage writer drains its queue and ends.
+    drop(run_watch);
     drop(state);
     if let Some(writer) = usage_writer
         && tokio::time::timeout(Duration::from_secs(5), writer).await.is_err()
@@ -276,5 +329,46 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn the_owner_is_the_pod_name_else_the_host_name() {
+        assert_eq!(owner_name(Some("crew-7d9f-abcde"), Some("host")), "crew-7d9f-abcde");
+        assert_eq!(owner_name(Some(" "), Some("crew-7d9f-x")), "crew-7d9f-x");
+        assert_eq!(owner_name(None, None), DEFAULT_OWNER);
+    }
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn run_timing_comes_from_the_command_line() {
+        let cli = Cli::parse_from([
+            "x",
+            "--run-heartbeat-interval",
+            "0.5",
+            "--run-stale-after",
+            "2",
+            "--run-cancel-poll",
+            "0.2",
+            "--pod-name",
+            "p-1",
+        ]);
+        let o = cli.serve.runtime_options();
+        assert_eq!(o.runs.heartbeat_interval, Duration::from_millis(500));
+        assert_eq!(o.runs.stale_after, Duration::from_secs(2));
+        assert_eq!(o.runs.cancel_poll, Duration::from_millis(200));
+        assert_eq!(o.owner, "p-1");
+        assert!(o.runs.check().is_ok());
+        assert_eq!(seconds(-1.0), Duration::ZERO);
     }
 }

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-/// Tokens and calls, as the API reports them.
+/// Tokens and calls, as the API reports them (and the `agent_runs` rows keep them; missing
+/// fields read as zero).
 #[derive(Serialize, Deserialize, Clone, Copy, Default, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct TokenUsage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
@@ -39,7 +40,7 @@ impl TokenUsage {
 
 /// Usage of one run.
 #[derive(Serialize, Deserialize, Clone, Default, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct RunUsage {
     #[serde(flatten)]
     pub total: TokenUsage,

@@ -1,6 +1,7 @@
 //! Runs through the HTTP API against the scripted stub server: tool-call loops, the
 //! http_request tool and its credential, sequential context passing, hierarchical delegation,
-//! maxIterations, budgets, 402 and 429, idempotent POSTs, server-sent events, probes.
+//! maxIterations, budgets, 402 and 429, idempotent POSTs, cancels, server-sent events, probes.
+//! These runtimes have no tenant database: runs live in memory.
 
 mod support;
 
@@ -8,7 +9,7 @@ use bizosaas_agent::stub::{Reply, StubServer};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
-use support::{App, LLM_KEY, app, app_with, content_of, crew, messages, options, tool_names};
+use support::{App, LLM_KEY, app, app_with, content_of, crew, eventually, messages, options, tool_names};
 
 const INTEGRATION_SECRET: &str = "cms-token-7f3a9c2e1b";
 
@@ -494,6 +495,78 @@ async fn idempotency_key_returns_the_same_run() {
     assert_ne!(a["id"], b["id"]);
 }
 
+/// Five tasks whose model calls take `delay` each.
+fn slow_run() -> Value {
+    json!({"tasks": (0..5).map(|i| json!({"description": format!("Step {i}"), "agent": "writer"})).collect::<Vec<_>>()})
+}
+
+#[tokio::test]
+async fn delete_cancels_a_run_and_no_more_model_calls_are_made() {
+    let stub = StubServer::start().await;
+    stub.repeat(Reply::text("ok", 3, 2).delayed(Duration::from_millis(400)));
+    let mut o = options();
+    o.max_concurrent_runs = 1;
+    let app = app_with(crew(&stub.base_url(), json!({})), &[], o).await;
+
+    // A running run (its first model call in flight) and one queued behind it.
+    let (_, _, running) = app.post_run(&slow_run(), None, None).await;
+    let (_, _, queued) = app.post_run(&slow_run(), None, None).await;
+    let (running, queued) = (running["id"].as_str().unwrap(), queued["id"].as_str().unwrap());
+    assert!(eventually(Duration::from_secs(5), || !stub.chat_requests().is_empty()).await);
+
+    let (status, view) = app.delete(&format!("/v1/runs/{queued}")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{view}");
+    assert_eq!(view["cancelRequested"], true);
+    let view = app.wait_for(queued, Duration::from_secs(5), |v| v["status"] == "cancelled").await;
+    assert_eq!(view["status"], "cancelled", "{view}");
+    assert!(view.get("startedAt").is_none(), "the queued run never started: {view}");
+
+    let resp = app.http.delete(app.url(&format!("/v1/runs/{running}?wait=5"))).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let view: Value = resp.json().await.unwrap();
+    assert_eq!(view["status"], "cancelled", "?wait= waits for the stop: {view}");
+    assert_eq!(view["error"]["category"], "cancelled");
+    assert!(view["finishedAt"].is_string());
+    assert!(view.get("output").is_none());
+    let calls = stub.chat_requests().len();
+    assert!(calls <= 2, "{calls} model calls");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(stub.chat_requests().len(), calls, "no model call after the cancel");
+
+    // The event stream ends with the cancel.
+    let events = app.events(running, None).await;
+    let last = events.last().unwrap();
+    assert_eq!((last.0.as_str(), last.2["status"].as_str()), ("run_finished", Some("cancelled")));
+
+    // A finished run cannot be cancelled; an unknown one is not found.
+    let (status, err) = app.delete(&format!("/v1/runs/{running}")).await;
+    assert_eq!((status, err["error"]["category"].as_str()), (StatusCode::CONFLICT, Some("run_finished")));
+    assert!(err["error"]["message"].as_str().unwrap().contains("already finished (cancelled)"), "{err}");
+    let (status, err) = app.delete("/v1/runs/run-0000000000000000").await;
+    assert_eq!((status, err["error"]["category"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+
+    let (_, metrics) = app.get("/metrics").await;
+    assert!(metrics.as_str().unwrap().contains(r#"bizosaas_agent_runs_total{outcome="cancelled"} 2"#), "{metrics}");
+    assert!(metrics.as_str().unwrap().contains("bizosaas_agent_runs_active 0"));
+}
+
+#[tokio::test]
+async fn runs_still_active_at_shutdown_are_interrupted() {
+    let stub = StubServer::start().await;
+    stub.repeat(Reply::text("ok", 3, 2).delayed(Duration::from_secs(30)));
+    let app = app(crew(&stub.base_url(), json!({}))).await;
+    let (_, _, run) = app.post_run(&json!({"description": "x", "agent": "writer"}), None, None).await;
+    let id = run["id"].as_str().unwrap();
+    assert!(eventually(Duration::from_secs(5), || !stub.chat_requests().is_empty()).await);
+    let executor = &app.runtime.state.executor;
+    assert!(!executor.drain(Duration::from_millis(100)).await);
+    assert_eq!(executor.interrupt_all(), 1);
+    assert!(executor.drain(Duration::from_secs(5)).await);
+    let (_, view) = app.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(view["status"], "interrupted", "{view}");
+    assert_eq!(view["error"]["message"], bizosaas_agent::store::INTERRUPTED_MESSAGE);
+}
+
 #[tokio::test]
 async fn events_stream_the_steps_as_server_sent_events() {
     let stub = StubServer::with_script([
@@ -605,10 +678,15 @@ async fn missing_credentials_fail_at_startup_naming_the_variable() {
     let c = crew(&stub.base_url(), json!({}));
     let err = bizosaas_agent::serve::build(c.clone(), &|_| None, options()).err().unwrap();
     assert_eq!(err.to_string(), "environment variable TEST_LLM_KEY (API key of model agent-model) is not set");
-    let mut with_memory = c;
+    let mut with_memory = c.clone();
     with_memory.memory = true;
     let err = bizosaas_agent::serve::build(with_memory, &|k| (k == "TEST_LLM_KEY").then(|| "k".into()), options())
         .err()
         .unwrap();
     assert_eq!(err.to_string(), "environment variable DATABASE_URL (tenant database for memory) is not set");
+    // A stale time that a live run's heartbeat could miss is refused.
+    let mut o = options();
+    o.runs.stale_after = o.runs.heartbeat_interval;
+    let err = bizosaas_agent::serve::build(c, &|_| Some("k".into()), o).err().unwrap();
+    assert!(err.to_string().contains("at least twice the heartbeat interval"), "{err}");
 }

@@ -8,6 +8,7 @@ pub mod agent_crew;
 pub mod apply;
 pub mod conditions;
 pub mod context;
+pub mod duration;
 pub mod egress;
 pub mod integration;
 pub mod metrics;
@@ -15,6 +16,7 @@ pub mod postgres;
 pub mod scaffold;
 pub mod tenant;
 pub mod vault;
+pub mod workflow;
 
 pub use context::{Config, Context};
 

@@ -71,7 +71,8 @@ mod tests {
             "steps[].dependsOn may only name other steps",
             "a step needs exactly one of agentTask, http or container",
             "isQuantity(self)",
-            "schedule must be a cron expression",
+            "spec.cancel may only go from false to true",
+            "spec.workflow is immutable",
         ] {
             assert!(yaml.contains(needle), "CRDs lack the rule {needle:?}");
         }

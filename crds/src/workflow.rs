@@ -32,12 +32,27 @@ const DURATION_RULE: &str = "self.matches('^([0-9]+(ms|s|m|h))+$')";
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowSpec {
     /// Cron schedule in five fields (minute hour day-of-month month day-of-week) or a macro
-    /// such as `@daily`. Without it the workflow runs only when a WorkflowRun names it.
+    /// such as `@daily`. Without it the workflow runs only when a WorkflowRun names it. The
+    /// controller parses it and reports a bad one in the `Ready` condition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 128))]
-    #[x_kube(validation = Rule::new("self.matches('^(@(yearly|annually|monthly|weekly|daily|hourly)|[0-9*/,-]+ [0-9*/,-]+ [0-9*/,?LW-]+ [0-9A-Za-z*/,-]+ [0-9A-Za-z*/,?L#-]+)$')")
-        .message("schedule must be a cron expression of five fields separated by single spaces, e.g. \"0 9 * * MON\", or @hourly/@daily/@weekly/@monthly/@yearly"))]
+    #[schemars(length(min = 1, max = 128))]
     pub schedule: Option<String>,
+
+    /// IANA time zone the schedule is read in, e.g. `Europe/Berlin`; UTC when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_+/-]+$"))]
+    pub time_zone: Option<String>,
+
+    /// A scheduled time missed by more than this many seconds (the operator was down) is
+    /// skipped instead of run late.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub starting_deadline_seconds: Option<i64>,
+
+    /// Steps of one run that may execute at the same time.
+    #[serde(default = "default_parallelism")]
+    #[schemars(range(min = 1, max = 32))]
+    pub parallelism: i32,
 
     /// What a scheduled run does while the previous one is still running.
     #[serde(default)]
@@ -76,6 +91,10 @@ pub struct WorkflowSpec {
     #[schemars(length(min = 1, max = 32))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub steps: Vec<Step>,
+}
+
+fn default_parallelism() -> i32 {
+    4
 }
 
 fn default_successful_history() -> i32 {
@@ -142,6 +161,10 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(length(min = 1, max = 63)))]
     pub depends_on: Vec<String>,
+    /// Deadline of one attempt in seconds; an attempt still going then fails (and may be retried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub timeout_seconds: Option<i64>,
     /// A task for an agent of a crew in the same namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_task: Option<AgentTask>,
@@ -187,9 +210,11 @@ pub struct HttpCall {
     pub path: Option<String>,
     /// Request body; may use templates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
     pub body: Option<String>,
-    /// Extra request headers.
+    /// Extra request headers. `Authorization` and `Idempotency-Key` are set by the operator.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
     pub headers: BTreeMap<String, String>,
 }
 
@@ -265,17 +290,22 @@ pub struct WorkflowStatus {
     printcolumn(name = "Started", type_ = "date", json_path = ".status.startedAt"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
-#[x_kube(validation = Rule::new("self == oldSelf").message("a WorkflowRun's spec is immutable; create a new run instead"))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowRunSpec {
     /// The Workflow to run, in the same namespace.
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.workflow is immutable; create a new run instead"))]
     pub workflow: String,
     /// Parameter values that override the Workflow's defaults.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.parameters is immutable; create a new run instead"))]
     pub parameters: Vec<NameValue>,
+    /// Set to true to cancel the run: its Jobs and crew runs are stopped and no step starts.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self || !oldSelf").message("a cancelled run cannot be resumed: spec.cancel may only go from false to true"))]
+    pub cancel: bool,
 }
 
 /// Observed state of a WorkflowRun.
@@ -294,8 +324,18 @@ pub struct WorkflowRunStatus {
     /// Absolute deadline of the run, from `activeDeadlineSeconds`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Time>,
+    /// The Workflow as it was when the run started: later edits don't change the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<WorkflowSnapshot>,
+    /// ConfigMap (owned by the run) holding each step's full output under the step's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<String>,
+    /// Tokens the run's agent tasks used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_tokens: Option<i64>,
     /// The status of each step.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub steps: Vec<StepStatus>,
     /// The generation this status describes.
@@ -307,7 +347,26 @@ pub struct WorkflowRunStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// Phase of a run or step.
+/// What a run executes, copied from its Workflow when it started.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowSnapshot {
+    /// `metadata.generation` of the Workflow that was copied.
+    pub generation: i64,
+    /// The Workflow's defaults merged with the run's parameters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub parameters: Vec<NameValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_deadline_seconds: Option<i64>,
+    pub parallelism: i32,
+    #[schemars(length(max = 32))]
+    pub steps: Vec<Step>,
+}
+
+/// Phase of a run, step or attempt.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
 pub enum RunPhase {
     Pending,
@@ -315,6 +374,14 @@ pub enum RunPhase {
     Succeeded,
     Failed,
     Cancelled,
+    /// A step that never ran because a step it depends on failed or the run ended.
+    Skipped,
+}
+
+impl RunPhase {
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled | Self::Skipped)
+    }
 }
 
 /// Status of one step.
@@ -325,15 +392,19 @@ pub struct StepStatus {
     pub name: String,
     /// Step phase.
     pub phase: RunPhase,
-    /// Attempts in order; an attempt is recorded before it starts.
+    /// The latest attempts in order (older ones are dropped beyond five); an attempt is
+    /// recorded before it starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<Attempt>,
     /// When the next attempt may start (absolute, so a restart keeps the timer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<Time>,
-    /// The step's output, truncated to 32 KiB.
+    /// The start of the step's output (the whole output is in the run's outputs ConfigMap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// Size of the whole output in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_bytes: Option<i64>,
     /// Why the step is in its phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -357,6 +428,12 @@ pub struct Attempt {
     /// When it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
+    /// What it runs as: the Job's name, or the crew runtime's run id once it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// Tokens an agent task used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<i64>,
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

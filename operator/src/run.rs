@@ -9,7 +9,7 @@ use bizosaas_controllers::postgres::Admin;
 use bizosaas_controllers::tenant::plans::PlanCatalog;
 use bizosaas_controllers::tenant::service_catalog::ServiceCatalog;
 use bizosaas_controllers::vault::{Vault, VaultAuth, VaultConfig};
-use bizosaas_controllers::{Config, Context, agent_crew, integration, tenant};
+use bizosaas_controllers::{Config, Context, agent_crew, integration, tenant, workflow};
 use bizosaas_crds::Tenant;
 use kube::Client;
 use kube::api::{Api, ListParams};
@@ -116,8 +116,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Client::try_default().await.context("no Kubernetes configuration found: set KUBECONFIG or run in a pod")?;
 
     let mut registry = Registry::default();
-    let metrics =
-        Arc::new(Metrics::new(&mut registry, &[tenant::CONTROLLER, integration::CONTROLLER, agent_crew::CONTROLLER]));
+    let metrics = Arc::new(Metrics::new(
+        &mut registry,
+        &[
+            tenant::CONTROLLER,
+            integration::CONTROLLER,
+            agent_crew::CONTROLLER,
+            workflow::scheduler::CONTROLLER,
+            workflow::run::CONTROLLER,
+        ],
+    ));
     let shared = Arc::new(Shared { registry, ready: false.into() });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -170,7 +178,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             tokio::join!(
                 tenant::run(ctx.clone(), stopped(stop_rx.clone())),
                 integration::run(ctx.clone(), stopped(stop_rx.clone())),
-                agent_crew::run(ctx, stopped(stop_rx.clone())),
+                agent_crew::run(ctx.clone(), stopped(stop_rx.clone())),
+                workflow::scheduler::run(ctx.clone(), stopped(stop_rx.clone())),
+                workflow::run::run(ctx, stopped(stop_rx.clone())),
             )
         };
         // Reconciles in flight get a grace period after a stop; the process exits regardless.

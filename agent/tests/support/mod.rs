@@ -61,17 +61,30 @@ pub fn crew(base_url: &str, patch: Value) -> CrewConfig {
 /// The API key the test crews use.
 pub const LLM_KEY: &str = "sk-test-llm-key-0123456789";
 
+/// The run API of a runtime at `base`, in this process or not.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
 /// A runtime serving its API on loopback.
 pub struct App {
-    pub base: String,
+    pub api: Api,
     pub runtime: Runtime,
-    pub http: reqwest::Client,
     server: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for App {
     fn drop(&mut self) {
         self.server.abort();
+    }
+}
+
+impl std::ops::Deref for App {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
     }
 }
 
@@ -87,14 +100,18 @@ pub async fn app_with(crew: CrewConfig, env: &[(&str, &str)], options: RuntimeOp
     let server = tokio::spawn(async move {
         axum::serve(listener, router).await.unwrap();
     });
-    App { base, runtime, http: bizosaas_agent::llm::http_client(), server }
+    App { api: Api { base, http: bizosaas_agent::llm::http_client() }, runtime, server }
 }
 
 pub async fn app(crew: CrewConfig) -> App {
     app_with(crew, &[], options()).await
 }
 
-impl App {
+impl Api {
+    pub fn new(base: String) -> Self {
+        Self { base, http: bizosaas_agent::llm::http_client() }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -129,6 +146,25 @@ impl App {
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        let resp = self.http.delete(self.url(path)).send().await.unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap())
+    }
+
+    /// `GET /v1/runs/{id}` until `done` holds for the run (or `timeout` passed); the last view.
+    pub async fn wait_for(&self, id: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let (status, view) = self.get(&format!("/v1/runs/{id}")).await;
+            assert_eq!(status, StatusCode::OK, "{view}");
+            if done(&view) || std::time::Instant::now() > deadline {
+                return view;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The run's events, read from the SSE endpoint until it closes.
     pub async fn events(&self, id: &str, last_event_id: Option<u64>) -> Vec<(String, u64, Value)> {
         let mut req = self.http.get(self.url(&format!("/v1/runs/{id}/events")));
@@ -140,6 +176,18 @@ impl App {
         let text = tokio::time::timeout(Duration::from_secs(30), resp.text()).await.expect("events end").unwrap();
         parse_sse(&text)
     }
+}
+
+/// Waits until `f` holds (checked every 20 ms), at most `timeout`; whether it held.
+pub async fn eventually(timeout: Duration, f: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while !f() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
 }
 
 /// (event, id, data) of an SSE text.

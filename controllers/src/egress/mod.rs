@@ -6,6 +6,7 @@
 //! ports (never its ClusterIP), any other name by its DNS answers. The resolving talks to the
 //! API server and DNS ([`resolve`]); everything here is pure.
 
+pub mod dial;
 pub mod resolve;
 
 use k8s_openapi::api::networking::v1::{IPBlock, NetworkPolicyEgressRule, NetworkPolicyPeer, NetworkPolicyPort};

@@ -3,12 +3,12 @@
 
 pub mod build;
 pub mod defaults;
-pub mod duration;
 pub mod health;
 
 use crate::apply::Applier;
 use crate::conditions::{self, Observed};
 use crate::context::Context;
+use crate::duration;
 use crate::metrics::Categorized;
 use crate::scaffold::{ReconcileError, Scaffold};
 use crate::vault::VaultError;

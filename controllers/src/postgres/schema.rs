@@ -7,7 +7,7 @@ use super::DatabaseError;
 use super::ident::{TenantNames, quote_ident, quote_literal};
 
 /// Tables holding tenant rows.
-pub const TABLES: [&str; 3] = ["agent_memory", "usage_events", "audit_log"];
+pub const TABLES: [&str; 4] = ["agent_memory", "usage_events", "audit_log", "agent_runs"];
 
 /// DDL that creates the tables (idempotent), owned by `owner`, with RLS forced.
 pub fn tables(owner: &str) -> String {
@@ -42,6 +42,31 @@ CREATE TABLE IF NOT EXISTS audit_log (
     detail jsonb NOT NULL DEFAULT '{}',
     created_at timestamptz NOT NULL DEFAULT now()
 );
+-- The agent runtime's runs: every replica of a crew finds them by run_id and Idempotency-Key;
+-- the unique key index makes replicas racing on one key create one run (INSERT ... ON CONFLICT).
+-- The executing replica renews heartbeat_at; an unfinished run with a stale one is interrupted.
+CREATE TABLE IF NOT EXISTS agent_runs (
+    id bigserial PRIMARY KEY,
+    tenant_id text NOT NULL,
+    crew text NOT NULL,
+    run_id text NOT NULL,
+    idempotency_key text,
+    request jsonb NOT NULL,
+    status text NOT NULL,
+    tasks jsonb NOT NULL DEFAULT '[]',
+    output text,
+    error jsonb,
+    usage jsonb NOT NULL DEFAULT '{}',
+    cancel_requested boolean NOT NULL DEFAULT false,
+    owner text,
+    heartbeat_at timestamptz,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    started_at timestamptz,
+    finished_at timestamptz
+);
+CREATE UNIQUE INDEX IF NOT EXISTS agent_runs_tenant_run ON agent_runs (tenant_id, run_id);
+CREATE UNIQUE INDEX IF NOT EXISTS agent_runs_tenant_crew_key ON agent_runs (tenant_id, crew, idempotency_key);
+CREATE INDEX IF NOT EXISTS agent_runs_tenant_crew_time ON agent_runs (tenant_id, crew, created_at);
 ",
     );
     sql.push_str(&format!("ALTER SCHEMA public OWNER TO {owner};\n"));
@@ -108,6 +133,30 @@ mod tests {
             assert!(sql.contains(&format!("ALTER TABLE {table} FORCE ROW LEVEL SECURITY")));
             assert!(sql.contains(&format!("ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")));
         }
+    }
+
+    #[test]
+    fn agent_runs_are_unique_per_run_and_per_idempotency_key() {
+        let sql = tables("tenant_acme_owner");
+        assert!(sql.contains("CREATE TABLE IF NOT EXISTS agent_runs ("));
+        // The runtime's `INSERT … ON CONFLICT (tenant_id, crew, idempotency_key)` needs this index.
+        assert!(sql.contains(
+            "CREATE UNIQUE INDEX IF NOT EXISTS agent_runs_tenant_crew_key ON agent_runs (tenant_id, crew, idempotency_key);"
+        ));
+        assert!(
+            sql.contains("CREATE UNIQUE INDEX IF NOT EXISTS agent_runs_tenant_run ON agent_runs (tenant_id, run_id);")
+        );
+        assert!(sql.contains("ALTER SEQUENCE agent_runs_id_seq OWNER TO \"tenant_acme_owner\";"));
+        let access = tenant_access(&TenantNames::new("acme").unwrap()).unwrap();
+        assert!(access.contains(
+            "CREATE POLICY \"tenant_acme_isolation\" ON agent_runs AS PERMISSIVE FOR ALL TO \"tenant_acme_app\"\n    USING (tenant_id = 'acme') WITH CHECK (tenant_id = 'acme');"
+        ));
+        assert!(access.contains("GRANT SELECT, INSERT, UPDATE, DELETE ON agent_runs TO \"tenant_acme_app\";"));
+        assert!(
+            remove_tenant(&TenantNames::new("acme").unwrap(), false)
+                .unwrap()
+                .contains("DELETE FROM agent_runs WHERE tenant_id = 'acme';")
+        );
     }
 
     #[test]
