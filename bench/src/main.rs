@@ -4,9 +4,14 @@
 //! `bizosaas-bench tenants --count 100` provisions tenants twice: once as a bare kube client
 //! creating the children the Tenant builders produce (and the same PostgreSQL provisioning),
 //! once through Tenant objects reconciled by the operator binary.
+//!
+//! `bizosaas-bench workflows --runs 1000` executes a five-step HTTP chain 1,000 times at once:
+//! once as a bare client recording each step around its call, once through WorkflowRuns.
 
+mod operator_process;
 mod proc_stats;
 mod tenants;
+mod workflows;
 
 use clap::{Parser, Subcommand};
 
@@ -21,11 +26,14 @@ struct Cli {
 enum Command {
     /// Tenant provisioning: throughput, time to Ready, writes, idle writes, RSS and CPU.
     Tenants(tenants::Args),
+    /// Workflow execution: writes per step, step-to-dependent delay, RSS and CPU.
+    Workflows(workflows::Args),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Tenants(args) => tenants::run(args).await,
+        Command::Workflows(args) => workflows::run(args).await,
     }
 }

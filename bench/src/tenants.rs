@@ -1,5 +1,6 @@
 //! Tenant provisioning: the operator against a bare client.
 
+use crate::operator_process::OperatorProcess;
 use crate::proc_stats;
 use anyhow::Context as _;
 use bizosaas_controllers::Config;
@@ -23,7 +24,6 @@ use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -220,26 +220,14 @@ where
 
 /// The operator half: Tenant objects reconciled by the operator binary.
 async fn through_operator(client: &Client, admin: &Admin, args: &Args) -> anyhow::Result<(Half, f64, f64)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let bin = match &args.operator_bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()?.with_file_name("bizosaas-operator"),
-    };
-    let mut child = tokio::process::Command::new(&bin)
-        .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--platform-database", PLATFORM_DATABASE])
-        .env("BIZOSAAS_DATABASE_URL", &args.database_url)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {}", bin.display()))?;
-    let pid = child.id().context("operator pid")?;
-    let metrics = Metrics { url: format!("http://127.0.0.1:{port}/metrics") };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metrics.sample("bizosaas_reconciles_total").await.is_none() {
-        anyhow::ensure!(Instant::now() < deadline, "the operator did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let operator = OperatorProcess::start(
+        args.operator_bin.as_ref(),
+        &args.database_url,
+        &["--platform-database", PLATFORM_DATABASE],
+    )
+    .await?;
+    let pid = operator.pid;
+    let metrics = &operator;
 
     let api: Api<Tenant> = Api::all(client.clone());
     let ready_at: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
@@ -317,44 +305,9 @@ async fn through_operator(client: &Client, admin: &Admin, args: &Args) -> anyhow
     watch.abort();
     // Delete while the operator runs, so the finalizer path is the real one.
     cleanup(client, admin, args).await?;
-    child.start_kill()?;
-    let _ = child.wait().await;
+    operator.stop().await;
     let half = Half { seconds, latencies, writes, peak_rss_mib, cpu_seconds, control_plane_cpu_seconds };
     Ok((half, idle_writes, children as f64 + 1.0))
-}
-
-/// Reads samples from the operator's /metrics over plain HTTP on loopback.
-struct Metrics {
-    url: String,
-}
-
-impl Metrics {
-    async fn sample(&self, name: &str) -> Option<f64> {
-        let body = http_get(&self.url).await?;
-        let mut found = false;
-        let total = body
-            .lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .inspect(|_| found = true)
-            .sum();
-        found.then_some(total)
-    }
-}
-
-/// A minimal HTTP/1.1 GET for loopback metrics, so the benchmark needs no HTTP client crate.
-async fn http_get(url: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://")?;
-    let (host, path) = rest.split_once('/')?;
-    let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
-    stream
-        .write_all(format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    Some(response.split_once("\r\n\r\n")?.1.to_string())
 }
 
 /// Removes the benchmark's tenants, namespaces and database objects of both halves. Tenants

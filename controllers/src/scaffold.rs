@@ -30,6 +30,31 @@ pub trait ReconcileError: Categorized + std::fmt::Display {
     fn invalid_object(message: String) -> Self;
 }
 
+/// The error of a controller whose every failure is an API call or an unreadable object;
+/// controllers with more kinds of failure (the Tenant's database and Vault) have their own.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the object could not be read: {0}")]
+    InvalidObject(String),
+}
+
+impl Categorized for Error {
+    fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kubernetes",
+            Error::InvalidObject(_) => "invalid_object",
+        }
+    }
+}
+
+impl ReconcileError for Error {
+    fn invalid_object(message: String) -> Self {
+        Error::InvalidObject(message)
+    }
+}
+
 /// One controller's share of the scaffold: its name, the shared context and the failure
 /// count of each object it is backing off.
 pub struct Scaffold {

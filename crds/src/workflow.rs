@@ -392,7 +392,7 @@ pub struct StepStatus {
     pub name: String,
     /// Step phase.
     pub phase: RunPhase,
-    /// The latest attempts in order (older ones are dropped beyond five); an attempt is
+    /// The latest attempts in order (older ones are dropped beyond three); an attempt is
     /// recorded before it starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<Attempt>,

@@ -67,6 +67,10 @@ pub struct RunArgs {
     /// Take the `bizosaas-operator` Lease before reconciling (needed with more than one replica).
     #[arg(long, env = "BIZOSAAS_LEADER_ELECTION", action = clap::ArgAction::Set, default_value_t = false)]
     leader_election: bool,
+    /// Seconds a leader's Lease lasts without renewal: how long a standby waits after the
+    /// leader died before it takes over.
+    #[arg(long, env = "BIZOSAAS_LEASE_DURATION", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
+    lease_duration: u64,
     /// Address of Vault or OpenBao; without it Vault-backed tenants and credentials report
     /// VaultNotConfigured.
     #[arg(long, env = "BIZOSAAS_VAULT_ADDR")]
@@ -284,8 +288,8 @@ async fn wait_for_leadership(
 ) -> anyhow::Result<()> {
     let mut builder = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
         .with_namespace(&args.pod_namespace)
-        .with_duration(15)
-        .with_grace(5);
+        .with_duration(args.lease_duration)
+        .with_grace((args.lease_duration / 3).max(1));
     if let Some(name) = &args.pod_name {
         builder = builder.with_identity(name);
     }

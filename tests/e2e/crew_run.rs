@@ -114,9 +114,7 @@ fn run_from_caller(key: &str) -> serde_json::Value {
 // Multi-threaded: the recording gateway keeps serving while kubectl exec blocks a thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crew_pod_runs_against_the_llm_remembers_and_rotates_its_key() {
-    let llm = std::env::var("BIZOSAAS_TEST_LLM_URL")
-        .expect("no LLM server: start it with `tests/harness/llm.sh up` (or run `./dev test`)");
-    let model = std::env::var("BIZOSAAS_TEST_LLM_MODEL").unwrap_or_else(|_| "gemma3-270m".into());
+    let (llm, model) = llm_server();
     operator().wait_ready().await;
     let client = client().await;
     fresh_tenant(

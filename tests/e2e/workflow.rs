@@ -10,7 +10,7 @@ use bizosaas_crds::workflow::RunPhase;
 use bizosaas_crds::{AgentCrew, Integration, Workflow, WorkflowRun};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -92,18 +92,6 @@ async fn endpoint(seen: Arc<Mutex<Vec<Seen>>>) -> u16 {
     port
 }
 
-async fn create<K>(client: &kube::Client, value: serde_json::Value) -> K
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let object: K = serde_json::from_value(value).unwrap();
-    Api::<K>::namespaced(client.clone(), NS).create(&PostParams::default(), &object).await.unwrap()
-}
-
 /// Waits until run `name` has finished; returns it.
 async fn finished(runs: &Api<WorkflowRun>, name: &str) -> WorkflowRun {
     wait_for(&format!("WorkflowRun {name} to finish"), TIMEOUT, || async {
@@ -120,9 +108,7 @@ fn step_phase(run: &WorkflowRun, step: &str) -> Option<RunPhase> {
 
 /// Sets up the tenant once: the endpoint's and the LLM's Integrations, and a crew.
 async fn setup(client: &kube::Client, port: u16) {
-    let llm = std::env::var("BIZOSAAS_TEST_LLM_URL")
-        .expect("no LLM server: start it with `tests/harness/llm.sh up` (or run `./dev test`)");
-    let model = std::env::var("BIZOSAAS_TEST_LLM_MODEL").unwrap_or_else(|_| "gemma3-270m".into());
+    let (llm, model) = llm_server();
     fresh_tenant(
         client,
         TENANT,
@@ -131,8 +117,9 @@ async fn setup(client: &kube::Client, port: u16) {
     .await;
     kubectl_ok(&["create", "secret", "generic", "hook-token", "-n", NS, "--from-literal=token=s3cret-hook"], None);
     kubectl_ok(&["create", "secret", "generic", "llm-key", "-n", NS, "--from-literal=apiKey=llm-key"], None);
-    let _: Integration = create(
+    let _: Integration = create_in(
         client,
+        NS,
         serde_json::json!({
             "apiVersion": "bizosaas.io/v1alpha1", "kind": "Integration", "metadata": {"name": "hook", "namespace": NS},
             "spec": {"type": "Webhook", "endpoint": format!("http://{}:{port}", node_ip()),
@@ -140,13 +127,14 @@ async fn setup(client: &kube::Client, port: u16) {
         }),
     )
     .await;
-    let _: Integration = create(client, serde_json::json!({
+    let _: Integration = create_in(client, NS, serde_json::json!({
         "apiVersion": "bizosaas.io/v1alpha1", "kind": "Integration", "metadata": {"name": "llm", "namespace": NS},
         "spec": {"type": "OpenAI", "endpoint": llm, "credentials": {"secretRef": {"name": "llm-key", "key": "apiKey"}}},
     }))
     .await;
-    let _: AgentCrew = create(
+    let _: AgentCrew = create_in(
         client,
+        NS,
         serde_json::json!({
             "apiVersion": "bizosaas.io/v1alpha1", "kind": "AgentCrew", "metadata": {"name": "writers", "namespace": NS},
             "spec": {"process": "Sequential", "model": {"integration": "llm", "name": model, "maxTokens": 16},
@@ -177,7 +165,7 @@ async fn workflows_run_agent_container_and_http_steps_durably() {
 
     // The DAG: research (agent) and count (container) in parallel, then publish (HTTP) with
     // both outputs, and a flaky HTTP step that succeeds on its retry.
-    let workflow: Workflow = create(&client, serde_json::json!({
+    let workflow: Workflow = create_in(&client, NS, serde_json::json!({
         "apiVersion": "bizosaas.io/v1alpha1", "kind": "Workflow", "metadata": {"name": "blog", "namespace": NS},
         "spec": {
             "parameters": [{"name": "topic", "value": "spring"}],
@@ -198,7 +186,7 @@ async fn workflows_run_agent_container_and_http_steps_durably() {
         is_ready(&workflows.get("blog").await.ok()?.status?.conditions).then_some(())
     })
     .await;
-    let run: WorkflowRun = create(&client, serde_json::json!({
+    let run: WorkflowRun = create_in(&client, NS, serde_json::json!({
         "apiVersion": "bizosaas.io/v1alpha1", "kind": "WorkflowRun", "metadata": {"name": "blog-manual-1", "namespace": NS},
         "spec": {"workflow": "blog", "parameters": [{"name": "topic", "value": "summer"}]},
     }))
@@ -266,8 +254,9 @@ async fn bad_runs_are_refused_before_anything_starts_and_cancel_stops_a_job() {
     let client = client().await;
     ready_tenant(&client).await;
     let runs: Api<WorkflowRun> = Api::namespaced(client.clone(), NS);
-    let _: Workflow = create(
+    let _: Workflow = create_in(
         &client,
+        NS,
         serde_json::json!({
             "apiVersion": "bizosaas.io/v1alpha1", "kind": "Workflow", "metadata": {"name": "slow", "namespace": NS},
             "spec": {"parameters": [{"name": "seconds", "value": "300"}],
@@ -277,7 +266,7 @@ async fn bad_runs_are_refused_before_anything_starts_and_cancel_stops_a_job() {
     .await;
 
     // A Workflow that does not exist: waiting, with the reason.
-    let _: WorkflowRun = create(&client, serde_json::json!({
+    let _: WorkflowRun = create_in(&client, NS, serde_json::json!({
         "apiVersion": "bizosaas.io/v1alpha1", "kind": "WorkflowRun", "metadata": {"name": "ghost-1", "namespace": NS},
         "spec": {"workflow": "ghost"},
     }))
@@ -289,7 +278,7 @@ async fn bad_runs_are_refused_before_anything_starts_and_cancel_stops_a_job() {
     .await;
 
     // An unknown parameter: failed for good, nothing started.
-    let _: WorkflowRun = create(&client, serde_json::json!({
+    let _: WorkflowRun = create_in(&client, NS, serde_json::json!({
         "apiVersion": "bizosaas.io/v1alpha1", "kind": "WorkflowRun", "metadata": {"name": "slow-typo", "namespace": NS},
         "spec": {"workflow": "slow", "parameters": [{"name": "secnds", "value": "1"}]},
     }))
@@ -302,7 +291,7 @@ async fn bad_runs_are_refused_before_anything_starts_and_cancel_stops_a_job() {
     assert!(jobs.get_opt("slow-typo-wait-1").await.unwrap().is_none(), "a refused run started a Job");
 
     // Cancelling stops the Job; cancelling cannot be undone.
-    let _: WorkflowRun = create(&client, serde_json::json!({
+    let _: WorkflowRun = create_in(&client, NS, serde_json::json!({
         "apiVersion": "bizosaas.io/v1alpha1", "kind": "WorkflowRun", "metadata": {"name": "slow-1", "namespace": NS},
         "spec": {"workflow": "slow"},
     }))
@@ -352,9 +341,10 @@ async fn an_http_step_cannot_dial_what_the_tenant_cannot_reach() {
         ("apiserver", format!("https://{}", api_server.trim()), "the Kubernetes API server"),
         ("platform", format!("http://{}:8080", operator_ip.trim()), "a pod of namespace bizosaas-system"),
         ("metadata", "http://169.254.169.254".to_string(), "link-local"),
+        ("loopback", "http://127.0.0.1:8080".to_string(), "loopback"),
     ];
     for (name, url, _) in &targets {
-        let _: Integration = create(&client, serde_json::json!({
+        let _: Integration = create_in(&client, NS, serde_json::json!({
             "apiVersion": "bizosaas.io/v1alpha1", "kind": "Integration",
             "metadata": {"name": format!("steal-{name}"), "namespace": NS},
             "spec": {"type": "Webhook", "endpoint": url, "credentials": {"secretRef": {"name": "hook-token", "key": "token"}}},
@@ -365,15 +355,16 @@ async fn an_http_step_cannot_dial_what_the_tenant_cannot_reach() {
         .iter()
         .map(|(name, _, _)| serde_json::json!({"name": name, "http": {"integration": format!("steal-{name}"), "path": "/"}}))
         .collect();
-    let _: Workflow = create(
+    let _: Workflow = create_in(
         &client,
+        NS,
         serde_json::json!({
             "apiVersion": "bizosaas.io/v1alpha1", "kind": "Workflow", "metadata": {"name": "steal", "namespace": NS},
             "spec": {"steps": steps}
         }),
     )
     .await;
-    let _: WorkflowRun = create(&client, serde_json::json!({
+    let _: WorkflowRun = create_in(&client, NS, serde_json::json!({
         "apiVersion": "bizosaas.io/v1alpha1", "kind": "WorkflowRun", "metadata": {"name": "steal-1", "namespace": NS},
         "spec": {"workflow": "steal"},
     }))
@@ -394,7 +385,7 @@ async fn a_schedule_creates_one_run_per_tick_and_a_bad_one_is_reported() {
     let client = client().await;
     ready_tenant(&client).await;
     let workflows: Api<Workflow> = Api::namespaced(client.clone(), NS);
-    let _: Workflow = create(&client, serde_json::json!({
+    let _: Workflow = create_in(&client, NS, serde_json::json!({
         "apiVersion": "bizosaas.io/v1alpha1", "kind": "Workflow", "metadata": {"name": "nonsense", "namespace": NS},
         "spec": {"schedule": "99 99 99 99 99", "steps": [{"name": "ping", "http": {"integration": "hook", "path": "/ping"}}]}
     }))
@@ -405,8 +396,9 @@ async fn a_schedule_creates_one_run_per_tick_and_a_bad_one_is_reported() {
     })
     .await;
 
-    let _: Workflow = create(
+    let _: Workflow = create_in(
         &client,
+        NS,
         serde_json::json!({
             "apiVersion": "bizosaas.io/v1alpha1", "kind": "Workflow", "metadata": {"name": "minutely", "namespace": NS},
             "spec": {"schedule": "* * * * *", "timeZone": "Europe/Berlin", "concurrencyPolicy": "Forbid",

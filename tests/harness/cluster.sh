@@ -3,7 +3,7 @@
 # kube-controller-manager, kube-scheduler and kwok (fake nodes whose pods
 # "run" without containers), all listening on 127.0.0.1 only.
 #
-# Usage: cluster.sh up|down|status|kubeconfig
+# Usage: cluster.sh up|down|status|restart-apiserver|kubeconfig
 #
 # State (pid files, logs, PKI, kubeconfigs, etcd data) lives in
 #   ${BIZOSAAS_STATE_DIR:-$HOME/.local/state/bizosaas}/cluster
@@ -499,6 +499,17 @@ cmd_status() {
   fi
 }
 
+# Stops and starts the API server alone, keeping etcd and its data: what a control-plane
+# upgrade or crash looks like to the operator.
+cmd_restart_apiserver() {
+  local t0=$EPOCHREALTIME
+  running_pid etcd >/dev/null || die "the cluster is not up (run: $0 up)"
+  stop kube-apiserver
+  start_apiserver
+  await kube-apiserver ready apiserver_ready
+  log "kube-apiserver restarted in $(elapsed_since "$t0")s"
+}
+
 cmd_kubeconfig() {
   [[ -f $ADMIN_KUBECONFIG ]] || log "warning: $ADMIN_KUBECONFIG does not exist yet (run: $0 up)"
   echo "$ADMIN_KUBECONFIG"
@@ -512,8 +523,9 @@ main() {
     up) lock_state; cmd_up ;;
     down) lock_state; cmd_down ;;
     status) cmd_status ;;
+    restart-apiserver) lock_state; cmd_restart_apiserver ;;
     kubeconfig) cmd_kubeconfig ;;
-    *) echo "usage: $0 up|down|status|kubeconfig" >&2; exit 2 ;;
+    *) echo "usage: $0 up|down|status|restart-apiserver|kubeconfig" >&2; exit 2 ;;
   esac
 }
 

@@ -167,6 +167,9 @@ resolvConf: $STATE/etc/resolv.conf
 syncFrequency: 10s
 fileCheckFrequency: 10s
 nodeStatusUpdateFrequency: 5s
+# A test node restarts a crashed container within 2 s (the default backoff grows to 5 min):
+# the durability tests kill the operator's process over and over.
+crashLoopBackOff: {maxContainerRestartPeriod: 2s}
 EOF
   # Pods with dnsPolicy Default get no upstream: nothing outside this machine answers.
   : >"$STATE/etc/resolv.conf"

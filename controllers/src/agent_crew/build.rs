@@ -123,9 +123,9 @@ pub fn objects(
             secret_env(credential_env(integration), format!("integration-{integration}"), "credential", false)
         })
         .collect();
-    if config.memory {
-        env.push(secret_env("DATABASE_URL".into(), DATABASE_SECRET.into(), "url", true));
-    }
+    // The tenant database keeps the crew's runs (found on any replica, after a restart) and,
+    // with memory on, its memories. Optional: a Vault-backed tenant has no such Secret.
+    env.push(secret_env("DATABASE_URL".into(), DATABASE_SECRET.into(), "url", true));
     env.push(EnvVar { name: "RUST_LOG".into(), value: Some("info".into()), value_from: None });
 
     let probe = |path: &str| Probe {
@@ -170,10 +170,8 @@ pub fn objects(
     };
     let mut pod_labels = labels(&name);
     pod_labels.extend(selector(&name));
-    if config.memory {
-        // Memory reaches the tenant database; the tenant's `allow-database` policy selects this.
-        pod_labels.insert(LABEL_DATABASE_CLIENT.to_string(), "true".to_string());
-    }
+    // The runtime reaches the tenant database; the tenant's `allow-database` policy selects this.
+    pod_labels.insert(LABEL_DATABASE_CLIENT.to_string(), "true".to_string());
     let deployment = Deployment {
         metadata: meta(),
         spec: Some(DeploymentSpec {
@@ -260,24 +258,26 @@ mod tests {
         let key = env["BIZOSAAS_INTEGRATION_OPENROUTER"].value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
         assert_eq!((key.name.as_str(), key.key.as_str()), ("integration-openrouter", "credential"));
         assert!(env.contains_key("BIZOSAAS_INTEGRATION_WAGTAIL"));
-        assert!(env.contains_key("DATABASE_URL"), "memory needs the tenant database");
+        assert!(env.contains_key("DATABASE_URL"), "runs and memory live in the tenant database");
         assert!(o.config_map.data.as_ref().unwrap()[CREW_FILE].contains("Senior SEO strategist"));
         assert_eq!(pod.service_account_name.as_deref(), Some("tenant-workload"));
         let labels = o.deployment.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
         assert_eq!(labels[LABEL_COMPONENT], "agent", "the agent egress NetworkPolicy selects this label");
-        assert_eq!(labels[LABEL_DATABASE_CLIENT], "true", "memory needs the database egress policy");
+        assert_eq!(labels[LABEL_DATABASE_CLIENT], "true", "the database egress policy selects the runtime");
     }
 
     #[test]
-    fn only_crews_with_memory_are_database_clients() {
+    fn a_crew_without_memory_still_keeps_its_runs_in_the_tenant_database() {
         let mut crew = crew();
         crew.spec.memory = None;
         let config = crew_config("growth-team", "tenant-acme", "acme", &crew.spec, &integrations()).unwrap();
+        assert!(!config.memory);
         let o = objects(&crew, &config, &BTreeMap::new(), "ghcr.io/bizosaas/bizosaas-agent:0.1.0");
         let template = &o.deployment.spec.as_ref().unwrap().template;
-        assert!(!template.metadata.as_ref().unwrap().labels.as_ref().unwrap().contains_key(LABEL_DATABASE_CLIENT));
+        assert_eq!(template.metadata.as_ref().unwrap().labels.as_ref().unwrap()[LABEL_DATABASE_CLIENT], "true");
         let env = template.spec.as_ref().unwrap().containers[0].env.as_ref().unwrap();
-        assert!(env.iter().all(|e| e.name != "DATABASE_URL"));
+        let url = env.iter().find(|e| e.name == "DATABASE_URL").unwrap();
+        assert_eq!(url.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().optional, Some(true));
     }
 
     #[test]

@@ -13,8 +13,7 @@ use crate::context::Context;
 use crate::egress::resolve::{OnBehalfOf, ResolveError, Resolver, ServiceKey};
 use crate::egress::{ResolvedEndpoint, Target};
 use crate::integration;
-use crate::metrics::Categorized;
-use crate::scaffold::{ReconcileError, Scaffold};
+use crate::scaffold::Scaffold;
 use bizosaas_crds::agent_crew::AgentCrewStatus;
 use bizosaas_crds::common::READY;
 use bizosaas_crds::{AgentCrew, Integration, LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY};
@@ -41,29 +40,8 @@ pub const INTEGRATIONS_RESOLVED: &str = "IntegrationsResolved";
 pub const EGRESS_ALLOWED: &str = "EgressAllowed";
 pub const AVAILABLE: &str = "Available";
 
-/// Why a reconcile failed, with a stable category for metrics.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API request failed: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("the AgentCrew could not be read: {0}")]
-    InvalidObject(String),
-}
-
-impl Categorized for Error {
-    fn category(&self) -> &'static str {
-        match self {
-            Error::Kube(_) => "kubernetes",
-            Error::InvalidObject(_) => "invalid_object",
-        }
-    }
-}
-
-impl ReconcileError for Error {
-    fn invalid_object(message: String) -> Self {
-        Error::InvalidObject(message)
-    }
-}
+/// Why a reconcile failed: an API call, or an object that no longer deserialises.
+pub use crate::scaffold::Error;
 
 /// State the AgentCrew controller keeps between reconciles.
 struct CrewContext {

@@ -10,7 +10,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Why an address may not be dialled for a tenant.
 #[derive(Debug, thiserror::Error)]
@@ -21,38 +24,117 @@ pub enum DialError {
     Kube(#[from] kube::Error),
 }
 
-/// Checks every socket in `sockets` for a call made on behalf of the tenant namespace
-/// `namespace`: no special-purpose address, not the API server, no pod or Service cluster IP
-/// of another namespace.
-pub async fn vet(client: &Client, namespace: &str, sockets: &BTreeSet<SocketAddr>) -> Result<(), DialError> {
-    let api_server = api_server_sockets(client).await?;
-    for socket in sockets {
-        let ip = socket.ip().to_canonical();
-        if let Some(reason) = refusal(ip) {
-            return Err(DialError::Refused(*socket, reason.to_string()));
+/// How long a verdict on an address (and the API server's addresses) is reused: pods come
+/// and go, so briefly.
+const VERDICT_TTL: Duration = Duration::from_secs(10);
+/// HTTP clients kept, one per pinned host; beyond this the cache starts afresh.
+const MAX_CLIENTS: usize = 256;
+
+/// Whether an address belonged to another namespace (and why), and when that was checked.
+type Verdict = (Instant, Option<String>);
+
+/// Vets and dials addresses for tenants, reusing recent verdicts and one HTTP client (and
+/// its connections) per pinned host.
+pub struct Dialer {
+    client: Client,
+    api_server: Mutex<Option<(Instant, Arc<BTreeSet<SocketAddr>>)>>,
+    verdicts: Mutex<HashMap<(IpAddr, String), Verdict>>,
+    clients: Mutex<HashMap<(String, Vec<SocketAddr>), reqwest::Client>>,
+}
+
+impl Dialer {
+    pub fn new(client: Client) -> Self {
+        Self { client, api_server: Mutex::default(), verdicts: Mutex::default(), clients: Mutex::default() }
+    }
+
+    /// Checks every socket in `sockets` for a call made on behalf of the tenant namespace
+    /// `namespace`: no special-purpose address, not the API server, no pod or Service
+    /// cluster IP of another namespace.
+    pub async fn vet(&self, namespace: &str, sockets: &BTreeSet<SocketAddr>) -> Result<(), DialError> {
+        let api_server = self.api_server().await?;
+        for socket in sockets {
+            let ip = socket.ip().to_canonical();
+            if let Some(reason) = never_dialled(ip) {
+                return Err(DialError::Refused(*socket, reason.to_string()));
+            }
+            if api_server.contains(&SocketAddr::new(ip, socket.port())) {
+                return Err(DialError::Refused(*socket, "the Kubernetes API server".into()));
+            }
+            if let Some(reason) = self.owner_elsewhere(ip, namespace).await? {
+                return Err(DialError::Refused(*socket, reason));
+            }
         }
-        if api_server.contains(&SocketAddr::new(ip, socket.port())) {
-            return Err(DialError::Refused(*socket, "the Kubernetes API server".into()));
+        Ok(())
+    }
+
+    /// An HTTP client that connects `host` only to `addresses`, with no redirects.
+    pub fn http_client(&self, host: &str, addresses: Vec<SocketAddr>) -> Result<reqwest::Client, reqwest::Error> {
+        let key = (host.to_string(), addresses);
+        let mut clients = self.clients.lock().expect("clients lock");
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
         }
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("bizosaas-operator/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .resolve_to_addrs(host, &key.1)
+            .build()?;
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
+        }
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// Why `ip` belongs to another namespace (a pod's IP or a Service's cluster IP), if it does.
+    async fn owner_elsewhere(&self, ip: IpAddr, namespace: &str) -> Result<Option<String>, kube::Error> {
+        let key = (ip, namespace.to_string());
+        if let Some((at, verdict)) = self.verdicts.lock().expect("verdicts lock").get(&key)
+            && at.elapsed() < VERDICT_TTL
+        {
+            return Ok(verdict.clone());
+        }
+        let mut verdict = None;
         let by_ip = ListParams::default().fields(&format!("status.podIP={ip}"));
-        for pod in Api::<Pod>::all(client.clone()).list_metadata(&by_ip).await? {
+        for pod in Api::<Pod>::all(self.client.clone()).list_metadata(&by_ip).await? {
             let ns = pod.namespace().unwrap_or_default();
             if ns != namespace {
-                return Err(DialError::Refused(*socket, format!("a pod of namespace {ns}")));
+                verdict = Some(format!("a pod of namespace {ns}"));
             }
         }
         let by_cluster_ip = ListParams::default().fields(&format!("spec.clusterIP={ip}"));
-        for service in Api::<Service>::all(client.clone()).list_metadata(&by_cluster_ip).await? {
+        for service in Api::<Service>::all(self.client.clone()).list_metadata(&by_cluster_ip).await? {
             let ns = service.namespace().unwrap_or_default();
             if ns != namespace {
-                return Err(DialError::Refused(
-                    *socket,
-                    format!("the cluster IP of Service {ns}/{}", service.name_any()),
-                ));
+                verdict = Some(format!("the cluster IP of Service {ns}/{}", service.name_any()));
             }
         }
+        let mut verdicts = self.verdicts.lock().expect("verdicts lock");
+        verdicts.retain(|_, (at, _)| at.elapsed() < VERDICT_TTL);
+        verdicts.insert(key, (Instant::now(), verdict.clone()));
+        Ok(verdict)
     }
-    Ok(())
+
+    async fn api_server(&self) -> Result<Arc<BTreeSet<SocketAddr>>, kube::Error> {
+        if let Some((at, sockets)) = self.api_server.lock().expect("api server lock").as_ref()
+            && at.elapsed() < VERDICT_TTL
+        {
+            return Ok(sockets.clone());
+        }
+        let sockets = Arc::new(api_server_sockets(&self.client).await?);
+        *self.api_server.lock().expect("api server lock") = Some((Instant::now(), sockets.clone()));
+        Ok(sockets)
+    }
+}
+
+/// Addresses the operator never dials for a tenant, whatever the cluster holds: those no
+/// policy allows ([`refusal`]) and loopback, which from the operator is the operator itself.
+pub fn never_dialled(ip: IpAddr) -> Option<&'static str> {
+    let ip = ip.to_canonical();
+    if ip.is_loopback() {
+        return Some("loopback (the operator's own host)");
+    }
+    refusal(ip)
 }
 
 /// The API server's own addresses: the `kubernetes` Service's cluster IP and endpoints.
@@ -82,4 +164,19 @@ async fn api_server_sockets(client: &Client) -> Result<BTreeSet<SocketAddr>, kub
         }
     }
     Ok(sockets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::never_dialled;
+
+    #[test]
+    fn loopback_and_metadata_are_never_dialled() {
+        for ip in ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1", "169.254.169.254", "0.0.0.0", "224.0.0.1"] {
+            assert!(never_dialled(ip.parse().unwrap()).is_some(), "{ip}");
+        }
+        for ip in ["203.0.113.10", "10.244.0.1", "2001:db8::1"] {
+            assert_eq!(never_dialled(ip.parse().unwrap()), None, "{ip}");
+        }
+    }
 }

@@ -9,8 +9,7 @@ use crate::apply::Applier;
 use crate::conditions::{self, Observed};
 use crate::context::Context;
 use crate::duration;
-use crate::metrics::Categorized;
-use crate::scaffold::{ReconcileError, Scaffold};
+use crate::scaffold::Scaffold;
 use crate::vault::VaultError;
 use bizosaas_crds::common::READY;
 use bizosaas_crds::integration::{IntegrationSpec, IntegrationStatus};
@@ -38,29 +37,8 @@ pub const REACHABLE: &str = "Reachable";
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Why a reconcile failed, with a stable category for metrics.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API request failed: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("the Integration could not be read: {0}")]
-    InvalidObject(String),
-}
-
-impl Categorized for Error {
-    fn category(&self) -> &'static str {
-        match self {
-            Error::Kube(_) => "kubernetes",
-            Error::InvalidObject(_) => "invalid_object",
-        }
-    }
-}
-
-impl ReconcileError for Error {
-    fn invalid_object(message: String) -> Self {
-        Error::InvalidObject(message)
-    }
-}
+/// Why a reconcile failed: an API call, or an object that no longer deserialises.
+pub use crate::scaffold::Error;
 
 /// State the Integration controller keeps between reconciles.
 pub struct IntegrationContext {

@@ -4,7 +4,8 @@
 use bizosaas_crds::WorkflowRun;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use crate::FIELD_MANAGER;
+use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 
@@ -24,41 +25,34 @@ pub fn too_large(step_bytes: usize, run_bytes_before: usize) -> Option<String> {
     }
 }
 
-/// Adds `outputs` to the run's ConfigMap, creating it on first use.
+/// Adds `outputs` to the run's ConfigMap, creating it on first use: one server-side apply
+/// per step, each under a field manager of its own, so adding one step's output never
+/// removes another's.
 pub async fn store(
     api: &Api<ConfigMap>,
     run: &WorkflowRun,
     name: &str,
     outputs: &BTreeMap<String, String>,
 ) -> Result<(), kube::Error> {
-    let patch = serde_json::json!({ "data": outputs });
-    match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-        Ok(_) => return Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => {}
-        Err(e) => return Err(e),
-    }
-    let config_map = ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            namespace: run.namespace(),
-            labels: Some(BTreeMap::from([
-                (bizosaas_crds::LABEL_MANAGED_BY.to_string(), bizosaas_crds::MANAGED_BY.to_string()),
-                (super::steps::container::LABEL_RUN.to_string(), run.name_any()),
-            ])),
-            owner_references: run.controller_owner_ref(&()).map(|o| vec![o]),
+    for (step, output) in outputs {
+        let config_map = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                namespace: run.namespace(),
+                labels: Some(BTreeMap::from([
+                    (bizosaas_crds::LABEL_MANAGED_BY.to_string(), bizosaas_crds::MANAGED_BY.to_string()),
+                    (super::steps::container::LABEL_RUN.to_string(), run.name_any()),
+                ])),
+                owner_references: run.controller_owner_ref(&()).map(|o| vec![o]),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(step.clone(), output.clone())])),
             ..Default::default()
-        },
-        data: Some(outputs.clone()),
-        ..Default::default()
-    };
-    match api.create(&PostParams::default(), &config_map).await {
-        Ok(_) => Ok(()),
-        // Created meanwhile by a reconcile that was cut short: add to it.
-        Err(kube::Error::Api(s)) if s.code == 409 => {
-            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
-        }
-        Err(e) => Err(e),
+        };
+        let manager = format!("{FIELD_MANAGER}/step-{step}");
+        api.patch(name, &PatchParams::apply(&manager).force(), &Patch::Apply(&config_map)).await?;
     }
+    Ok(())
 }
 
 /// Every output recorded so far.

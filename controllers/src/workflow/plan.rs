@@ -9,12 +9,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use std::time::Duration;
 
-/// Attempts kept per step in status; older ones are dropped (their number stays in order).
-pub const KEPT_ATTEMPTS: usize = 5;
+/// Attempts kept per step in status; older ones are dropped (the numbers say how many ran).
+pub const KEPT_ATTEMPTS: usize = 3;
 /// Bytes of a step's output shown in its status; the whole output is in the outputs ConfigMap.
 pub const PREVIEW_BYTES: usize = 512;
 /// Longest message kept on an attempt or step.
-const MAX_MESSAGE: usize = 512;
+const MAX_MESSAGE: usize = 256;
 
 const DEFAULT_BACKOFF: Duration = Duration::from_secs(10);
 const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -178,7 +178,8 @@ pub fn finish_attempt(
                 let at = now + SignedDuration::try_from(wait).unwrap_or(SignedDuration::from_secs(300));
                 state.phase = RunPhase::Pending;
                 state.next_attempt_at = Some(Time(at));
-                state.message = Some(format!("attempt {number} failed: {message}; retrying at {at}"));
+                state.message =
+                    Some(truncate(&format!("attempt {number} failed; retrying at {at}: {message}"), MAX_MESSAGE));
             } else {
                 state.phase = RunPhase::Failed;
                 state.message = Some(message);
@@ -396,6 +397,46 @@ mod tests {
     }
 
     #[test]
+    fn a_32_step_run_at_every_limit_stays_well_under_the_object_size_limit() {
+        use crate::workflow::snapshot::MAX_SNAPSHOT_BYTES;
+        let name = |i: usize| format!("{i:02}{}", "s".repeat(61));
+        let mut steps: Vec<Step> = (0..32).map(|i| step(&name(i), &[])).collect();
+        // Bodies that fill the largest snapshot a run may take.
+        let body = "b".repeat(MAX_SNAPSHOT_BYTES / 32 - 400);
+        for s in &mut steps {
+            s.http.as_mut().unwrap().body = Some(body.clone());
+        }
+        let retry = RetryPolicy { limit: 20, backoff: None };
+        let s = snapshot(steps, 32, Some(retry.clone()));
+        assert!(serde_json::to_vec(&s).unwrap().len() <= MAX_SNAPSHOT_BYTES);
+        let mut status = started(&s);
+        status.snapshot = Some(s.clone());
+        let uid = "3f2a4b5c-6d7e-4f80-9a1b-2c3d4e5f6a7b";
+        for i in 0..32 {
+            for n in 0..10 {
+                begin_attempt(&mut status, &name(i), uid, &"r".repeat(253), t(n));
+                set_reference(&mut status, &name(i));
+                finish_attempt(
+                    &mut status,
+                    Some(&retry),
+                    &name(i),
+                    Outcome::Failed { message: "m".repeat(5000) },
+                    t(n),
+                );
+            }
+            begin_attempt(&mut status, &name(i), uid, &"r".repeat(253), t(10));
+            finish_attempt(&mut status, Some(&retry), &name(i), ok(&"o".repeat(100_000)), t(11));
+        }
+        let bytes = serde_json::to_vec(&status).unwrap().len();
+        assert!(bytes < 192 * 1024, "a run's status is {bytes} bytes");
+    }
+
+    fn set_reference(status: &mut WorkflowRunStatus, step: &str) {
+        let a = status.steps.iter_mut().find(|s| s.name == step).unwrap().attempts.last_mut().unwrap();
+        a.reference = Some("run-0123456789abcdef".into());
+    }
+
+    #[test]
     fn only_the_latest_attempts_are_kept() {
         let retry = RetryPolicy { limit: 20, backoff: None };
         let s = snapshot(vec![step("a", &[])], 1, Some(retry.clone()));
@@ -405,7 +446,7 @@ mod tests {
             finish_attempt(&mut status, Some(&retry), "a", Outcome::Failed { message: "x".repeat(2000) }, t(i));
         }
         let numbers: Vec<i32> = status.steps[0].attempts.iter().map(|a| a.number).collect();
-        assert_eq!(numbers, [4, 5, 6, 7, 8]);
+        assert_eq!(numbers, [6, 7, 8]);
         assert!(status.steps[0].attempts[0].message.as_ref().unwrap().len() <= MAX_MESSAGE + 3);
         assert_eq!(backoff(Some(&retry), 1), DEFAULT_BACKOFF);
         assert_eq!(backoff(Some(&retry), 30), DEFAULT_MAX_BACKOFF);

@@ -8,8 +8,7 @@ use super::schedule::{Due, Schedule};
 use super::snapshot;
 use crate::conditions::{self, Observed};
 use crate::context::Context;
-use crate::metrics::Categorized;
-use crate::scaffold::{ReconcileError, Scaffold};
+use crate::scaffold::Scaffold;
 use bizosaas_crds::common::READY;
 use bizosaas_crds::workflow::{ConcurrencyPolicy, RunPhase};
 use bizosaas_crds::{AgentCrew, Integration, LABEL_MANAGED_BY, MANAGED_BY, Workflow, WorkflowRun, WorkflowRunSpec};
@@ -35,28 +34,8 @@ pub const SCHEDULED_AT: &str = "bizosaas.io/scheduled-at";
 /// Longest wait between two looks at a Workflow.
 const RESYNC: Duration = Duration::from_secs(300);
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API request failed: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("the Workflow could not be read: {0}")]
-    InvalidObject(String),
-}
-
-impl Categorized for Error {
-    fn category(&self) -> &'static str {
-        match self {
-            Error::Kube(_) => "kubernetes",
-            Error::InvalidObject(_) => "invalid_object",
-        }
-    }
-}
-
-impl ReconcileError for Error {
-    fn invalid_object(message: String) -> Self {
-        Error::InvalidObject(message)
-    }
-}
+/// Why a reconcile failed: an API call, or an object that no longer deserialises.
+pub use crate::scaffold::Error;
 
 /// Runs the Workflow controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {

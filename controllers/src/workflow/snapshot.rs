@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Largest snapshot kept in a run's status, so the status stays well under the API
 /// server's object size limit with every step's attempts beside it.
-pub const MAX_SNAPSHOT_BYTES: usize = 96 * 1024;
+pub const MAX_SNAPSHOT_BYTES: usize = 64 * 1024;
 
 /// Why a run cannot start; each is permanent for this run.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

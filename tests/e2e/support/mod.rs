@@ -435,3 +435,24 @@ pub async fn fresh_tenant(client: &Client, name: &str, spec: serde_json::Value) 
     })
     .await;
 }
+
+/// The LLM server's URL and model (`BIZOSAAS_TEST_LLM_URL`, `BIZOSAAS_TEST_LLM_MODEL`).
+pub fn llm_server() -> (String, String) {
+    let url = std::env::var("BIZOSAAS_TEST_LLM_URL")
+        .expect("no LLM server: start it with `tests/harness/llm.sh up` (or run `./dev test`)");
+    let model = std::env::var("BIZOSAAS_TEST_LLM_MODEL").unwrap_or_else(|_| "gemma3-270m".into());
+    (url, model)
+}
+
+/// Creates the namespaced object `value` (JSON) in `ns` and returns it as the server has it.
+pub async fn create_in<K>(client: &Client, ns: &str, value: serde_json::Value) -> K
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let object: K = serde_json::from_value(value).unwrap();
+    kube::Api::<K>::namespaced(client.clone(), ns).create(&Default::default(), &object).await.unwrap()
+}

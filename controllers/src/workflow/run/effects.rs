@@ -109,7 +109,8 @@ pub async fn launch(
             }
         }
         Rendered::Http(call) => {
-            rc.inflight.ensure(&attempt.idempotency_key, run_ref, |_| http::send(client, call));
+            let dialer = rc.dialer.clone();
+            rc.inflight.ensure(&attempt.idempotency_key, run_ref, |_| http::send(client, dialer, call));
         }
         Rendered::Agent(task) => {
             let http = rc.http.clone();

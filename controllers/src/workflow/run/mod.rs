@@ -8,12 +8,12 @@ pub mod status;
 
 use crate::conditions::{self, Observed};
 use crate::context::Context;
-use crate::metrics::Categorized;
-use crate::scaffold::{ReconcileError, Scaffold};
+use crate::egress::dial::Dialer;
+use crate::scaffold::Scaffold;
 use crate::workflow::plan::{self, Outcome};
 use crate::workflow::steps::inflight::Inflight;
 use crate::workflow::{names, outputs, snapshot};
-use bizosaas_crds::workflow::{RunPhase, WorkflowRunStatus, WorkflowSnapshot};
+use bizosaas_crds::workflow::{RunPhase, Step, WorkflowRunStatus, WorkflowSnapshot};
 use bizosaas_crds::{LABEL_MANAGED_BY, MANAGED_BY, Workflow, WorkflowRun};
 use effects::{Seen, Values};
 use futures::StreamExt;
@@ -24,7 +24,8 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, reflector};
+use kube::runtime::{PredicateConfig, WatchStreamExt, predicates, watcher};
 use kube::{Resource, ResourceExt};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -34,38 +35,22 @@ use std::time::Duration;
 /// Controller name used in metrics, logs and events.
 pub const CONTROLLER: &str = "workflowrun";
 /// Runs reconciled at the same time.
-const CONCURRENCY: u16 = 16;
+const CONCURRENCY: u16 = 128;
 /// Longest wait between two looks at a running run, whatever its timers say.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API request failed: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("the WorkflowRun could not be read: {0}")]
-    InvalidObject(String),
-}
-
-impl Categorized for Error {
-    fn category(&self) -> &'static str {
-        match self {
-            Error::Kube(_) => "kubernetes",
-            Error::InvalidObject(_) => "invalid_object",
-        }
-    }
-}
-
-impl ReconcileError for Error {
-    fn invalid_object(message: String) -> Self {
-        Error::InvalidObject(message)
-    }
-}
+/// Why a reconcile failed: an API call, or an object that no longer deserialises.
+pub use crate::scaffold::Error;
 
 /// State the WorkflowRun controller keeps between reconciles.
 pub struct RunContext {
     scaffold: Scaffold,
     inflight: Inflight,
     http: reqwest::Client,
+    /// Vets and dials the addresses of `http` steps.
+    dialer: Arc<Dialer>,
+    /// The tenant of each namespace runs were seen in (a tenant namespace's label never changes).
+    tenants: Mutex<HashMap<String, String>>,
     /// The newest copy of each run this process wrote, so a reconcile started from an older
     /// cached copy decides from what was last written, never from before it.
     written: Mutex<HashMap<String, Arc<WorkflowRun>>>,
@@ -84,10 +69,22 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         scaffold: Scaffold::new(CONTROLLER, ctx),
         inflight: Inflight::new(wake),
         http,
+        dialer: Arc::new(Dialer::new(client.clone())),
+        tenants: Mutex::default(),
         written: Mutex::default(),
     });
     let ours = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
-    Controller::new(Api::<DeserializeGuard<WorkflowRun>>::all(client.clone()), watcher::Config::default())
+    // A run's own status writes need no reconcile (the reconcile that wrote them already
+    // planned the next one); a spec change (cancel) or deletion does.
+    let (reader, writer) = reflector::store();
+    let runs = reflector(
+        writer,
+        watcher(Api::<DeserializeGuard<WorkflowRun>>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .applied_objects()
+    .predicate_filter(predicates::generation, PredicateConfig::default());
+    Controller::for_stream(runs, reader)
         .owns(Api::<Job>::all(client), ours)
         .reconcile_on(woken)
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
@@ -130,7 +127,7 @@ async fn reconcile_run(handed: &WorkflowRun, rc: &RunContext) -> Result<Action, 
     let ns = run.namespace().unwrap_or_default();
     let client = rc.scaffold.ctx.client.clone();
 
-    let Some(tenant) = effects::tenant_of(&client, &ns).await? else {
+    let Some(tenant) = tenant_of(rc, &ns).await? else {
         let message = format!("Namespace {ns} belongs to no tenant: workflows run only in tenant namespaces");
         return end_before_start(rc, run, status, "NoTenantNamespace", &message).await;
     };
@@ -216,7 +213,7 @@ async fn reconcile_run(handed: &WorkflowRun, rc: &RunContext) -> Result<Action, 
     } else {
         for name in &decided.start {
             let step = snapshot.steps.iter().find(|s| &s.name == name).expect("planned steps exist");
-            let values = values(&config_maps, &outputs_name, &mut known, &new_outputs, &snapshot).await?;
+            let values = values(&config_maps, &outputs_name, &mut known, &new_outputs, step).await?;
             let attempt = plan::begin_attempt(&mut status, name, &run.uid().unwrap_or_default(), &run.name_any(), now);
             match effects::render(
                 step,
@@ -244,7 +241,9 @@ async fn reconcile_run(handed: &WorkflowRun, rc: &RunContext) -> Result<Action, 
     // Record, then act.
     if !new_outputs.is_empty() {
         outputs::store(&config_maps, run, &outputs_name, &new_outputs).await?;
-        rc.scaffold.ctx.metrics.write(CONTROLLER, "ConfigMap", "apply");
+        for _ in &new_outputs {
+            rc.scaffold.ctx.metrics.write(CONTROLLER, "ConfigMap", "apply");
+        }
         status.outputs = Some(outputs_name.clone());
     }
     if !write(rc, run, &previous, status.clone()).await? {
@@ -254,7 +253,7 @@ async fn reconcile_run(handed: &WorkflowRun, rc: &RunContext) -> Result<Action, 
         rc.inflight.forget(&key);
     }
     for (step, attempt) in resumes {
-        let values = values(&config_maps, &outputs_name, &mut known, &new_outputs, &snapshot).await?;
+        let values = values(&config_maps, &outputs_name, &mut known, &new_outputs, step).await?;
         let values = Values { parameters: &snapshot.parameters, outputs: &values };
         if let Ok(rendered) = effects::render(step, &attempt, &ns, &tenant, &values) {
             effects::launch(rc, run, step, &attempt, rendered).await?;
@@ -361,6 +360,18 @@ async fn write(
     }
 }
 
+/// The tenant namespace `ns` belongs to, remembered once known.
+async fn tenant_of(rc: &RunContext, ns: &str) -> Result<Option<String>, Error> {
+    if let Some(tenant) = rc.tenants.lock().expect("tenants lock").get(ns) {
+        return Ok(Some(tenant.clone()));
+    }
+    let tenant = effects::tenant_of(&rc.scaffold.ctx.client, ns).await?;
+    if let Some(tenant) = &tenant {
+        rc.tenants.lock().expect("tenants lock").insert(ns.to_string(), tenant.clone());
+    }
+    Ok(tenant)
+}
+
 /// Drops what this process keeps for a run that is over or gone.
 fn forget(rc: &RunContext, run: &WorkflowRun, status: &WorkflowRunStatus) {
     for attempt in status.steps.iter().flat_map(|s| &s.attempts) {
@@ -389,17 +400,18 @@ fn total_tokens(status: &WorkflowRunStatus) -> Option<i64> {
     (sum > 0).then_some(sum)
 }
 
-/// Outputs templates may read: those stored (read once per reconcile) and those found now.
+/// Outputs `step`'s templates may read: those stored (read once per reconcile, and only for
+/// a step that reads any) and those found now.
 async fn values(
     api: &Api<ConfigMap>,
     name: &str,
     known: &mut Option<BTreeMap<String, String>>,
     new: &BTreeMap<String, String>,
-    snapshot: &WorkflowSnapshot,
+    step: &Step,
 ) -> Result<BTreeMap<String, String>, Error> {
-    let reads_outputs = snapshot.steps.iter().any(|s| !s.depends_on.is_empty());
-    if known.is_none() {
-        *known = Some(if reads_outputs { outputs::read(api, name).await? } else { BTreeMap::new() });
+    let reads_outputs = snapshot::template_fields(step).iter().any(|f| f.contains("steps."));
+    if known.is_none() && reads_outputs {
+        *known = Some(outputs::read(api, name).await?);
     }
     let mut all = known.clone().unwrap_or_default();
     all.extend(new.iter().map(|(k, v)| (k.clone(), v.clone())));

@@ -3,8 +3,9 @@
 //! reaches status, events or logs. Each attempt carries its `Idempotency-Key`; an attempt
 //! whose outcome was lost in a restart is sent again with the same key.
 
+use crate::egress::Target;
+use crate::egress::dial::Dialer;
 use crate::egress::resolve::{OnBehalfOf, Resolver};
-use crate::egress::{Target, dial};
 use crate::integration;
 use crate::workflow::plan::Outcome;
 use bizosaas_crds::Integration;
@@ -13,6 +14,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::Api;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest response body a step may return.
@@ -35,14 +37,14 @@ pub struct Call {
 }
 
 /// Sends `call` and returns how the attempt ended.
-pub async fn send(client: Client, call: Call) -> Outcome {
-    match try_send(&client, &call).await {
+pub async fn send(client: Client, dialer: Arc<Dialer>, call: Call) -> Outcome {
+    match try_send(&client, &dialer, &call).await {
         Ok(outcome) => outcome,
         Err(message) => Outcome::Failed { message },
     }
 }
 
-async fn try_send(client: &Client, call: &Call) -> Result<Outcome, String> {
+async fn try_send(client: &Client, dialer: &Dialer, call: &Call) -> Result<Outcome, String> {
     let integrations = Api::<Integration>::namespaced(client.clone(), &call.namespace);
     let found = integrations.get_opt(&call.integration).await.map_err(|e| format!("reading the Integration: {e}"))?;
     let integration = found.ok_or_else(|| format!("Integration {} does not exist", call.integration))?;
@@ -61,18 +63,13 @@ async fn try_send(client: &Client, call: &Call) -> Result<Outcome, String> {
         .resolve(&target, Some(on_behalf_of))
         .await
         .map_err(|e| format!("Integration {}: {e}", call.integration))?;
-    dial::vet(client, &call.namespace, &sockets).await.map_err(|e| format!("refused to connect: {e}"))?;
+    dialer.vet(&call.namespace, &sockets).await.map_err(|e| format!("refused to connect: {e}"))?;
 
-    let pinned: Vec<std::net::SocketAddr> = sockets.into_iter().collect();
-    let http = reqwest::Client::builder()
-        .user_agent(concat!("bizosaas-operator/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::none())
-        .resolve_to_addrs(&target.host, &pinned)
-        .timeout(call.timeout)
-        .build()
+    let http = dialer
+        .http_client(&target.host, sockets.into_iter().collect())
         .map_err(|e| format!("building the HTTP client: {e}"))?;
     let method = reqwest::Method::from_bytes(format!("{:?}", call.method).as_bytes()).expect("a known method");
-    let mut request = http.request(method.clone(), parsed);
+    let mut request = http.request(method.clone(), parsed).timeout(call.timeout);
     for (name, value) in integration.spec.headers.iter().chain(&call.headers) {
         if is_reserved(name) {
             continue;
