@@ -1,10 +1,10 @@
 //! Full step outputs, kept outside the run's status in a ConfigMap the run owns (one key per
 //! step), so status stays small however large the outputs are.
 
+use crate::FIELD_MANAGER;
 use bizosaas_crds::WorkflowRun;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use crate::FIELD_MANAGER;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
