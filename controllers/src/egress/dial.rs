@@ -40,11 +40,19 @@ pub struct Dialer {
     api_server: Mutex<Option<(Instant, Arc<BTreeSet<SocketAddr>>)>>,
     verdicts: Mutex<HashMap<(IpAddr, String), Verdict>>,
     clients: Mutex<HashMap<(String, Vec<SocketAddr>), reqwest::Client>>,
+    /// One lookup at a time: a thousand calls to one new address ask the API server once.
+    lookups: tokio::sync::Mutex<()>,
 }
 
 impl Dialer {
     pub fn new(client: Client) -> Self {
-        Self { client, api_server: Mutex::default(), verdicts: Mutex::default(), clients: Mutex::default() }
+        Self {
+            client,
+            api_server: Mutex::default(),
+            verdicts: Mutex::default(),
+            clients: Mutex::default(),
+            lookups: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// Checks every socket in `sockets` for a call made on behalf of the tenant namespace
@@ -89,20 +97,27 @@ impl Dialer {
     /// Why `ip` belongs to another namespace (a pod's IP or a Service's cluster IP), if it does.
     async fn owner_elsewhere(&self, ip: IpAddr, namespace: &str) -> Result<Option<String>, kube::Error> {
         let key = (ip, namespace.to_string());
-        if let Some((at, verdict)) = self.verdicts.lock().expect("verdicts lock").get(&key)
-            && at.elapsed() < VERDICT_TTL
-        {
-            return Ok(verdict.clone());
+        let cached = || {
+            let verdicts = self.verdicts.lock().expect("verdicts lock");
+            verdicts.get(&key).filter(|(at, _)| at.elapsed() < VERDICT_TTL).map(|(_, v)| v.clone())
+        };
+        if let Some(verdict) = cached() {
+            return Ok(verdict);
         }
+        let _one_at_a_time = self.lookups.lock().await;
+        if let Some(verdict) = cached() {
+            return Ok(verdict);
+        }
+        // From the API server's watch cache: recent enough for a verdict kept seconds anyway.
         let mut verdict = None;
-        let by_ip = ListParams::default().fields(&format!("status.podIP={ip}"));
+        let by_ip = ListParams::default().match_any().fields(&format!("status.podIP={ip}"));
         for pod in Api::<Pod>::all(self.client.clone()).list_metadata(&by_ip).await? {
             let ns = pod.namespace().unwrap_or_default();
             if ns != namespace {
                 verdict = Some(format!("a pod of namespace {ns}"));
             }
         }
-        let by_cluster_ip = ListParams::default().fields(&format!("spec.clusterIP={ip}"));
+        let by_cluster_ip = ListParams::default().match_any().fields(&format!("spec.clusterIP={ip}"));
         for service in Api::<Service>::all(self.client.clone()).list_metadata(&by_cluster_ip).await? {
             let ns = service.namespace().unwrap_or_default();
             if ns != namespace {
@@ -116,10 +131,16 @@ impl Dialer {
     }
 
     async fn api_server(&self) -> Result<Arc<BTreeSet<SocketAddr>>, kube::Error> {
-        if let Some((at, sockets)) = self.api_server.lock().expect("api server lock").as_ref()
-            && at.elapsed() < VERDICT_TTL
-        {
-            return Ok(sockets.clone());
+        let cached = || {
+            let known = self.api_server.lock().expect("api server lock");
+            known.as_ref().filter(|(at, _)| at.elapsed() < VERDICT_TTL).map(|(_, s)| s.clone())
+        };
+        if let Some(sockets) = cached() {
+            return Ok(sockets);
+        }
+        let _one_at_a_time = self.lookups.lock().await;
+        if let Some(sockets) = cached() {
+            return Ok(sockets);
         }
         let sockets = Arc::new(api_server_sockets(&self.client).await?);
         *self.api_server.lock().expect("api server lock") = Some((Instant::now(), sockets.clone()));

@@ -21,7 +21,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, reflector};
@@ -35,7 +35,7 @@ use std::time::Duration;
 /// Controller name used in metrics, logs and events.
 pub const CONTROLLER: &str = "workflowrun";
 /// Runs reconciled at the same time.
-const CONCURRENCY: u16 = 128;
+const CONCURRENCY: u16 = 32;
 /// Longest wait between two looks at a running run, whatever its timers say.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
@@ -332,7 +332,8 @@ async fn end_before_start(
 }
 
 /// Writes `next` as the run's status unless it equals `previous`, conditional on the
-/// resourceVersion the run was read at. Returns false on a conflict: the decision was made
+/// resourceVersion the run was read at (a merge patch carrying `metadata.resourceVersion`
+/// fails with a conflict when the run changed since). Returns false on a conflict: the decision was made
 /// from a stale copy and nothing may act on it.
 async fn write(
     rc: &RunContext,
@@ -344,10 +345,13 @@ async fn write(
         return Ok(true);
     }
     let api = Api::<WorkflowRun>::namespaced(rc.scaffold.ctx.client.clone(), &run.namespace().unwrap_or_default());
-    let mut updated = run.clone();
-    updated.metadata.managed_fields = None;
-    updated.status = Some(next);
-    match api.replace_status(&run.name_any(), &PostParams::default(), &updated).await {
+    // Only the fields that changed, conditional on the resourceVersion read: the snapshot is
+    // sent once, not with every step.
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": run.resource_version()},
+        "status": changed_fields(previous, &next),
+    });
+    match api.patch_status(&run.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
         Ok(written) => {
             rc.scaffold.ctx.metrics.write(CONTROLLER, "WorkflowRun", "status");
             let next = written.status.clone().unwrap_or_default();
@@ -370,6 +374,26 @@ async fn tenant_of(rc: &RunContext, ns: &str) -> Result<Option<String>, Error> {
         rc.tenants.lock().expect("tenants lock").insert(ns.to_string(), tenant.clone());
     }
     Ok(tenant)
+}
+
+/// The top-level status fields that differ between `previous` and `next`, as a merge patch
+/// (a field that went away is `null`).
+fn changed_fields(previous: &WorkflowRunStatus, next: &WorkflowRunStatus) -> serde_json::Value {
+    let (serde_json::Value::Object(before), serde_json::Value::Object(after)) =
+        (serde_json::to_value(previous).unwrap_or_default(), serde_json::to_value(next).unwrap_or_default())
+    else {
+        return serde_json::to_value(next).unwrap_or_default();
+    };
+    let mut patch = serde_json::Map::new();
+    for (key, value) in &after {
+        if before.get(key) != Some(value) {
+            patch.insert(key.clone(), value.clone());
+        }
+    }
+    for key in before.keys().filter(|k| !after.contains_key(*k)) {
+        patch.insert(key.clone(), serde_json::Value::Null);
+    }
+    serde_json::Value::Object(patch)
 }
 
 /// Drops what this process keeps for a run that is over or gone.
@@ -416,4 +440,18 @@ async fn values(
     let mut all = known.clone().unwrap_or_default();
     all.extend(new.iter().map(|(k, v)| (k.clone(), v.clone())));
     Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_write_carries_only_what_changed() {
+        let before = WorkflowRunStatus { phase: Some(RunPhase::Running), total_tokens: Some(3), ..Default::default() };
+        let after = WorkflowRunStatus { phase: Some(RunPhase::Succeeded), ..before.clone() };
+        assert_eq!(changed_fields(&before, &after), serde_json::json!({"phase": "Succeeded"}));
+        let dropped = WorkflowRunStatus { total_tokens: None, ..before.clone() };
+        assert_eq!(changed_fields(&before, &dropped), serde_json::json!({"totalTokens": null}));
+    }
 }
