@@ -214,6 +214,21 @@ impl Admin {
                 }
             }
         }
+        // Privileges and policies the app role still holds elsewhere (another operator's
+        // platform database, say) would refuse the DROP ROLE and wedge the deletion.
+        let elsewhere = admin
+            .query(
+                "SELECT DISTINCT d.datname FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid \
+                 WHERE s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = $1)",
+                &[&names.app_role],
+            )
+            .await
+            .map_err(DatabaseError::statement("finding what a role holds"))?;
+        for row in elsewhere {
+            let database: String = row.get(0);
+            let client = self.connect(Some(&database)).await?;
+            run(&client, "revoking what a role holds", &format!("DROP OWNED BY {app};")).await?;
+        }
         for role in [&names.app_role, &names.owner_role] {
             run(&admin, "dropping a role", &format!("DROP ROLE IF EXISTS {};", quote_ident(role))).await?;
         }
