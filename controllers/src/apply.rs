@@ -74,16 +74,31 @@ fn to_value<T: Serialize>(value: &T) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
 }
 
+/// Maps whose values are quantities, which the API server rewrites into canonical form
+/// (`1024Mi` → `1Gi`): `hard`, `requests`, `limits`, a LimitRange's `default`, `max`, ….
+const QUANTITY_MAPS: [&str; 8] = ["hard", "requests", "limits", "default", "defaultRequest", "max", "min", "capacity"];
+
 /// True when every field set in `desired` has the same value in `live`. Fields the server
-/// adds (defaults, status, managed fields) are ignored; lists must match element by element.
+/// adds (defaults, status, managed fields) are ignored; lists must match element by element;
+/// quantities are compared by value.
 pub fn is_subset(desired: &Value, live: &Value) -> bool {
+    subset(desired, live, false)
+}
+
+/// `quantities`: `desired` is a value of a quantity map.
+fn subset(desired: &Value, live: &Value, quantities: bool) -> bool {
     match (desired, live) {
         (Value::Null, _) => true,
-        (Value::Object(d), Value::Object(l)) => {
-            d.iter().all(|(k, dv)| l.get(k).map_or(is_empty(dv), |lv| is_subset(dv, lv)))
+        // A string directly in a quantity map is a quantity; a nested map is one if its key says so.
+        (Value::Object(d), Value::Object(l)) => d.iter().all(|(k, dv)| {
+            let child = if dv.is_string() { quantities } else { QUANTITY_MAPS.contains(&k.as_str()) };
+            l.get(k).map_or(is_empty(dv), |lv| subset(dv, lv, child))
+        }),
+        (Value::Array(d), Value::Array(l)) => {
+            d.len() == l.len() && d.iter().zip(l).all(|(dv, lv)| subset(dv, lv, false))
         }
-        (Value::Array(d), Value::Array(l)) => d.len() == l.len() && d.iter().zip(l).all(|(dv, lv)| is_subset(dv, lv)),
         (d, Value::Null) => is_empty(d),
+        (Value::String(d), Value::String(l)) if quantities => crate::quantity::same(d, l),
         (d, l) => d == l,
     }
 }
@@ -112,6 +127,15 @@ mod tests {
             "status": {"used": {"pods": "0"}}
         });
         assert!(is_subset(&desired, &live));
+    }
+
+    #[test]
+    fn quantities_in_canonical_form_are_no_drift() {
+        let desired = json!({"spec": {"hard": {"memory": "1024Mi", "cpu": "0.5"}}});
+        let live = json!({"spec": {"hard": {"memory": "1Gi", "cpu": "500m"}}});
+        assert!(is_subset(&desired, &live));
+        assert!(!is_subset(&desired, &json!({"spec": {"hard": {"memory": "2Gi", "cpu": "500m"}}})));
+        assert!(!is_subset(&json!({"image": "app:1.10"}), &json!({"image": "app:1.1"})), "only quantity maps");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod egress;
 pub mod integration;
 pub mod metrics;
 pub mod postgres;
+pub mod quantity;
 pub mod scaffold;
 pub mod tenant;
 pub mod vault;

@@ -110,15 +110,17 @@ pub struct VaultKeyRef {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct HealthCheck {
-    /// Time between checks, e.g. `5m`.
+    /// Time between checks, e.g. `5m`; at least `1s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("healthCheck.interval must be a duration such as 30s or 5m"))]
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]+(ms|s|m|h))+$') || duration(self) >= duration('1s')").message("healthCheck.interval must be at least 1s"))]
     pub interval: Option<String>,
-    /// Time a check may take, e.g. `5s`.
+    /// Time a check may take, e.g. `5s`; from `100ms` to `60s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("healthCheck.timeout must be a duration such as 500ms or 5s"))]
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]+(ms|s|m|h))+$') || (duration(self) >= duration('100ms') && duration(self) <= duration('60s'))").message("healthCheck.timeout must be between 100ms and 60s"))]
     pub timeout: Option<String>,
     /// Path probed instead of the type's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -209,3 +209,30 @@ async fn a_crew_runs_rolls_reports_and_respects_quota() {
     wait_for("the tenant to go", TIMEOUT, || async { tenants.get_opt(TENANT).await.ok()?.is_none().then_some(()) })
         .await;
 }
+
+/// Outside a tenant namespace there is no quota, default deny or workload identity: a crew
+/// there says so and gets nothing.
+#[tokio::test]
+async fn a_crew_outside_a_tenant_namespace_gets_nothing() {
+    operator().wait_ready().await;
+    let client = client().await;
+    let ns = "e2e-not-a-tenant";
+    if !kubectl(&["get", "namespace", ns], None).status.success() {
+        kubectl_ok(&["create", "namespace", ns], None);
+    }
+    let mut stray = crew("stray", basic_spec("llm"));
+    stray.metadata.namespace = Some(ns.into());
+    let crews: Api<AgentCrew> = Api::namespaced(client.clone(), ns);
+    let _ = crews.delete("stray", &Default::default()).await;
+    wait_for("an old stray crew to go", TIMEOUT, || async {
+        crews.get_opt("stray").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    crews.create(&PostParams::default(), &stray).await.unwrap();
+    let (reason, message) = wait_condition(&crews, "stray", "Ready", "False").await;
+    assert_eq!(reason, "NoTenantNamespace", "{message}");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    assert!(deployments.get_opt("crew-stray").await.unwrap().is_none(), "a runtime was created outside a tenant");
+    assert!(Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt("crew-stray").await.unwrap().is_none());
+    crews.delete("stray", &Default::default()).await.unwrap();
+}

@@ -127,6 +127,17 @@ const INVALID: &[(&str, &str, &str)] = &[
         "apiVersion: bizosaas.io/v1alpha1\nkind: Workflow\nmetadata: {name: cron, namespace: NS}\nspec: {schedule: '@daily', timeZone: 'Mars Base', steps: [{name: a, container: {image: busybox}}]}",
         "spec.timeZone in body should match",
     ),
+    // A zero interval would probe (and reconcile) in a hot loop.
+    (
+        "integration health check every 0s",
+        "apiVersion: bizosaas.io/v1alpha1\nkind: Integration\nmetadata: {name: spin, namespace: NS}\nspec: {type: Stripe, credentials: {secretRef: {name: a, key: b}}, healthCheck: {interval: 0s}}",
+        "healthCheck.interval must be at least 1s",
+    ),
+    (
+        "integration health check with a zero timeout",
+        "apiVersion: bizosaas.io/v1alpha1\nkind: Integration\nmetadata: {name: rush, namespace: NS}\nspec: {type: Stripe, credentials: {secretRef: {name: a, key: b}}, healthCheck: {timeout: 0ms}}",
+        "healthCheck.timeout must be between 100ms and 60s",
+    ),
     (
         "hierarchical crew without a manager",
         "apiVersion: bizosaas.io/v1alpha1\nkind: AgentCrew\nmetadata: {name: boss, namespace: NS}\nspec: {process: Hierarchical, model: {integration: o, name: m}, agents: [{name: a, template: copywriting}]}",

@@ -286,6 +286,39 @@ async fn a_dedicated_tenant_gets_every_child_and_follows_its_spec() {
     .await;
 }
 
+/// The API server stores `1024Mi` as `1Gi` and `0.5` as `500m`: the Tenant still converges,
+/// and its ResourceQuota is not rewritten on every reconcile.
+#[tokio::test]
+async fn a_quota_in_any_unit_converges() {
+    let (client, _op) = setup().await;
+    let name = "e2e-quota-units";
+    let t = tenant(
+        name,
+        serde_json::json!({"displayName": "Units", "quota": {"memory": "1024Mi", "cpu": "0.5"},
+                           "database": {"isolation": "Shared", "deletionPolicy": "Delete"}}),
+    );
+    create(&client, &t).await;
+    wait_ready(&client, name).await;
+    let rqs: Api<ResourceQuota> = Api::namespaced(client.clone(), &format!("tenant-{name}"));
+    let before = rqs.get("tenant-quota").await.unwrap();
+    let hard = before.spec.as_ref().unwrap().hard.clone().unwrap();
+    assert_eq!((hard["memory"].0.as_str(), hard["cpu"].0.as_str()), ("1Gi", "500m"));
+    // A reconcile (a label change triggers one) leaves the quota as it is.
+    let touch = serde_json::json!({"metadata": {"labels": {"bizosaas.io/e2e-touch": "1"}}});
+    Api::<Tenant>::all(client.clone()).patch(name, &PatchParams::default(), &Patch::Merge(&touch)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The operator's last apply (its managedFields entry), not the quota controller's status.
+    let applied = |rq: &ResourceQuota| {
+        let fields = rq.metadata.managed_fields.clone().unwrap_or_default();
+        fields.into_iter().find(|f| f.manager.as_deref() == Some("bizosaas-operator")).and_then(|f| f.time)
+    };
+    let after = rqs.get("tenant-quota").await.unwrap();
+    assert!(applied(&before).is_some());
+    assert_eq!(applied(&after), applied(&before), "the quota was rewritten");
+    wait_ready(&client, name).await;
+    Api::<Tenant>::all(client.clone()).delete(name, &DeleteParams::default()).await.unwrap();
+}
+
 #[tokio::test]
 async fn retain_keeps_the_data_and_disables_login() {
     let (client, _op) = setup().await;
@@ -454,6 +487,32 @@ async fn owners_administer_only_their_own_tenant() {
     );
     assert_eq!(can(&["create", "agentcrews.bizosaas.io", "-n", "default", "--as=olivia@owners.example"]), "no");
     assert_eq!(can(&["delete", "resourcequotas", "-n", "tenant-e2e-owners", "--as=olivia@owners.example"]), "no");
+
+    // Attacks on Secrets, as the owner: RBAC lets them write Secrets (their credentials), the
+    // admission policy keeps them off the operator's and off never-expiring tokens.
+    let as_owner = |args: &[&str], stdin: Option<&str>| {
+        kubectl(&[args, &["-n", "tenant-e2e-owners", "--as=olivia@owners.example"][..]].concat(), stdin)
+    };
+    let read_by_patch = as_owner(
+        &["patch", "secret", "tenant-database", "-p", r#"{"metadata":{"labels":{"x":"y"}}}"#, "-o", "yaml"],
+        None,
+    );
+    assert!(!read_by_patch.status.success(), "the owner patched the operator's Secret");
+    assert!(
+        !String::from_utf8_lossy(&read_by_patch.stdout).contains("password"),
+        "a PATCH answer leaked the credentials"
+    );
+    let why = String::from_utf8_lossy(&read_by_patch.stderr);
+    assert!(why.contains("written only by the operator"), "{why}");
+    let token = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: forever\n  annotations: {kubernetes.io/service-account.name: tenant-workload}\ntype: kubernetes.io/service-account-token\n";
+    let minted = as_owner(&["create", "-f", "-"], Some(token));
+    assert!(!minted.status.success(), "the owner created a service-account-token Secret");
+    assert!(String::from_utf8_lossy(&minted.stderr).contains("accept no service-account-token Secrets"));
+    let forged = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: integration-forged\n  labels: {app.kubernetes.io/managed-by: bizosaas-operator}\nstringData: {credential: x}\n";
+    assert!(!as_owner(&["create", "-f", "-"], Some(forged)).status.success(), "the owner forged an operator Secret");
+    let own = as_owner(&["create", "secret", "generic", "my-api-key", "--from-literal=apiKey=k"], None);
+    assert!(own.status.success(), "an owner's own credential is refused: {}", String::from_utf8_lossy(&own.stderr));
+
     Api::<Tenant>::all(client.clone()).delete(name, &DeleteParams::default()).await.unwrap();
     wait_gone(&client, name).await;
 }

@@ -120,7 +120,16 @@ async fn apply(crew: &AgentCrew, cctx: &CrewContext) -> Result<Action, Error> {
         .get_opt(&namespace)
         .await?
         .and_then(|ns| ns.labels().get(LABEL_TENANT).cloned());
-    let tenant = tenant_label.clone().unwrap_or_else(|| namespace.clone());
+    let Some(tenant) = tenant_label else {
+        // Outside a tenant namespace there is no quota, no default-deny policy and no
+        // `tenant-workload` ServiceAccount: nothing is created.
+        let message = format!(
+            "Namespace {namespace} belongs to no tenant: crews run only in a Tenant's namespace (tenant-<name>)"
+        );
+        let observed = vec![Observed::failed(AVAILABLE, "NoTenantNamespace", message)];
+        write_status(crew, &cctx.scaffold, observed, agents, None).await?;
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    };
 
     // Validate and render.
     let config = match render::crew_config(&name, &namespace, &tenant, &crew.spec, &refs) {
@@ -142,29 +151,19 @@ async fn apply(crew: &AgentCrew, cctx: &CrewContext) -> Result<Action, Error> {
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
 
-    // Dereference the endpoints the crew's egress policy allows; only a tenant namespace has
-    // the default deny it widens.
+    // Dereference the endpoints the crew's egress policy allows.
     let a = Applier { metrics: &ctx.metrics, controller: CONTROLLER, compare: true };
     let client = ctx.client.clone();
     let policies = Api::<NetworkPolicy>::namespaced(client.clone(), &namespace);
-    let egress = match &tenant_label {
-        Some(tenant) => {
-            let on_behalf_of = OnBehalfOf { namespace: &namespace, tenant };
-            let resolved = resolve_endpoints(&referenced, &refs, on_behalf_of, ctx).await?;
-            cctx.services.record(crew_ref, resolved.services);
-            let built = network::egress_policy(crew, &resolved.endpoints);
-            a.ensure(&policies, &built.policy).await?;
-            let mut problems = built.refused.iter().map(|r| r.to_string()).collect::<Vec<_>>();
-            problems.extend(resolved.unresolved);
-            egress_condition(&name, &referenced, !built.refused.is_empty(), &problems)
-        }
-        None => {
-            cctx.services.forget(&crew_ref);
-            a.prune(&policies, &build::crew_selector(crew), &BTreeSet::new()).await?;
-            let message =
-                format!("Namespace {namespace} belongs to no tenant: no NetworkPolicy limits the crew's egress");
-            Observed::ok(EGRESS_ALLOWED, "NoTenantNamespace", message)
-        }
+    let egress = {
+        let on_behalf_of = OnBehalfOf { namespace: &namespace, tenant: &tenant };
+        let resolved = resolve_endpoints(&referenced, &refs, on_behalf_of, ctx).await?;
+        cctx.services.record(crew_ref, resolved.services);
+        let built = network::egress_policy(crew, &resolved.endpoints);
+        a.ensure(&policies, &built.policy).await?;
+        let mut problems = built.refused.iter().map(|r| r.to_string()).collect::<Vec<_>>();
+        problems.extend(resolved.unresolved);
+        egress_condition(&name, &referenced, !built.refused.is_empty(), &problems)
     };
 
     // Build and apply.

@@ -36,6 +36,7 @@ pub const REACHABLE: &str = "Reachable";
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why a reconcile failed: an API call, or an object that no longer deserialises.
 pub use crate::scaffold::Error;
@@ -93,7 +94,8 @@ async fn apply(integration: &Integration, ictx: &IntegrationContext) -> Result<A
     let spec = &integration.spec;
     let namespace = integration.namespace().unwrap_or_default();
     let health = spec.health_check.clone().unwrap_or_default();
-    let interval = health.interval.as_deref().and_then(duration::parse).unwrap_or(DEFAULT_INTERVAL);
+    // The CRD refuses shorter intervals; an object stored before that rule still may not spin.
+    let interval = health.interval.as_deref().and_then(duration::parse).unwrap_or(DEFAULT_INTERVAL).max(MIN_INTERVAL);
     let timeout = health.timeout.as_deref().and_then(duration::parse).unwrap_or(DEFAULT_TIMEOUT);
     let Some(endpoint) = endpoint(spec) else {
         return finish(

@@ -9,6 +9,7 @@ use super::{database, database_egress};
 use crate::apply::Applier;
 use crate::conditions::Observed;
 use crate::context::Context;
+use crate::quantity;
 use crate::scaffold::Scaffold;
 use bizosaas_crds::{LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY, Tenant};
 use futures::future::BoxFuture;
@@ -202,9 +203,9 @@ fn quota_enforced(live: &ResourceQuota, desired: &ResourceQuota) -> bool {
     let status = live.status.as_ref();
     let (recorded, used) = (status.and_then(|s| s.hard.as_ref()), status.and_then(|s| s.used.as_ref()));
     match (wanted, recorded, used) {
-        (Some(wanted), Some(recorded), Some(used)) => {
-            wanted.iter().all(|(k, v)| recorded.get(k).is_some_and(|r| r.0 == v.0) && used.contains_key(k))
-        }
+        (Some(wanted), Some(recorded), Some(used)) => wanted
+            .iter()
+            .all(|(k, v)| recorded.get(k).is_some_and(|r| quantity::same(&r.0, &v.0)) && used.contains_key(k)),
         _ => false,
     }
 }
@@ -241,5 +242,12 @@ mod tests {
         assert!(!quota_enforced(&live, &desired), "usage not counted yet");
         live.status = Some(ResourceQuotaStatus { hard: hard("20"), used: hard("0") });
         assert!(quota_enforced(&live, &desired));
+        let memory = |m: &str| Some([("memory".to_string(), Quantity(m.into()))].into());
+        let desired = ResourceQuota {
+            spec: Some(ResourceQuotaSpec { hard: memory("1024Mi"), ..Default::default() }),
+            ..Default::default()
+        };
+        live.status = Some(ResourceQuotaStatus { hard: memory("1Gi"), used: memory("0") });
+        assert!(quota_enforced(&live, &desired), "1024Mi is recorded as 1Gi");
     }
 }

@@ -180,6 +180,11 @@ pub async fn get_pod(ip: &str, path: &str) -> Option<(u16, String)> {
 
 /// Sum of the samples in OpenMetrics `text` of `name` whose line contains every filter.
 pub fn sum_metric(text: &str, name: &str, filters: &[&str]) -> f64 {
+    // A series not seen yet counts 0; a metric the operator does not export at all is a
+    // broken test (a renamed metric would otherwise read as "no writes").
+    let family = name.trim_end_matches("_total").trim_end_matches("_count").trim_end_matches("_sum");
+    let family = family.trim_end_matches("_bucket");
+    assert!(text.lines().any(|l| l.starts_with(&format!("# TYPE {family} "))), "the operator exports no metric {name}");
     text.lines()
         .filter(|l| l.starts_with(name) && filters.iter().all(|f| l.contains(f)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

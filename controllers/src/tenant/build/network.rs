@@ -20,8 +20,25 @@ use std::collections::BTreeMap;
 /// Label of the platform's pods that tenant workloads may call (none of the operator's).
 pub const LABEL_TENANT_FACING: &str = "bizosaas.io/tenant-facing";
 
-/// Private, link-local and shared address ranges that "public HTTPS" must not reach.
-const NON_PUBLIC: [&str; 5] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10"];
+/// Every IPv4 range that is not the public internet (IANA special-purpose registry): "public
+/// HTTPS" must not reach them.
+const NON_PUBLIC: [&str; 15] = [
+    "0.0.0.0/8",       // "this network"
+    "10.0.0.0/8",      // private
+    "100.64.0.0/10",   // carrier-grade NAT
+    "127.0.0.0/8",     // loopback
+    "169.254.0.0/16",  // link-local, where clouds serve instance metadata
+    "172.16.0.0/12",   // private
+    "192.0.0.0/24",    // IETF protocol assignments
+    "192.0.2.0/24",    // documentation
+    "192.88.99.0/24",  // 6to4 relay anycast
+    "192.168.0.0/16",  // private
+    "198.18.0.0/15",   // benchmarking
+    "198.51.100.0/24", // documentation
+    "203.0.113.0/24",  // documentation
+    "224.0.0.0/4",     // multicast
+    "240.0.0.0/4",     // reserved, and the broadcast address
+];
 
 pub fn network_policies(owner: &Owner, isolation: NetworkIsolation, config: &Config) -> Vec<NetworkPolicy> {
     let all_pods = LabelSelector::default();
@@ -203,7 +220,18 @@ mod tests {
         let agent = policies[5].spec.as_ref().unwrap();
         assert_eq!(agent.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()[LABEL_COMPONENT], "agent");
         let block = agent.egress.as_ref().unwrap()[0].to.as_ref().unwrap()[0].ip_block.as_ref().unwrap();
-        assert!(block.except.as_ref().unwrap().contains(&"10.0.0.0/8".to_string()));
+        let except = block.except.as_ref().unwrap();
+        for special in [
+            "0.0.0.0/8",
+            "10.0.0.0/8",
+            "100.64.0.0/10",
+            "169.254.0.0/16",
+            "192.0.0.0/24",
+            "198.18.0.0/15",
+            "224.0.0.0/4",
+        ] {
+            assert!(except.contains(&special.to_string()), "{special} counts as public");
+        }
     }
 
     #[test]
