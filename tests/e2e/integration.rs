@@ -91,7 +91,8 @@ async fn credentials_are_projected_rotated_and_checked() {
     .await
     .unwrap();
 
-    // Resolved, projected with a hash, reachable, Ready; the probe carried the credential.
+    // Resolved, projected with a hash, reachable, Ready; the probe, over plain http, carried
+    // no credential.
     wait_condition(&api, "web", "Ready", "True").await;
     let (credential, hash) = projected(&secrets, "web").await.expect("projected Secret");
     assert_eq!(credential, planted);
@@ -99,7 +100,7 @@ async fn credentials_are_projected_rotated_and_checked() {
     assert_eq!(status_now.content_hash.as_deref(), Some(hash.as_str()));
     assert_eq!(status_now.secret_name.as_deref(), Some("integration-web"));
     assert!(status_now.latency_ms.is_some() && status_now.last_check_time.is_some());
-    assert!(seen.lock().unwrap().iter().any(|h| h.ends_with(&format!("Bearer {planted}"))));
+    assert!(!seen.lock().unwrap().iter().any(|h| h.contains(&planted)), "the credential went out over plain http");
 
     // Rotation in the source Secret reaches the projection with a new hash.
     let patch = serde_json::json!({"stringData": {"apiKey": rotated}});
@@ -183,6 +184,41 @@ async fn credentials_are_projected_rotated_and_checked() {
     let (reason, message) = wait_condition(&api, "vault-missing", "CredentialsResolved", "False").await;
     assert_eq!(reason, "VaultPathNotFound");
     assert!(message.contains("e2e/absent"), "{message}");
+
+    // The probe leaves from the operator's network position: as a tenant owner would, aim it
+    // at the operator's own loopback, the API server and instance metadata. None is dialled.
+    let api_server = kubectl_ok(
+        &[
+            "get",
+            "endpointslices",
+            "-n",
+            "default",
+            "-l",
+            "kubernetes.io/service-name=kubernetes",
+            "-o",
+            "jsonpath={.items[0].endpoints[0].addresses[0]}:{.items[0].ports[0].port}",
+        ],
+        None,
+    );
+    for (name, url, why) in [
+        ("probe-loopback", "http://127.0.0.1:8080".to_string(), "loopback"),
+        ("probe-apiserver", format!("https://{}", api_server.trim()), "the Kubernetes API server"),
+        ("probe-metadata", "http://169.254.169.254".to_string(), "link-local"),
+    ] {
+        api.create(
+            &PostParams::default(),
+            &integration(
+                name,
+                serde_json::json!({"type": "Webhook", "endpoint": url,
+                                   "credentials": {"secretRef": {"name": "src", "key": "apiKey"}}, "healthCheck": check}),
+            ),
+        )
+        .await
+        .unwrap();
+        let (reason, message) = wait_condition(&api, name, "Reachable", "False").await;
+        assert_eq!(reason, "EndpointRefused", "{name}: {message}");
+        assert!(message.contains(why), "{name}: {message}");
+    }
 
     // Deleting an Integration removes its projection.
     api.delete("web", &DeleteParams::default()).await.unwrap();

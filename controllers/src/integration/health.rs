@@ -1,5 +1,7 @@
-//! Health probes of integration endpoints. The credential is sent as a bearer token where the
-//! probe is HTTP, and never appears in what a probe reports.
+//! Health probes of integration endpoints, over connections pinned to addresses the caller
+//! has vetted. The credential is sent as a bearer token only over HTTPS, never redirected,
+//! and never appears in what a probe reports; neither does what an endpoint answers beyond
+//! its status (a probe is no port scanner for the tenant).
 
 use super::defaults::Probe;
 use std::time::{Duration, Instant};
@@ -14,9 +16,11 @@ pub struct ProbeResult {
     pub detail: String,
 }
 
-/// Probes `endpoint` the way `probe` says, within `timeout`.
+/// Probes `endpoint` the way `probe` says, within `timeout`: HTTP through `http` (a client
+/// pinned to the vetted addresses), SMTP at `address`.
 pub async fn check(
     http: &reqwest::Client,
+    address: std::net::SocketAddr,
     endpoint: &str,
     probe: Probe,
     path_override: Option<&str>,
@@ -28,7 +32,7 @@ pub async fn check(
         Probe::Http { path } => {
             let url = format!("{}{}", endpoint.trim_end_matches('/'), path_override.unwrap_or(path));
             let mut request = http.get(&url).timeout(timeout);
-            if let Some(credential) = credential {
+            if let Some(credential) = credential.filter(|_| url.starts_with("https://")) {
                 request = request.bearer_auth(credential);
             }
             match request.send().await {
@@ -41,16 +45,13 @@ pub async fn check(
                 Err(_) => (false, format!("GET {url} failed")),
             }
         }
-        Probe::SmtpGreeting => smtp_greeting(endpoint, timeout).await,
+        Probe::SmtpGreeting => smtp_greeting(address, timeout).await,
     };
     ProbeResult { reachable, latency: started.elapsed(), detail }
 }
 
-/// Connects to `smtp://host:port` and expects a `220` greeting.
-async fn smtp_greeting(endpoint: &str, timeout: Duration) -> (bool, String) {
-    let Some(address) = endpoint.split_once("://").map(|(_, rest)| rest.trim_end_matches('/')) else {
-        return (false, format!("{endpoint} is not an smtp:// address"));
-    };
+/// Connects to `address` and expects a `220` greeting; only the reply code is reported.
+async fn smtp_greeting(address: std::net::SocketAddr, timeout: Duration) -> (bool, String) {
     let attempt = async {
         let stream = tokio::net::TcpStream::connect(address).await?;
         let mut line = String::new();
@@ -59,7 +60,11 @@ async fn smtp_greeting(endpoint: &str, timeout: Duration) -> (bool, String) {
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(line)) if line.starts_with("220") => (true, format!("{address} greeted with 220")),
-        Ok(Ok(line)) => (false, format!("{address} greeted with {:?} instead of 220", line.trim())),
+        Ok(Ok(line)) => {
+            let code: String = line.chars().take(3).filter(char::is_ascii_digit).collect();
+            let code = if code.len() == 3 { code } else { "no reply code".into() };
+            (false, format!("{address} greeted with {code} instead of 220"))
+        }
         Ok(Err(e)) => (false, format!("{address}: {}", e.kind())),
         Err(_) => (false, format!("{address} sent no greeting within {timeout:?}")),
     }
@@ -80,17 +85,18 @@ mod tests {
             let (mut s, _) = listener.accept().await.unwrap();
             s.write_all(b"554 go away\r\n").await.unwrap();
         });
-        let endpoint = format!("smtp://127.0.0.1:{port}");
-        let ok = smtp_greeting(&endpoint, Duration::from_secs(2)).await;
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let ok = smtp_greeting(address, Duration::from_secs(2)).await;
         assert!(ok.0, "{ok:?}");
-        let refused = smtp_greeting(&endpoint, Duration::from_secs(2)).await;
+        let refused = smtp_greeting(address, Duration::from_secs(2)).await;
         assert!(!refused.0 && refused.1.contains("554"), "{refused:?}");
+        assert!(!refused.1.contains("go away"), "the banner is not copied: {refused:?}");
     }
 
     #[tokio::test]
     async fn a_closed_port_is_unreachable() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let r = smtp_greeting(&format!("smtp://127.0.0.1:{port}"), Duration::from_secs(2)).await;
+        let r = smtp_greeting(std::net::SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(2)).await;
         assert!(!r.0);
     }
 }

@@ -9,13 +9,16 @@ use crate::apply::Applier;
 use crate::conditions::{self, Observed};
 use crate::context::Context;
 use crate::duration;
+use crate::egress::Target;
+use crate::egress::dial::{DialError, Dialer};
+use crate::egress::resolve::{OnBehalfOf, ResolveError, Resolver};
 use crate::scaffold::Scaffold;
 use crate::vault::VaultError;
 use bizosaas_crds::common::READY;
 use bizosaas_crds::integration::{IntegrationSpec, IntegrationStatus};
-use bizosaas_crds::{Integration, LABEL_MANAGED_BY, MANAGED_BY};
+use bizosaas_crds::{Integration, LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -44,19 +47,16 @@ pub use crate::scaffold::Error;
 /// State the Integration controller keeps between reconciles.
 pub struct IntegrationContext {
     pub scaffold: Scaffold,
-    http: reqwest::Client,
+    /// Vets endpoints and keeps one pinned client per endpoint.
+    dialer: Dialer,
     /// Consecutive failed checks per Integration, for backoff.
     failures: Mutex<HashMap<ObjectRef<Integration>, u32>>,
 }
 
 impl IntegrationContext {
     pub fn new(ctx: Arc<Context>) -> Self {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("bizosaas-operator/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .build()
-            .expect("the HTTP client builds once a rustls provider is installed");
-        Self { scaffold: Scaffold::new(CONTROLLER, ctx), http, failures: Mutex::default() }
+        let dialer = Dialer::new(ctx.client.clone());
+        Self { scaffold: Scaffold::new(CONTROLLER, ctx), dialer, failures: Mutex::default() }
     }
 }
 
@@ -135,9 +135,23 @@ async fn apply(integration: &Integration, ictx: &IntegrationContext) -> Result<A
     let result = if health.disabled {
         None
     } else {
-        Some(health::check(&ictx.http, &endpoint, probe, health.path.as_deref(), credential.as_deref(), timeout).await)
+        match vetted(&endpoint, &namespace, ictx).await? {
+            Ok((host, addresses)) => {
+                let http = ictx
+                    .dialer
+                    .http_client(&host, addresses.clone())
+                    .map_err(|e| Error::InvalidObject(format!("building the health-check client for {host}: {e}")))?;
+                let path = health.path.as_deref();
+                Some(health::check(&http, addresses[0], &endpoint, probe, path, credential.as_deref(), timeout).await)
+            }
+            Err(refused) => {
+                observed.push(Observed::failed(REACHABLE, "EndpointRefused", refused));
+                None
+            }
+        }
     };
     match &result {
+        None if !health.disabled => {}
         None => observed.push(Observed {
             type_: REACHABLE,
             status: true,
@@ -163,6 +177,35 @@ async fn apply(integration: &Integration, ictx: &IntegrationContext) -> Result<A
         }
     };
     finish(integration, ictx, observed, hash, result.map(|r| r.latency), next, interval).await
+}
+
+/// The endpoint's host and the addresses a probe may connect to, or why it may not: the
+/// operator probes from its own network position, so only what the Integration's namespace
+/// could reach is dialled (never loopback, link-local, the API server or another namespace's
+/// pods and cluster IPs).
+async fn vetted(
+    endpoint: &str,
+    namespace: &str,
+    ictx: &IntegrationContext,
+) -> Result<Result<(String, Vec<std::net::SocketAddr>), String>, Error> {
+    let client = &ictx.scaffold.ctx.client;
+    let target = match Target::from_url(endpoint) {
+        Ok(target) => target,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let tenant = namespaces.get_opt(namespace).await?.and_then(|n| n.labels().get(LABEL_TENANT).cloned());
+    let on_behalf_of = OnBehalfOf { namespace, tenant: tenant.as_deref().unwrap_or_default() };
+    let sockets = match Resolver::new(client.clone()).resolve(&target, Some(on_behalf_of)).await {
+        Ok(sockets) => sockets,
+        Err(ResolveError::Kube(e)) => return Err(e.into()),
+        Err(e) => return Ok(Err(format!("{endpoint}: {e}"))),
+    };
+    match ictx.dialer.vet(namespace, &sockets).await {
+        Ok(()) => Ok(Ok((target.host, sockets.into_iter().collect()))),
+        Err(DialError::Kube(e)) => Err(e.into()),
+        Err(refused) => Ok(Err(format!("the operator does not probe {endpoint}: {refused}"))),
+    }
 }
 
 /// Resolves the credential value. The outer error is a failed API call; the inner one a
