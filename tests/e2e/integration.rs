@@ -15,7 +15,8 @@ use std::time::Duration;
 use support::*;
 use tokio::io::AsyncWriteExt;
 
-const NS: &str = "e2e-integrations";
+const TENANT: &str = "e2e-integrations";
+const NS: &str = "tenant-e2e-integrations";
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A TCP listener greeting like an SMTP server.
@@ -65,8 +66,12 @@ async fn credentials_are_projected_rotated_and_checked() {
     let op = operator();
     op.wait_ready().await;
     let client = client().await;
-    kubectl(&["delete", "namespace", NS, "--ignore-not-found", "--wait=true"], None);
-    kubectl_ok(&["create", "namespace", NS], None);
+    fresh_tenant(
+        &client,
+        TENANT,
+        serde_json::json!({"displayName": "Integrations", "database": {"isolation": "Shared", "deletionPolicy": "Delete"}}),
+    )
+    .await;
     let api: Api<Integration> = Api::namespaced(client.clone(), NS);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
     let root = vault_token();
@@ -155,14 +160,24 @@ async fn credentials_are_projected_rotated_and_checked() {
     let write = |value: String| {
         let root = root.clone();
         async move {
-            let (s, _) =
-                vault("POST", "secret/data/e2e/integ", &root, Some(serde_json::json!({"data": {"token": value}})))
-                    .await;
+            let (s, _) = vault(
+                "POST",
+                "secret/data/tenants/e2e-integrations/integ",
+                &root,
+                Some(serde_json::json!({"data": {"token": value}})),
+            )
+            .await;
             assert_eq!(s, 200);
         }
     };
     write(vault_planted.clone()).await;
-    for (name, path) in [("from-vault", "e2e/integ"), ("vault-missing", "e2e/absent")] {
+    for (name, path) in [
+        ("from-vault", "tenants/e2e-integrations/integ"),
+        ("vault-missing", "tenants/e2e-integrations/absent"),
+        // Another tenant's path, read with the operator's token, would land in this namespace.
+        ("vault-stolen", "tenants/e2e-other/integ"),
+        ("vault-escape", "tenants/e2e-integrations/../e2e-other/integ"),
+    ] {
         api.create(
             &PostParams::default(),
             &integration(
@@ -183,7 +198,12 @@ async fn credentials_are_projected_rotated_and_checked() {
     .await;
     let (reason, message) = wait_condition(&api, "vault-missing", "CredentialsResolved", "False").await;
     assert_eq!(reason, "VaultPathNotFound");
-    assert!(message.contains("e2e/absent"), "{message}");
+    assert!(message.contains("tenants/e2e-integrations/absent"), "{message}");
+    for name in ["vault-stolen", "vault-escape"] {
+        let (reason, message) = wait_condition(&api, name, "CredentialsResolved", "False").await;
+        assert_eq!(reason, "VaultPathForbidden", "{name}: {message}");
+        assert!(secrets.get_opt(&format!("integration-{name}")).await.unwrap().is_none(), "{name} was projected");
+    }
 
     // The probe leaves from the operator's network position: as a tenant owner would, aim it
     // at the operator's own loopback, the API server and instance metadata. None is dialled.
@@ -244,5 +264,5 @@ async fn credentials_are_projected_rotated_and_checked() {
         assert!(!events.iter().any(|e| e.contains(value.as_str())), "a secret value is in an event");
         assert!(!statuses.contains(value.as_str()), "a secret value is in a status");
     }
-    kubectl(&["delete", "namespace", NS, "--wait=false"], None);
+    Api::<bizosaas_crds::Tenant>::all(client.clone()).delete(TENANT, &DeleteParams::default()).await.unwrap();
 }

@@ -4,6 +4,7 @@
 pub mod build;
 pub mod defaults;
 pub mod health;
+pub mod vault_path;
 
 use crate::apply::Applier;
 use crate::conditions::{self, Observed};
@@ -110,9 +111,13 @@ async fn apply(integration: &Integration, ictx: &IntegrationContext) -> Result<A
         .await;
     };
 
+    let tenant = Api::<Namespace>::all(ctx.client.clone())
+        .get_opt(&namespace)
+        .await?
+        .and_then(|n| n.labels().get(LABEL_TENANT).cloned());
     let mut observed = Vec::new();
     let mut hash = None;
-    let credential = match resolve(spec, &namespace, ctx).await? {
+    let credential = match resolve(spec, &namespace, tenant.as_deref(), ctx).await? {
         Ok(credential) => {
             let secret = build::projected_secret(integration, &endpoint, &credential);
             hash = secret.metadata.annotations.as_ref().and_then(|a| a.get(build::CONTENT_HASH).cloned());
@@ -135,7 +140,7 @@ async fn apply(integration: &Integration, ictx: &IntegrationContext) -> Result<A
     let result = if health.disabled {
         None
     } else {
-        match vetted(&endpoint, &namespace, ictx).await? {
+        match vetted(&endpoint, &namespace, tenant.as_deref(), ictx).await? {
             Ok((host, addresses)) => {
                 let http = ictx
                     .dialer
@@ -186,6 +191,7 @@ async fn apply(integration: &Integration, ictx: &IntegrationContext) -> Result<A
 async fn vetted(
     endpoint: &str,
     namespace: &str,
+    tenant: Option<&str>,
     ictx: &IntegrationContext,
 ) -> Result<Result<(String, Vec<std::net::SocketAddr>), String>, Error> {
     let client = &ictx.scaffold.ctx.client;
@@ -193,9 +199,7 @@ async fn vetted(
         Ok(target) => target,
         Err(e) => return Ok(Err(e.to_string())),
     };
-    let namespaces = Api::<Namespace>::all(client.clone());
-    let tenant = namespaces.get_opt(namespace).await?.and_then(|n| n.labels().get(LABEL_TENANT).cloned());
-    let on_behalf_of = OnBehalfOf { namespace, tenant: tenant.as_deref().unwrap_or_default() };
+    let on_behalf_of = OnBehalfOf { namespace, tenant: tenant.unwrap_or_default() };
     let sockets = match Resolver::new(client.clone()).resolve(&target, Some(on_behalf_of)).await {
         Ok(sockets) => sockets,
         Err(ResolveError::Kube(e)) => return Err(e.into()),
@@ -213,6 +217,7 @@ async fn vetted(
 async fn resolve(
     spec: &IntegrationSpec,
     namespace: &str,
+    tenant: Option<&str>,
     ctx: &Context,
 ) -> Result<Result<String, (&'static str, String)>, Error> {
     let creds = &spec.credentials;
@@ -232,6 +237,9 @@ async fn resolve(
         });
     }
     if let Some(vault_ref) = &creds.vault {
+        if let Some(why) = vault_path::refusal(&vault_ref.path, tenant) {
+            return Ok(Err(("VaultPathForbidden", why)));
+        }
         let Some(vault) = &ctx.vault else {
             return Ok(Err((
                 "VaultNotConfigured",

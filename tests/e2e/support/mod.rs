@@ -198,6 +198,16 @@ pub async fn client() -> Client {
     Client::try_from(config).expect("kube client")
 }
 
+/// A client for the local control plane acting as `user` (impersonation), to attack the API
+/// the way a tenant owner would.
+pub async fn client_as(user: &str) -> Client {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig()).expect("kubeconfig parses");
+    let mut config =
+        Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("kube config");
+    config.auth_info.impersonate = Some(user.to_string());
+    Client::try_from(config).expect("kube client")
+}
+
 /// Runs kubectl against the local control plane with `stdin` as input.
 pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
     use std::io::Write;
