@@ -207,19 +207,7 @@ async fn credentials_are_projected_rotated_and_checked() {
 
     // The probe leaves from the operator's network position: as a tenant owner would, aim it
     // at the operator's own loopback, the API server and instance metadata. None is dialled.
-    let api_server = kubectl_ok(
-        &[
-            "get",
-            "endpointslices",
-            "-n",
-            "default",
-            "-l",
-            "kubernetes.io/service-name=kubernetes",
-            "-o",
-            "jsonpath={.items[0].endpoints[0].addresses[0]}:{.items[0].ports[0].port}",
-        ],
-        None,
-    );
+    let api_server = api_server_address();
     for (name, url, why) in [
         ("probe-loopback", "http://127.0.0.1:8080".to_string(), "loopback"),
         ("probe-apiserver", format!("https://{}", api_server.trim()), "the Kubernetes API server"),

@@ -321,19 +321,7 @@ async fn an_http_step_cannot_dial_what_the_tenant_cannot_reach() {
     let client = client().await;
     ready_tenant(&client).await;
     // The API server, and the operator's own pod (which every tenant pod admits).
-    let api_server = kubectl_ok(
-        &[
-            "get",
-            "endpointslices",
-            "-n",
-            "default",
-            "-l",
-            "kubernetes.io/service-name=kubernetes",
-            "-o",
-            "jsonpath={.items[0].endpoints[0].addresses[0]}:{.items[0].ports[0].port}",
-        ],
-        None,
-    );
+    let api_server = api_server_address();
     let (leader, _) = operator().leader().await.expect("an operator leader");
     let operator_ip =
         kubectl_ok(&["get", "pod", "-n", OPERATOR_NAMESPACE, &leader, "-o", "jsonpath={.status.podIP}"], None);

@@ -471,3 +471,22 @@ where
     let object: K = serde_json::from_value(value).unwrap();
     kube::Api::<K>::namespaced(client.clone(), ns).create(&Default::default(), &object).await.unwrap()
 }
+
+/// The API server's `ip:port` as pods reach it (the endpoints of `default/kubernetes`): what
+/// a tenant owner would aim a probe or a step at.
+pub fn api_server_address() -> String {
+    let out = kubectl_ok(
+        &[
+            "get",
+            "endpointslices",
+            "-n",
+            "default",
+            "-l",
+            "kubernetes.io/service-name=kubernetes",
+            "-o",
+            "jsonpath={.items[0].endpoints[0].addresses[0]}:{.items[0].ports[0].port}",
+        ],
+        None,
+    );
+    out.trim().to_string()
+}
