@@ -2,7 +2,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /v1/runs` | start a run (`Idempotency-Key` header: a retry, on any replica, returns the same run with 200 and `idempotent-replayed: true` and does not start it again; `?wait=<seconds>` answers once the run finished or the time passed) |
+//! | `POST /v1/runs` | start a run (a task's `agent` must be one of the crew's agents, else 422 `unknown_agent`; `Idempotency-Key` header: a retry, on any replica, returns the same run with 200 and `idempotent-replayed: true` and does not start it again; `?wait=<seconds>` answers once the run finished or the time passed) |
 //! | `GET /v1/runs` | recent runs, newest first (summaries) |
 //! | `GET /v1/runs/{id}` | status (`queued`, `running`, `succeeded`, `failed`, `cancelled`, `interrupted`), per-task outputs, token usage, error |
 //! | `DELETE /v1/runs/{id}` | cancel a queued or running run: 202 with the run (`cancelRequested`; it becomes `cancelled` within a poll interval, `?wait=` waits for it); 409 `run_finished` when it already finished |
@@ -10,11 +10,15 @@
 //! | `GET /v1/crew` | the crew as the runtime resolved it (no credentials) |
 //! | `GET /healthz`, `/readyz`, `/metrics` | liveness, readiness, Prometheus metrics |
 //!
+//! Served by `bizosaas-agent serve`, every `/v1/` route needs a bearer token that [`crate::auth`]
+//! admits (401 `unauthenticated`, 403 `forbidden`); the probes and metrics need none.
+//!
 //! With a tenant database (`DATABASE_URL`) runs are rows of `agent_runs`, so every replica
 //! and a restarted pod finds them by id and Idempotency-Key; a run whose pod stopped while it
 //! was in flight becomes `interrupted` and is not restarted (retry with a new key). Without
 //! one, runs are kept in this process's memory only.
 
+use crate::auth::Authenticator;
 use crate::db::Db;
 use crate::engine::task::RunRequest;
 use crate::engine::{Engine, RunError};
@@ -55,15 +59,20 @@ pub struct AppState {
     pub shutting_down: AtomicBool,
     /// Longest `?wait=` honoured.
     pub max_wait: Duration,
+    /// Checks the callers of `/v1/`; `None` only where the runtime is embedded (tests, bench).
+    pub auth: Option<Arc<Authenticator>>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let mut api = Router::new()
         .route("/v1/runs", get(list_runs).post(create_run))
         .route("/v1/runs/{id}", get(get_run).delete(cancel_run))
         .route("/v1/runs/{id}/events", get(run_events))
-        .route("/v1/crew", get(crew))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/crew", get(crew));
+    if let Some(auth) = state.auth.clone() {
+        api = api.route_layer(axum::middleware::from_fn_with_state(auth, crate::auth::require));
+    }
+    api.route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
@@ -78,7 +87,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, category: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, category: &'static str, message: impl Into<String>) -> Self {
         Self { status, category, message: message.into() }
     }
 }
@@ -132,6 +141,9 @@ async fn create_run(
     }
     let plan = state.engine.plan(&request).map_err(|e| match e {
         RunError::InvalidTask(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", m),
+        e @ RunError::UnknownAgent { .. } => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.category(), e.to_string())
+        }
         other => ApiError::new(StatusCode::BAD_REQUEST, other.category(), other.to_string()),
     })?;
     // Stored and started in a task of its own: a client that goes away between the two
@@ -317,7 +329,6 @@ async fn crew(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
             "monthlyTokens": crew.monthly_tokens,
             "monthlyUsed": state.monthly.as_ref().map(|m| m.used()),
         },
-        "templates": bizosaas_crds::catalog::TEMPLATE_NAMES,
     }))
 }
 

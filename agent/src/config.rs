@@ -3,8 +3,8 @@
 
 use crate::secret::Secret;
 use bizosaas_crds::agent_crew::Process;
-use bizosaas_crds::catalog::{self, CATALOG, TEMPLATE_NAMES};
-use bizosaas_crds::crew_config::{AgentConfig, CrewConfig, ModelConfig};
+use bizosaas_crds::catalog;
+use bizosaas_crds::crew_config::{CrewConfig, ModelConfig};
 use reqwest::Url;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -14,9 +14,6 @@ pub const MANAGER: &str = "manager";
 
 /// Environment variable with the tenant database URL (the tenant's app role).
 pub const DATABASE_URL_ENV: &str = "DATABASE_URL";
-
-/// `maxIterations` of a catalog agent used by name in a run without being in the crew.
-pub const TEMPLATE_MAX_ITERATIONS: u32 = 10;
 
 /// Tool names of the runtime.
 pub mod tool_names {
@@ -168,21 +165,6 @@ pub fn secret_from_env(
     }
 }
 
-/// A catalog agent by template name (`copywriting`), as an agent of this runtime.
-pub fn agent_from_template(template: &str) -> Option<AgentConfig> {
-    let index = TEMPLATE_NAMES.iter().position(|t| *t == template)?;
-    let def = &CATALOG[index];
-    Some(AgentConfig {
-        name: template.to_string(),
-        role: def.role.to_string(),
-        goal: def.goal.to_string(),
-        backstory: def.backstory.to_string(),
-        tools: def.tools.iter().map(|t| t.to_string()).collect(),
-        allow_delegation: false,
-        max_iterations: TEMPLATE_MAX_ITERATIONS,
-    })
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -253,15 +235,5 @@ pub(crate) mod tests {
         let err = secret_from_env("OPENROUTER_KEY", "API key of model m1", &env).unwrap_err();
         assert_eq!(err.to_string(), "environment variable OPENROUTER_KEY (API key of model m1) is not set");
         assert!(secret_from_env("", "none", &env).unwrap().is_none());
-    }
-
-    #[test]
-    fn every_catalog_template_is_usable_by_name() {
-        for name in TEMPLATE_NAMES {
-            let agent = agent_from_template(name).unwrap();
-            assert_eq!(agent.name, name);
-            assert!(!agent.role.is_empty() && !agent.goal.is_empty());
-        }
-        assert!(agent_from_template("nope").is_none());
     }
 }

@@ -17,12 +17,14 @@
 //! | [`executor`] | runs in the background: concurrency, cancel, heartbeat, interrupted runs |
 //! | [`events`] | the run events streamed as server-sent events |
 //! | [`api`] | the HTTP API (`/v1/runs`, probes, metrics) |
+//! | [`auth`] | who may call the run API: ServiceAccount tokens checked with TokenReview |
 //! | [`metrics`] | Prometheus metrics |
 //! | [`serve`] | wiring for `bizosaas-agent serve` |
 //! | [`bench`] | `bizosaas-agent bench`: the runtime's overhead against direct calls |
 //! | [`stub`] | a scripted OpenAI-compatible server for tests and the benchmark |
 
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod config;
 pub mod db;

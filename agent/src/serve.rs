@@ -4,6 +4,7 @@
 //! is one) and exits. The runtime writes no files.
 
 use crate::api::AppState;
+use crate::auth::{Authenticator, Policy};
 use crate::config::{self, ConfigError, DATABASE_URL_ENV};
 use crate::db::{Db, UsageRecorder};
 use crate::engine::{Accounting, Engine, EngineOptions};
@@ -77,6 +78,13 @@ pub struct ServeArgs {
     /// Recorded as the owner of the runs this replica executes; else `HOSTNAME`.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+    /// Audience the callers' ServiceAccount tokens must be issued for.
+    #[arg(long, env = "BIZOSAAS_API_AUDIENCE", default_value = crate::auth::DEFAULT_AUDIENCE)]
+    pub api_audience: String,
+    /// The operator's ServiceAccount (`namespace/name`), admitted besides the ServiceAccounts
+    /// of the crew's namespace.
+    #[arg(long, env = "BIZOSAAS_API_OPERATOR")]
+    pub api_operator: Option<crate::auth::ServiceAccountRef>,
 }
 
 /// Settings of a runtime, independent of the command line.
@@ -92,6 +100,8 @@ pub struct RuntimeOptions {
     pub runs: RunTiming,
     /// This replica's name on the runs it executes (the pod name).
     pub owner: String,
+    /// Checks the run API's callers; `serve` always sets it.
+    pub auth: Option<Arc<Authenticator>>,
 }
 
 impl Default for RuntimeOptions {
@@ -105,6 +115,7 @@ impl Default for RuntimeOptions {
             max_wait: Duration::from_secs(300),
             runs: RunTiming::default(),
             owner: DEFAULT_OWNER.into(),
+            auth: None,
         }
     }
 }
@@ -141,6 +152,7 @@ impl ServeArgs {
                 cancel_poll: seconds(self.run_cancel_poll),
             },
             owner: owner_name(self.pod_name.as_deref(), std::env::var("HOSTNAME").ok().as_deref()),
+            auth: None,
         }
     }
 }
@@ -258,6 +270,7 @@ pub fn build(
         monthly,
         shutting_down: Default::default(),
         max_wait: options.max_wait,
+        auth: options.auth.clone(),
     });
     Ok(Runtime { state, metrics, usage_writer, run_watch })
 }
@@ -267,8 +280,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let crew = config::load(&args.config)?;
     let (name, namespace, process, agents) =
         (crew.name.clone(), crew.namespace.clone(), crew.process, crew.agents.len());
-    let Runtime { state, usage_writer, run_watch, .. } =
-        build(crew, &|k| std::env::var(k).ok(), args.runtime_options())?;
+    let mut options = args.runtime_options();
+    // The run API admits only callers whose tokens the API server vouches for.
+    crate::install_crypto_provider();
+    let client = kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!("the run API reviews its callers' tokens with the API server, which is not configured: {e}")
+    })?;
+    let policy = Policy { namespace: namespace.clone(), operator: args.api_operator.clone() };
+    if policy.operator.is_none() {
+        tracing::warn!("no BIZOSAAS_API_OPERATOR: only ServiceAccounts of the crew's namespace may start runs");
+    }
+    options.auth = Some(Arc::new(Authenticator::new(client, args.api_audience.clone(), policy)));
+    let Runtime { state, usage_writer, run_watch, .. } = build(crew, &|k| std::env::var(k).ok(), options)?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(crew = %name, %namespace, ?process, agents, listen = %args.listen, "serving the agent runtime");
     let grace = Duration::from_secs_f64(args.shutdown_grace.max(0.0));

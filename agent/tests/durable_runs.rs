@@ -5,12 +5,14 @@
 //! killed or stops before it finished. Tenants never see each other's runs.
 //!
 //! Killed and stopped pods are real processes of the `bizosaas-agent` binary (SIGKILL and
-//! SIGTERM); the other replicas run in this process. The model is the scripted stub server,
+//! SIGTERM), which review their callers' tokens with the local cluster's API server as in a
+//! pod; the other replicas run in this process. The model is the scripted stub server,
 //! which counts the model calls.
 
 mod pg;
 mod support;
 
+use bizosaas_agent::auth::DEFAULT_AUDIENCE;
 use bizosaas_agent::db::Db;
 use bizosaas_agent::secret::Secret;
 use bizosaas_agent::serve::RuntimeOptions;
@@ -24,7 +26,10 @@ use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use support::{Api, App, LLM_KEY, app_with, crew, eventually, options};
+use support::{Api, App, LLM_KEY, app_with, cluster, crew, eventually, options};
+
+/// The crews' namespace: the pods admit its ServiceAccounts' tokens.
+const CREW_NAMESPACE: &str = "agent-durable-runs";
 
 /// Short timings, so a killed pod's run is interrupted within about two seconds.
 fn timing() -> RunTiming {
@@ -41,7 +46,7 @@ fn replica_options(owner: &str) -> RuntimeOptions {
 
 /// The test crew of `tenant` on the stub.
 fn tenant_crew(stub: &StubServer, tenant: &TestTenant) -> CrewConfig {
-    crew(&stub.base_url(), json!({"tenant": tenant.name}))
+    crew(&stub.base_url(), json!({"tenant": tenant.name, "namespace": CREW_NAMESPACE}))
 }
 
 /// A replica in this process.
@@ -104,8 +109,11 @@ impl Pod {
         for (k, v) in extra {
             cmd.env(k, v);
         }
+        // As in a pod: the runtime reviews its callers' tokens with the API server.
+        cmd.env("KUBECONFIG", cluster::kubeconfig());
+        let token = cluster::token(&cluster::client().await, CREW_NAMESPACE, "tenant-workload", DEFAULT_AUDIENCE).await;
         let child = cmd.spawn().expect("the bizosaas-agent binary starts");
-        let pod = Pod { api: Api::new(format!("http://127.0.0.1:{port}")), child, dir };
+        let pod = Pod { api: Api::with_token(format!("http://127.0.0.1:{port}"), &token), child, dir };
         let up = async {
             loop {
                 if let Ok(r) = pod.api.http.get(pod.api.url("/healthz")).send().await

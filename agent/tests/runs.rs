@@ -179,22 +179,42 @@ async fn sequential_crews_pass_context_forward() {
 }
 
 #[tokio::test]
-async fn task_lists_name_agents_and_catalog_templates() {
+async fn task_lists_name_the_crews_agents_and_pass_context() {
     let stub = StubServer::with_script([Reply::text("one", 1, 1), Reply::text("two", 1, 1)]).await;
     let app = app(crew(&stub.base_url(), json!({}))).await;
     let run = app
         .run(json!({"tasks": [
             {"description": "Research {topic}", "agent": "researcher"},
-            {"description": "Write the brief", "agent": "design-brief", "expectedOutput": "A brief"}
+            {"description": "Write the brief", "agent": "writer", "expectedOutput": "A brief"}
         ], "inputs": {"topic": "patios"}}))
         .await;
     assert_eq!(run["status"], "succeeded", "{run}");
-    assert_eq!(run["tasks"][1]["agent"], "design-brief");
+    assert_eq!(run["tasks"][1]["agent"], "writer");
     let chats = stub.chat_requests();
     assert!(content_of(&chats[0].body, "user").contains("Research patios"));
-    let catalog = bizosaas_crds::catalog::AgentTemplate::DesignBrief.definition();
-    assert!(content_of(&chats[1].body, "system").starts_with(&format!("You are {}.", catalog.role)));
     assert!(content_of(&chats[1].body, "user").contains("one"), "the first task's output is context");
+}
+
+/// A runtime runs only its crew's agents: a catalog template, or any other name, that is not
+/// in the crew's spec is refused before anything is stored or sent to the model.
+#[tokio::test]
+async fn agents_outside_the_crew_are_refused_with_422() {
+    let stub = StubServer::start().await;
+    let app = app(crew(&stub.base_url(), json!({}))).await;
+    for body in [
+        json!({"description": "x", "agent": "design-brief"}),
+        json!({"description": "x", "agent": "ceo"}),
+        json!({"tasks": [{"description": "a", "agent": "writer"}, {"description": "b", "agent": "devops"}]}),
+    ] {
+        let (status, _, err) = app.post_run(&body, Some("outside-1"), None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {err}");
+        assert_eq!(err["error"]["category"], "unknown_agent", "{err}");
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(message.ends_with("the crew's agents are researcher, writer"), "{message}");
+    }
+    let (_, list) = app.get("/v1/runs").await;
+    assert_eq!(list["runs"].as_array().unwrap().len(), 0, "nothing was stored");
+    assert!(stub.chat_requests().is_empty());
 }
 
 #[tokio::test]
@@ -619,10 +639,6 @@ async fn bad_requests_are_refused_with_a_category() {
     let stub = StubServer::start().await;
     let app = app(crew(&stub.base_url(), json!({}))).await;
     let cases = [
-        (
-            json!({"description": "x", "agent": "ceo"}),
-            "neither an agent of the crew (researcher, writer) nor a catalog template",
-        ),
         (json!({}), "a run needs a description or tasks"),
         (json!({"description": "  "}), "the description is empty"),
         (json!({"description": "x", "expected_output": "y"}), "unknown field `expected_output`"),
@@ -656,7 +672,6 @@ async fn probes_metrics_crew_and_run_list() {
     assert_eq!(list["runs"][0]["totalTokens"], 10);
     let (_, crew) = app.get("/v1/crew").await;
     assert_eq!(crew["agents"][1]["name"], "writer");
-    assert_eq!(crew["templates"].as_array().unwrap().len(), 25);
     assert!(!crew.to_string().contains(LLM_KEY));
     let resp = app.http.get(app.url("/metrics")).send().await.unwrap();
     assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));

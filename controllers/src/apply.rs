@@ -1,6 +1,6 @@
 //! Writing desired objects with server-side apply, and only when they differ from the live
 //! object: a converged resync sends no writes, while a child deleted or edited by hand is
-//! restored on the next reconcile.
+//! restored on the next reconcile, and a field the desired object no longer has is removed.
 
 use crate::FIELD_MANAGER;
 use crate::metrics::Metrics;
@@ -9,6 +9,7 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::fmt::Debug;
 
@@ -23,8 +24,8 @@ pub struct Applier<'a> {
 }
 
 impl Applier<'_> {
-    /// Server-side applies `desired` unless the live object already holds every field of it.
-    /// Returns whether a write was sent.
+    /// Server-side applies `desired` unless the live object already holds every field of it
+    /// and was last applied with the same set of fields. Returns whether a write was sent.
     pub async fn ensure<K>(&self, api: &Api<K>, desired: &K) -> Result<bool, kube::Error>
     where
         K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
@@ -38,15 +39,16 @@ impl Applier<'_> {
     where
         K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
     {
+        let desired = with_field_digest(desired);
         if self.compare
             && let Some(live) = live
             && live.meta().deletion_timestamp.is_none()
-            && is_subset(&to_value(desired), &to_value(live))
+            && is_subset(&to_value(&desired), &to_value(live))
         {
             return Ok(false);
         }
         let name = desired.name_any();
-        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(desired)).await?;
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired)).await?;
         self.metrics.write(self.controller, &K::kind(&()), "apply");
         Ok(true)
     }
@@ -68,6 +70,56 @@ impl Applier<'_> {
         }
         Ok(deleted)
     }
+}
+
+/// Annotation holding a digest of the field paths the operator last applied (names only, never
+/// values). The subset check alone cannot see a field that left the desired object: the live
+/// object still holds it. A changed digest forces the apply, and server-side apply then removes
+/// the fields this manager no longer sets.
+pub const APPLIED_FIELDS: &str = "bizosaas.io/applied-fields";
+
+/// `desired` with [`APPLIED_FIELDS`] set to the digest of its field paths.
+fn with_field_digest<K: Resource + Serialize + Clone>(desired: &K) -> K {
+    let digest = field_digest(&to_value(desired));
+    let mut desired = desired.clone();
+    desired.meta_mut().annotations.get_or_insert_default().insert(APPLIED_FIELDS.to_string(), digest);
+    desired
+}
+
+/// A short digest of every path to a non-empty leaf of `value` (object keys and list
+/// indices). Values do not enter it, so a Secret's digest says nothing about its data.
+pub fn field_digest(value: &Value) -> String {
+    fn walk(value: &Value, path: &mut String, out: &mut Vec<String>) {
+        let len = path.len();
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map.iter().filter(|(_, v)| !is_empty(v)) {
+                    path.push('.');
+                    path.push_str(key);
+                    walk(child, path, out);
+                    path.truncate(len);
+                }
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    path.push_str(&format!("[{i}]"));
+                    walk(child, path, out);
+                    path.truncate(len);
+                }
+            }
+            Value::Null => {}
+            _ => out.push(path.clone()),
+        }
+    }
+    let mut paths = Vec::new();
+    walk(value, &mut String::new(), &mut paths);
+    paths.sort();
+    let mut hasher = Sha256::new();
+    for p in &paths {
+        hasher.update(p.as_bytes());
+        hasher.update(b"\n");
+    }
+    hasher.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 fn to_value<T: Serialize>(value: &T) -> Value {
@@ -115,8 +167,20 @@ fn is_empty(value: &Value) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_subset;
+    use super::{field_digest, is_subset};
     use serde_json::json;
+
+    #[test]
+    fn the_field_digest_changes_with_the_fields_not_their_values() {
+        let limits = json!({"spec": {"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}, "env": [{"name": "A"}]}});
+        let other_values =
+            json!({"spec": {"resources": {"limits": {"cpu": "2", "memory": "2Gi"}}, "env": [{"name": "B"}]}});
+        let fewer = json!({"spec": {"resources": {"limits": {"cpu": "1"}}, "env": [{"name": "A"}]}});
+        assert_eq!(field_digest(&limits), field_digest(&other_values));
+        assert_ne!(field_digest(&limits), field_digest(&fewer));
+        assert_eq!(field_digest(&json!({"a": {"b": null, "c": {}}, "d": 1})), field_digest(&json!({"d": 2})));
+        assert_eq!(field_digest(&limits).len(), 16);
+    }
 
     #[test]
     fn server_defaults_do_not_count_as_drift() {

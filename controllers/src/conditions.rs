@@ -23,6 +23,34 @@ impl Observed {
     }
 }
 
+/// kstatus' abnormal-true conditions: present (True) only while they apply, so a converged
+/// object carries neither and Flux, Argo CD and `kubectl wait` see it as current.
+pub const RECONCILING: &str = "Reconciling";
+pub const STALLED: &str = "Stalled";
+
+/// Appends the `Ready` summary to `observed` (the first failing condition's reason, or
+/// `ready` when nothing fails) and the kstatus condition of that failure: `Stalled` when
+/// `permanent` says retrying cannot fix it (the spec, a reference or the platform's
+/// configuration must change), `Reconciling` otherwise. A failure that is a chosen steady
+/// state (`at_rest`, e.g. a suspended tenant's crew) gets neither.
+pub fn summarize(
+    observed: &mut Vec<Observed>,
+    ready: Observed,
+    permanent: impl Fn(&str) -> bool,
+    at_rest: impl Fn(&str) -> bool,
+) {
+    let Some(failing) = observed.iter().find(|o| !o.status).cloned() else {
+        observed.push(ready);
+        return;
+    };
+    observed.push(Observed::failed(bizosaas_crds::common::READY, failing.reason.clone(), failing.message.clone()));
+    if at_rest(&failing.reason) {
+        return;
+    }
+    let kind = if permanent(&failing.reason) { STALLED } else { RECONCILING };
+    observed.push(Observed::ok(kind, failing.reason, failing.message));
+}
+
 /// Merges freshly observed conditions with the previous ones: a condition whose status did
 /// not change keeps its `lastTransitionTime`, so an idle resync produces an identical status.
 pub fn merge(previous: &[Condition], observed: &[Observed], generation: Option<i64>) -> Vec<Condition> {
@@ -60,6 +88,33 @@ pub fn transitions<'a>(previous: &[Condition], next: &'a [Condition]) -> Vec<&'a
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn types(observed: &[Observed]) -> Vec<(&str, bool, &str)> {
+        observed.iter().map(|o| (o.type_, o.status, o.reason.as_str())).collect()
+    }
+
+    #[test]
+    fn the_summary_is_kstatus_compatible() {
+        let permanent = |r: &str| r == "InvalidSpec";
+        let at_rest = |r: &str| r == "Suspended";
+        let ready = || Observed::ok("Ready", "Ready", "all good");
+
+        let mut ok = vec![Observed::ok("A", "Fine", "")];
+        summarize(&mut ok, ready(), permanent, at_rest);
+        assert_eq!(types(&ok), [("A", true, "Fine"), ("Ready", true, "Ready")]);
+
+        let mut stalled = vec![Observed::ok("A", "Fine", ""), Observed::failed("B", "InvalidSpec", "bad")];
+        summarize(&mut stalled, ready(), permanent, at_rest);
+        assert_eq!(&types(&stalled)[2..], [("Ready", false, "InvalidSpec"), ("Stalled", true, "InvalidSpec")]);
+
+        let mut waiting = vec![Observed::failed("A", "Progressing", "0/1"), Observed::failed("B", "InvalidSpec", "")];
+        summarize(&mut waiting, ready(), permanent, at_rest);
+        assert_eq!(&types(&waiting)[2..], [("Ready", false, "Progressing"), ("Reconciling", true, "Progressing")]);
+
+        let mut resting = vec![Observed::failed("A", "Suspended", "")];
+        summarize(&mut resting, ready(), permanent, at_rest);
+        assert_eq!(types(&resting), [("A", false, "Suspended"), ("Ready", false, "Suspended")]);
+    }
 
     #[test]
     fn unchanged_status_keeps_its_transition_time() {

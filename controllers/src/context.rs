@@ -6,6 +6,7 @@ use crate::metrics::Metrics;
 use crate::postgres::Admin;
 use crate::tenant::plans::PlanCatalog;
 use crate::tenant::service_catalog::ServiceCatalog;
+use crate::tenant_namespaces::TenantNamespaces;
 use crate::vault::Vault;
 use bizosaas_crds::common::{Condition, READY};
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -22,6 +23,10 @@ pub struct Config {
     pub ingress_namespace: String,
     /// Business services are served at `<service>.<tenant>.<baseDomain>`.
     pub base_domain: String,
+    /// `ingressClassName` of the tenants' Ingresses; the cluster's default class when unset.
+    pub ingress_class: Option<String>,
+    /// cert-manager ClusterIssuer that issues each host's certificate (`cert-manager.io/cluster-issuer`).
+    pub ingress_cluster_issuer: Option<String>,
     /// Default quotas per plan.
     pub plans: PlanCatalog,
     /// How each business service runs: image, port, probes, extra env, resources, command.
@@ -32,6 +37,22 @@ pub struct Config {
     pub vault_kv_mount: String,
     /// Image of the `bizosaas-agent` runtime that AgentCrews run.
     pub agent_image: String,
+    /// The operator's ServiceAccount (`namespace/name`): the crews' runtimes admit it.
+    pub operator_service_account: Option<String>,
+    /// Projected token file with the runtime audience; without it the operator asks the
+    /// TokenRequest API for a token of `operator_service_account`.
+    pub runtime_token_file: Option<std::path::PathBuf>,
+}
+
+impl Config {
+    /// The operator's ServiceAccount as (namespace, name): `operator_service_account`, or
+    /// `bizosaas-operator` in the platform namespace. Each tenant namespace binds it.
+    pub fn operator_account(&self) -> (String, String) {
+        self.operator_service_account
+            .as_deref()
+            .and_then(crate::runtime_auth::service_account)
+            .unwrap_or_else(|| (self.platform_namespace.clone(), "bizosaas-operator".into()))
+    }
 }
 
 impl Default for Config {
@@ -40,11 +61,15 @@ impl Default for Config {
             platform_namespace: "bizosaas-system".into(),
             ingress_namespace: "ingress-nginx".into(),
             base_domain: "bizosaas.local".into(),
+            ingress_class: None,
+            ingress_cluster_issuer: None,
             plans: PlanCatalog::default(),
             services: ServiceCatalog::default(),
             database_tenant_host: None,
             vault_kv_mount: "secret".into(),
             agent_image: concat!("bizosaas/bizosaas-agent:", env!("CARGO_PKG_VERSION")).into(),
+            operator_service_account: None,
+            runtime_token_file: None,
         }
     }
 }
@@ -59,12 +84,27 @@ pub struct Context {
     pub postgres: Option<Admin>,
     /// `None` without a Vault connection: Vault-backed tenants and credentials report it.
     pub vault: Option<Arc<Vault>>,
+    /// The tenant namespaces: where the operator may write, and watch what it may not list
+    /// cluster-wide.
+    pub tenant_namespaces: TenantNamespaces,
     /// Uids of the Tenants this process has applied at least once. A Tenant outside it and
     /// without status is new, so its children are written without being read first.
     pub applied_tenants: std::sync::Mutex<std::collections::HashSet<String>>,
     /// When each Tenant's database was last provisioned, and for which generation. Reconciles
     /// in between (triggered by its children) skip the DDL; a resync or a spec change redoes it.
     pub provisioned_databases: std::sync::Mutex<std::collections::HashMap<String, (Option<i64>, std::time::Instant)>>,
+}
+
+impl Config {
+    /// Where the operator's token for the crews' run API comes from.
+    pub fn runtime_token_source(&self) -> crate::runtime_auth::TokenSource {
+        use crate::runtime_auth::{TokenSource, service_account};
+        match (&self.runtime_token_file, self.operator_service_account.as_deref().and_then(service_account)) {
+            (Some(path), _) => TokenSource::File(path.clone()),
+            (None, Some((namespace, name))) => TokenSource::Request { namespace, name },
+            (None, None) => TokenSource::None,
+        }
+    }
 }
 
 impl Context {
@@ -88,6 +128,7 @@ impl Context {
         }
     }
 
+    /// Builds the context and starts following the tenant namespaces (inside a Tokio runtime).
     pub fn new(
         client: Client,
         config: Config,
@@ -97,7 +138,9 @@ impl Context {
     ) -> Self {
         let reporter = Reporter { controller: crate::FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
         let recorder = Recorder::new(client.clone(), reporter);
+        let tenant_namespaces = TenantNamespaces::start(client.clone());
         Self {
+            tenant_namespaces,
             client,
             config,
             metrics,

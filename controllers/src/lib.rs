@@ -14,8 +14,10 @@ pub mod integration;
 pub mod metrics;
 pub mod postgres;
 pub mod quantity;
+pub mod runtime_auth;
 pub mod scaffold;
 pub mod tenant;
+pub mod tenant_namespaces;
 pub mod vault;
 pub mod workflow;
 

@@ -6,7 +6,8 @@
 use crate::context::Context;
 use crate::metrics::Categorized;
 use bizosaas_crds::common::Condition;
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
@@ -18,6 +19,16 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{Instrument, warn};
+
+/// Reconciles one controller runs at once: enough to keep the API server busy, few enough
+/// that a burst of objects (a restart, a mass import) cannot exhaust PostgreSQL connections or
+/// the client's rate limit.
+pub const CONCURRENCY: u16 = 32;
+
+/// The runtime configuration every controller uses: bounded concurrency.
+pub fn controller_config() -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(CONCURRENCY)
+}
 
 /// First retry after a failed reconcile; each further failure doubles it.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
@@ -61,11 +72,14 @@ pub struct Scaffold {
     pub controller: &'static str,
     pub ctx: Arc<Context>,
     failures: Mutex<HashMap<String, u32>>,
+    /// The generation of each unreadable object whose condition has been written, so that
+    /// retries write it once.
+    unreadable: Mutex<HashMap<String, Option<i64>>>,
 }
 
 impl Scaffold {
     pub fn new(controller: &'static str, ctx: Arc<Context>) -> Self {
-        Self { controller, ctx, failures: Mutex::default() }
+        Self { controller, ctx, failures: Mutex::default(), unreadable: Mutex::default() }
     }
 
     /// Runs one reconcile of `guard` inside a span named after the object, measuring its
@@ -82,7 +96,10 @@ impl Scaffold {
         let work = async {
             match &guard.0 {
                 Ok(object) => work(object).await,
-                Err(invalid) => Err(E::invalid_object(invalid.to_string())),
+                Err(invalid) => {
+                    self.report_unreadable::<K>(&invalid.metadata, &invalid.error).await;
+                    Err(E::invalid_object(invalid.to_string()))
+                }
             }
         };
         let result = self.ctx.metrics.measure(self.controller, work).instrument(span).await;
@@ -90,6 +107,43 @@ impl Scaffold {
             self.failures.lock().expect("backoff lock").remove(&key);
         }
         result
+    }
+
+    /// Says on an object that this operator cannot read it (`Ready=False` and `Stalled=True`,
+    /// reason `InvalidObject`): only a change of the object or an operator that knows its
+    /// schema helps, and GitOps tools should show that at once. Written once per generation,
+    /// through an untyped client since the typed one cannot read the response either.
+    async fn report_unreadable<K: Resource<DynamicType = ()>>(&self, meta: &ObjectMeta, error: &str) {
+        let key =
+            format!("{}/{}", meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default());
+        if self.unreadable.lock().expect("unreadable lock").get(&key) == Some(&meta.generation) {
+            return;
+        }
+        let message = format!("This operator cannot read the object: {error}");
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let condition = |type_: &str, status: &str| {
+            serde_json::json!({"type": type_, "status": status, "reason": "InvalidObject", "message": message,
+                               "lastTransitionTime": now, "observedGeneration": meta.generation})
+        };
+        let patch = serde_json::json!({"status": {"conditions": [
+            condition(bizosaas_crds::common::READY, "False"),
+            condition(crate::conditions::STALLED, "True"),
+        ]}});
+        let resource = ApiResource::erase::<K>(&());
+        let api: Api<DynamicObject> = match &meta.namespace {
+            Some(ns) => Api::namespaced_with(self.ctx.client.clone(), ns, &resource),
+            None => Api::all_with(self.ctx.client.clone(), &resource),
+        };
+        let name = meta.name.as_deref().unwrap_or_default();
+        match api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => {
+                self.ctx.metrics.write(self.controller, &K::kind(&()), "status");
+                self.unreadable.lock().expect("unreadable lock").insert(key, meta.generation);
+            }
+            Err(e) => {
+                warn!(controller = self.controller, object = %key, error = %e, "cannot report an unreadable object")
+            }
+        }
     }
 
     /// Requeues a failed object after a wait that doubles with each consecutive failure, so

@@ -8,6 +8,12 @@ use serde::{Deserialize, Serialize};
 /// File name of the rendered crew inside the ConfigMap and the mounted directory.
 pub const CREW_FILE: &str = "crew.json";
 
+/// Audience of the ServiceAccount tokens that callers of a crew's run API present.
+pub const RUNTIME_AUDIENCE: &str = "bizosaas-agent";
+/// Environment variable naming the operator's ServiceAccount (`namespace/name`) to a runtime,
+/// which admits it besides the ServiceAccounts of the crew's namespace.
+pub const API_OPERATOR_ENV: &str = "BIZOSAAS_API_OPERATOR";
+
 /// A crew ready to run.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]

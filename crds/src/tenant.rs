@@ -175,6 +175,13 @@ pub struct DatabaseSpec {
     /// the database and roles.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// Take over a database and roles of this tenant's name that this Tenant did not create:
+    /// data kept by an earlier Tenant of the same name (`deletionPolicy: Retain`) or made
+    /// outside the operator. Without it such data is left untouched and `DatabaseReady` is
+    /// False with reason `DatabaseConflict`, so a new tenant is never silently handed someone
+    /// else's data. Adopting sets a new password for the app role and enables its login.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt_retained: bool,
 }
 
 /// Database isolation level.

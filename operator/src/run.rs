@@ -44,6 +44,14 @@ pub struct RunArgs {
     /// Domain under which tenant services get their hosts.
     #[arg(long, env = "BIZOSAAS_BASE_DOMAIN", default_value = "bizosaas.local")]
     base_domain: String,
+    /// `ingressClassName` of tenant Ingresses; the cluster's default IngressClass without it.
+    #[arg(long, env = "BIZOSAAS_INGRESS_CLASS")]
+    ingress_class: Option<String>,
+    /// cert-manager ClusterIssuer for the certificate of each tenant host (the Ingress
+    /// annotation `cert-manager.io/cluster-issuer`); without it `<service>-tls` is expected to
+    /// be provided some other way.
+    #[arg(long, env = "BIZOSAAS_INGRESS_CLUSTER_ISSUER")]
+    ingress_cluster_issuer: Option<String>,
     /// YAML plan catalog; built-in defaults without it.
     #[arg(long, env = "BIZOSAAS_PLANS_FILE")]
     plans_file: Option<PathBuf>,
@@ -55,6 +63,10 @@ pub struct RunArgs {
     /// Admin connection URL of PostgreSQL. Without it tenants report DatabaseNotConfigured.
     #[arg(long, env = "BIZOSAAS_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// PEM bundle of the CA that signed PostgreSQL's certificate, for `sslmode=verify-ca` or
+    /// `verify-full` in the admin URL (the system's roots without it).
+    #[arg(long, env = "BIZOSAAS_DATABASE_CA_FILE")]
+    database_ca_file: Option<PathBuf>,
     /// `host:port` tenant workloads use to reach PostgreSQL, when it differs from the admin URL.
     #[arg(long, env = "BIZOSAAS_DATABASE_TENANT_HOST")]
     database_tenant_host: Option<String>,
@@ -64,6 +76,15 @@ pub struct RunArgs {
     /// Image of the `bizosaas-agent` runtime that AgentCrews run.
     #[arg(long, env = "BIZOSAAS_AGENT_IMAGE", default_value = concat!("bizosaas/bizosaas-agent:", env!("CARGO_PKG_VERSION")))]
     agent_image: String,
+    /// The operator's own ServiceAccount (`namespace/name`). Each tenant namespace binds it to
+    /// `bizosaas-operator-tenant`; crews' runtimes admit it on their run API; without a token
+    /// file the operator asks the TokenRequest API for its tokens.
+    #[arg(long, env = "BIZOSAAS_OPERATOR_SERVICE_ACCOUNT")]
+    operator_service_account: Option<String>,
+    /// Projected ServiceAccount token with the runtime audience (`bizosaas-agent`), sent to
+    /// crews' run API; the kubelet rotates it.
+    #[arg(long, env = "BIZOSAAS_RUNTIME_TOKEN_FILE")]
+    runtime_token_file: Option<PathBuf>,
     /// Take the `bizosaas-operator` Lease before reconciling (needed with more than one replica).
     #[arg(long, env = "BIZOSAAS_LEADER_ELECTION", action = clap::ArgAction::Set, default_value_t = false)]
     leader_election: bool,
@@ -152,7 +173,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     )?;
     let postgres = match &args.database_url {
         Some(url) => {
-            let admin = Admin::new(url, args.database_tenant_host.as_deref(), &args.platform_database)?;
+            let mut admin = Admin::new(url, args.database_tenant_host.as_deref(), &args.platform_database)?;
+            if let Some(ca) = &args.database_ca_file {
+                admin = admin.with_ca_file(ca)?;
+            }
             if let Err(e) = admin.ping().await {
                 warn!(error = %e, "PostgreSQL is not reachable yet; tenants will report it until it is");
             }
@@ -216,6 +240,13 @@ fn config(args: &RunArgs) -> anyhow::Result<Config> {
         Some(path) => ServiceCatalog::from_yaml(&read(path)?).with_context(|| format!("loading {}", path.display()))?,
         None => ServiceCatalog::default(),
     };
+    match &args.operator_service_account {
+        Some(account) => anyhow::ensure!(
+            bizosaas_controllers::runtime_auth::service_account(account).is_some(),
+            "BIZOSAAS_OPERATOR_SERVICE_ACCOUNT must be namespace/name, not {account:?}"
+        ),
+        None => warn!("no BIZOSAAS_OPERATOR_SERVICE_ACCOUNT: crews refuse the operator, so agentTask steps fail"),
+    }
     let missing = services.missing();
     if !missing.is_empty() {
         let names: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
@@ -225,11 +256,15 @@ fn config(args: &RunArgs) -> anyhow::Result<Config> {
         platform_namespace: args.platform_namespace.clone(),
         ingress_namespace: args.ingress_namespace.clone(),
         base_domain: args.base_domain.clone(),
+        ingress_class: args.ingress_class.clone(),
+        ingress_cluster_issuer: args.ingress_cluster_issuer.clone(),
         plans,
         services,
         database_tenant_host: args.database_tenant_host.clone(),
         vault_kv_mount: args.vault_kv_mount.clone(),
         agent_image: args.agent_image.clone(),
+        operator_service_account: args.operator_service_account.clone(),
+        runtime_token_file: args.runtime_token_file.clone(),
     })
 }
 

@@ -10,10 +10,34 @@ pub enum LogFormat {
 
 /// Installs the global subscriber. `RUST_LOG` filters, defaulting to `info`.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn"));
+    let filter = filter(std::env::var(EnvFilter::DEFAULT_ENV).ok().as_deref());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+    }
+}
+
+/// The log filter from `RUST_LOG` (`info` when unset or invalid). The PostgreSQL client is
+/// capped at `warn` whatever `RUST_LOG` says: at `debug` it logs every statement's text, and
+/// role statements carry password verifiers.
+fn filter(rust_log: Option<&str>) -> EnvFilter {
+    let filter = rust_log.and_then(|s| EnvFilter::try_new(s).ok()).unwrap_or_else(|| EnvFilter::new("info"));
+    filter.add_directive("tokio_postgres=warn".parse().expect("a valid directive"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_are_never_logged_even_at_debug() {
+        for rust_log in
+            [None, Some("debug"), Some("trace"), Some("tokio_postgres=trace"), Some("info,tokio_postgres=debug")]
+        {
+            let directives = filter(rust_log).to_string();
+            let postgres: Vec<_> = directives.split(',').filter(|d| d.starts_with("tokio_postgres")).collect();
+            assert_eq!(postgres, ["tokio_postgres=warn"], "RUST_LOG={rust_log:?} gives {directives}");
+        }
     }
 }

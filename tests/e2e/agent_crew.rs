@@ -125,14 +125,33 @@ async fn a_crew_runs_rolls_reports_and_respects_quota() {
     assert_eq!(crew_json["model"]["baseUrl"], format!("http://{}:{port}/v1", node_ip()));
     assert_eq!(crew_json["model"]["apiKeyEnv"], "BIZOSAAS_INTEGRATION_LLM");
     Api::<Service>::namespaced(client.clone(), NS).get("crew-team").await.unwrap();
-    // Egress to exactly the gateway's address and port, for exactly the crew's pods.
+    // Egress to exactly the gateway's address and port and the API server (which reviews the
+    // callers' tokens), for exactly the crew's pods.
     let egress = Api::<NetworkPolicy>::namespaced(client.clone(), NS).get("crew-team-egress").await.unwrap();
     let spec = egress.spec.unwrap();
     assert_eq!(spec.pod_selector, Some(d.spec.as_ref().unwrap().selector.clone()));
-    let rules = spec.egress.unwrap();
-    assert_eq!(rules.len(), 1);
-    assert_eq!(rules[0].to.as_ref().unwrap()[0].ip_block.as_ref().unwrap().cidr, format!("{}/32", node_ip()));
-    assert_eq!(rules[0].ports.as_ref().unwrap()[0].port, Some(IntOrString::Int(port.into())));
+    let rules: Vec<(Vec<String>, Option<IntOrString>)> = spec
+        .egress
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let cidrs = r.to.iter().flatten().map(|p| p.ip_block.as_ref().unwrap().cidr.clone()).collect();
+            (cidrs, r.ports.as_ref().unwrap()[0].port.clone())
+        })
+        .collect();
+    let api_server = kube::Api::<k8s_openapi::api::core::v1::Endpoints>::namespaced(client.clone(), "default")
+        .get("kubernetes")
+        .await
+        .unwrap();
+    let api_port = api_server.subsets.unwrap()[0].ports.as_ref().unwrap()[0].port;
+    let mut expected = vec![
+        (vec![format!("{}/32", node_ip())], Some(IntOrString::Int(port.into()))),
+        (vec![format!("{}/32", node_ip())], Some(IntOrString::Int(api_port))),
+    ];
+    expected.sort_by_key(|(_, p)| format!("{p:?}"));
+    let mut rules = rules;
+    rules.sort_by_key(|(_, p)| format!("{p:?}"));
+    assert_eq!(rules, expected);
     let egress_allowed = find_condition(&status.conditions, "EgressAllowed").unwrap();
     assert_eq!(egress_allowed.status, "True", "{}", egress_allowed.message);
 
@@ -168,12 +187,37 @@ async fn a_crew_runs_rolls_reports_and_respects_quota() {
     wait_for("the PDB to go", TIMEOUT, || async { pdbs.get_opt("crew-team").await.ok()?.is_none().then_some(()) })
         .await;
 
-    // A missing Integration is reported and nothing is deployed for it.
+    // A field the crew stops setting leaves its Deployment too (server-side apply removes it).
+    let container_limits = || async {
+        let d = deployments.get("crew-team").await.ok()?;
+        d.spec?.template.spec?.containers[0].resources.clone()?.limits
+    };
+    let resources = |storage: Option<&str>| {
+        serde_json::json!({"spec": {"resources": {"requests": {"cpu": "100m", "memory": "64Mi"},
+            "limits": {"cpu": "300m", "memory": "200Mi", "ephemeral-storage": storage}}}})
+    };
+    crews.patch("team", &PatchParams::default(), &Patch::Merge(resources(Some("100Mi")))).await.unwrap();
+    wait_for("the storage limit to be applied", TIMEOUT, || async {
+        container_limits().await?.contains_key("ephemeral-storage").then_some(())
+    })
+    .await;
+    crews.patch("team", &PatchParams::default(), &Patch::Merge(resources(None))).await.unwrap();
+    let limits = wait_for("the dropped storage limit to be removed", TIMEOUT, || async {
+        let limits = container_limits().await?;
+        (!limits.contains_key("ephemeral-storage")).then_some(limits)
+    })
+    .await;
+    assert_eq!(limits["memory"].0, "200Mi");
+    wait_condition(&crews, "team", "Ready", "True").await;
+
+    // A missing Integration is reported, Stalled for kstatus, and nothing is deployed for it.
     crews.create(&PostParams::default(), &crew("orphan", basic_spec("nope"))).await.unwrap();
     let (reason, message) = wait_condition(&crews, "orphan", "Ready", "False").await;
     assert_eq!(reason, "IntegrationNotFound");
     assert!(message.contains("\"nope\""), "{message}");
     assert!(deployments.get_opt("crew-orphan").await.unwrap().is_none());
+    let (stalled, _) = wait_condition(&crews, "orphan", "Stalled", "True").await;
+    assert_eq!(stalled, "IntegrationNotFound");
 
     // Compute quota: pods that would exceed the tenant's CPU are refused, and said so.
     let mut greedy = basic_spec("llm");
@@ -191,6 +235,26 @@ async fn a_crew_runs_rolls_reports_and_respects_quota() {
     let err = crews.create(&PostParams::default(), &crew("one-too-many", basic_spec("llm"))).await.unwrap_err();
     assert!(err.to_string().contains("exceeded quota"), "{err}");
 
+    // Suspending the tenant stops its crews (no pods, said why) and resuming starts them again.
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    let suspend = |on: bool| serde_json::json!({"spec": {"suspended": on}});
+    tenants.patch(TENANT, &PatchParams::default(), &Patch::Merge(suspend(true))).await.unwrap();
+    let (_, message) = wait_condition(&crews, "team", "Available", "False").await;
+    assert!(message.contains("suspended"), "{message}");
+    let (reason, _) = wait_condition(&crews, "team", "Ready", "False").await;
+    assert_eq!(reason, "TenantSuspended");
+    wait_for("the runtime to scale to zero", TIMEOUT, || async {
+        let d = deployments.get("crew-team").await.ok()?;
+        (d.spec?.replicas == Some(0) && d.status?.replicas.unwrap_or(0) == 0).then_some(())
+    })
+    .await;
+    let status = crews.get("team").await.unwrap().status.unwrap();
+    assert!(find_condition(&status.conditions, "Reconciling").is_none(), "a suspended crew is at rest");
+    assert!(find_condition(&status.conditions, "Stalled").is_none(), "a suspended crew is at rest");
+    tenants.patch(TENANT, &PatchParams::default(), &Patch::Merge(suspend(false))).await.unwrap();
+    wait_condition(&crews, "team", "Ready", "True").await;
+    assert_eq!(deployments.get("crew-team").await.unwrap().status.unwrap().available_replicas, Some(1));
+
     // Deleting a crew removes its children.
     crews.delete("team", &DeleteParams::default()).await.unwrap();
     wait_for("the crew's Deployment to go", TIMEOUT, || async {
@@ -204,7 +268,6 @@ async fn a_crew_runs_rolls_reports_and_respects_quota() {
     for name in ["orphan", "greedy"] {
         crews.delete(name, &DeleteParams::default()).await.unwrap();
     }
-    let tenants: Api<Tenant> = Api::all(client.clone());
     tenants.delete(TENANT, &DeleteParams::default()).await.unwrap();
     wait_for("the tenant to go", TIMEOUT, || async { tenants.get_opt(TENANT).await.ok()?.is_none().then_some(()) })
         .await;

@@ -4,13 +4,19 @@
 //! row-level security through the `tenant-database` Secret, and a credential rotation rolls
 //! the pod onto the new key. The LLM server is reached through the tenant's NetworkPolicies:
 //! the crew's egress policy allows exactly its Integration's endpoint.
+//!
+//! The run API is attacked as a tenant owner would: without a token, with a token of another
+//! tenant's ServiceAccount, with a token of the crew's own ServiceAccount issued for another
+//! audience, and naming an agent the crew does not have. Only a token of the crew's namespace
+//! for the runtime's audience (or the operator's, see workflow.rs) starts runs.
 
 mod support;
 
 use bizosaas_crds::common::{find_condition, is_ready};
 use bizosaas_crds::{AgentCrew, Integration, Tenant};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -74,41 +80,71 @@ async fn runtime_pod(pods: &Api<Pod>) -> Option<Pod> {
     (ready && pod.metadata.deletion_timestamp.is_none()).then(|| pod.clone())
 }
 
+/// A 10-minute token of ServiceAccount `namespace/name` for `audience` (TokenRequest).
+async fn token(client: &kube::Client, namespace: &str, name: &str, audience: &str) -> String {
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            // No audience: the API server's own.
+            audiences: if audience.is_empty() { vec![] } else { vec![audience.into()] },
+            expiration_seconds: Some(600),
+            bound_object_ref: None,
+        },
+        ..Default::default()
+    };
+    let issued = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("TokenRequest for {namespace}/{name}: {e}"));
+    issued.status.unwrap().token
+}
+
+/// A request to the crew's Service from the caller pod: `(status line, body)`.
+fn call_from_caller(
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[&str],
+    body: Option<&str>,
+) -> (String, String) {
+    let url = format!("http://crew-writers.{NS}.svc{path}");
+    let authorization = token.map(|t| format!("Authorization: Bearer {t}"));
+    let mut args = vec!["exec", "-n", NS, "caller", "--", "netcheck", "http", "-t", "115s", "-X", method];
+    if let Some(header) = &authorization {
+        args.extend(["-H", header.as_str()]);
+    }
+    for header in headers {
+        args.extend(["-H", header]);
+    }
+    if let Some(body) = body {
+        args.extend(["-H", "Content-Type: application/json", "-d", body]);
+    }
+    args.push(&url);
+    let out = kubectl(&args, None);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    // The token is in the arguments: report only what the runtime answered.
+    assert!(out.status.success(), "{method} {path} did not reach the runtime: {stdout}");
+    let (status_line, json) = stdout.split_once('\n').unwrap_or((&stdout, ""));
+    (status_line.trim().to_string(), json.to_string())
+}
+
 /// POSTs a run from the caller pod and waits for its end; returns the run as JSON.
-fn run_from_caller(key: &str) -> serde_json::Value {
+fn run_from_caller(key: &str, token: &str) -> serde_json::Value {
     let body = serde_json::json!({
         "tasks": [{"description": "Write one short line about spring flowers.", "agent": "writer"}],
     })
     .to_string();
-    let url = format!("http://crew-writers.{NS}.svc/v1/runs?wait=110");
-    let out = kubectl(
-        &[
-            "exec",
-            "-n",
-            NS,
-            "caller",
-            "--",
-            "netcheck",
-            "http",
-            "-t",
-            "115s",
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: application/json",
-            "-H",
-            &format!("Idempotency-Key: {key}"),
-            "-d",
-            &body,
-            &url,
-        ],
-        None,
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "the run request failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
-    let (status_line, json) = stdout.split_once('\n').unwrap_or((&stdout, ""));
+    let key = format!("Idempotency-Key: {key}");
+    let (status_line, json) = call_from_caller("POST", "/v1/runs?wait=110", Some(token), &[&key], Some(&body));
     assert!(status_line.starts_with("20"), "the runtime answered {status_line}: {json}");
-    serde_json::from_str(json).unwrap_or_else(|e| panic!("not a run ({e}): {json}"))
+    serde_json::from_str(&json).unwrap_or_else(|e| panic!("not a run ({e}): {json}"))
+}
+
+/// The error category of a refused request, after checking its status line.
+fn refused(what: &str, (status_line, json): (String, String), status: &str) -> String {
+    assert!(status_line.starts_with(status), "{what}: expected {status}, the runtime answered {status_line}: {json}");
+    let body: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {json}"));
+    body["error"]["category"].as_str().unwrap_or_default().to_string()
 }
 
 // Multi-threaded: the recording gateway keeps serving while kubectl exec blocks a thread.
@@ -157,7 +193,53 @@ async fn a_crew_pod_runs_against_the_llm_remembers_and_rotates_its_key() {
     // A caller in the tenant namespace: the same-namespace policy lets it reach the crew.
     toolbox_pod(&client, NS, "caller", serde_json::json!({})).await;
 
-    let run = run_from_caller("e2e-crew-run-1");
+    // The run API, attacked as a tenant owner would.
+    const AUDIENCE: &str = "bizosaas-agent";
+    let own = token(&client, NS, "tenant-workload", AUDIENCE).await;
+    let body = r#"{"description": "Write one line."}"#;
+    let post = |token: Option<&str>| call_from_caller("POST", "/v1/runs", token, &[], Some(body));
+    assert_eq!(refused("no token", post(None), "401"), "unauthenticated");
+    assert_eq!(refused("a made-up token", post(Some("not-a-token")), "401"), "unauthenticated");
+    // The token every pod of the namespace has (the API server's audience) is not for crews.
+    let api_audience = token(&client, NS, "tenant-workload", "").await;
+    assert_eq!(refused("the API server's audience", post(Some(&api_audience)), "401"), "unauthenticated");
+    let vault_audience = token(&client, NS, "tenant-workload", "vault").await;
+    assert_eq!(refused("another service's audience", post(Some(&vault_audience)), "401"), "unauthenticated");
+    // Another tenant's ServiceAccount, with the right audience.
+    let other = format!("{NS}-other");
+    let manifest = kubectl_ok(&["create", "namespace", &other, "--dry-run=client", "-o", "yaml"], None);
+    kubectl_ok(&["apply", "-f", "-"], Some(&manifest));
+    let manifest = kubectl_ok(
+        &["create", "serviceaccount", "tenant-workload", "-n", &other, "--dry-run=client", "-o", "yaml"],
+        None,
+    );
+    kubectl_ok(&["apply", "-f", "-"], Some(&manifest));
+    let foreign = token(&client, &other, "tenant-workload", AUDIENCE).await;
+    assert_eq!(refused("another tenant's ServiceAccount", post(Some(&foreign)), "403"), "forbidden");
+    let list = call_from_caller("GET", "/v1/runs", Some(&foreign), &[], None);
+    assert_eq!(refused("another tenant listing runs", list, "403"), "forbidden");
+    assert_eq!(
+        refused("listing runs without a token", call_from_caller("GET", "/v1/runs", None, &[], None), "401"),
+        "unauthenticated"
+    );
+    let crew_view = call_from_caller("GET", "/v1/crew", None, &[], None);
+    assert_eq!(refused("the crew without a token", crew_view, "401"), "unauthenticated");
+    // The probes stay open.
+    let (health, _) = call_from_caller("GET", "/healthz", None, &[], None);
+    assert!(health.starts_with("200"), "{health}");
+    // Only the crew's own agents run, even for its own ServiceAccount.
+    let template = r#"{"description": "x", "agent": "copywriting"}"#;
+    let outside = call_from_caller("POST", "/v1/runs", Some(&own), &[], Some(template));
+    assert_eq!(refused("a catalog agent outside the crew", outside, "422"), "unknown_agent");
+    let (listed, runs) = call_from_caller("GET", "/v1/runs", Some(&own), &[], None);
+    assert!(listed.starts_with("200"), "{listed}: {runs}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&runs).unwrap()["runs"],
+        serde_json::json!([]),
+        "a refused request started a run"
+    );
+
+    let run = run_from_caller("e2e-crew-run-1", &own);
     assert_eq!(run["status"], "succeeded", "{run}");
     let usage = &run["usage"];
     assert!(usage["promptTokens"].as_u64().unwrap() > 0 && usage["completionTokens"].as_u64().unwrap() > 0, "{run}");
@@ -202,7 +284,7 @@ async fn a_crew_pod_runs_against_the_llm_remembers_and_rotates_its_key() {
         (pod.metadata.name.as_deref() != Some(first_name.as_str())).then_some(())
     })
     .await;
-    let run = run_from_caller("e2e-crew-run-2");
+    let run = run_from_caller("e2e-crew-run-2", &own);
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(seen.lock().unwrap().last().map(String::as_str), Some("Bearer second-key"));
     let d = Api::<Deployment>::namespaced(client.clone(), NS).get("crew-writers").await.unwrap();
@@ -212,4 +294,5 @@ async fn a_crew_pod_runs_against_the_llm_remembers_and_rotates_its_key() {
     assert_eq!(egress.status, "True", "{}", egress.message);
 
     Api::<Tenant>::all(client).delete(TENANT, &DeleteParams::default()).await.unwrap();
+    kubectl_ok(&["delete", "namespace", &other, "--wait=false"], None);
 }

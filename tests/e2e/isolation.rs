@@ -122,6 +122,30 @@ async fn a_tenant_workload_reaches_only_what_its_policies_allow() {
     reached(NS_A, "crewlike", &format!("{node}:{gateway}"), "the crew's Integration");
     refused(NS_A, "plain", &format!("{node}:{gateway}"), "another workload's Integration");
 
+    // From the platform and the ingress controller only the ports tenant pods serve on: A's
+    // business service, not another port one of A's pods happens to listen on.
+    kubectl_ok(&["exec", "-n", NS_A, "plain", "--", "/bin/httpd", "-p", "9099", "-h", "/tmp"], None);
+    let plain_ip =
+        Api::<Pod>::namespaced(client.clone(), NS_A).get("plain").await.unwrap().status.unwrap().pod_ip.unwrap();
+    let a_crm = Api::<Pod>::namespaced(client.clone(), NS_A)
+        .list(&ListParams::default().labels("app.kubernetes.io/name=crm"))
+        .await
+        .unwrap();
+    let crm_ip = a_crm.items[0].status.as_ref().unwrap().pod_ip.clone().unwrap();
+    reached(NS_A, "crewlike", &format!("{plain_ip}:9099"), "a listener in its own namespace");
+    for ns in ["bizosaas-system", "ingress-nginx"] {
+        kubectl(&["create", "namespace", ns], None);
+        let _ = Api::<Pod>::namespaced(client.clone(), ns).delete("e2e-wall-probe", &DeleteParams::default()).await;
+        wait_for("the old probe pod to go", Duration::from_secs(60), || async {
+            Api::<Pod>::namespaced(client.clone(), ns).get_opt("e2e-wall-probe").await.ok()?.is_none().then_some(())
+        })
+        .await;
+        toolbox_pod(&client, ns, "e2e-wall-probe", serde_json::json!({})).await;
+        reached(ns, "e2e-wall-probe", &format!("{crm_ip}:8080"), "A's business service");
+        refused(ns, "e2e-wall-probe", &format!("{plain_ip}:9099"), "a port no tenant service serves on");
+        Api::<Pod>::namespaced(client.clone(), ns).delete("e2e-wall-probe", &DeleteParams::default()).await.unwrap();
+    }
+
     let tenants: Api<Tenant> = Api::all(client);
     for name in [A, B] {
         tenants.delete(name, &DeleteParams::default()).await.unwrap();

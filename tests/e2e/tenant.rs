@@ -42,6 +42,9 @@ async fn create(client: &Client, t: &Tenant) {
         let _ = api.delete(&name, &DeleteParams::default()).await;
         wait_gone(client, &name).await;
     }
+    // What an earlier run retained under this name would be refused, rightly, as another
+    // Tenant's data.
+    drop_tenant_data(&name).await;
     api.create(&PostParams::default(), t).await.unwrap();
 }
 
@@ -141,6 +144,9 @@ async fn a_dedicated_tenant_gets_every_child_and_follows_its_spec() {
         let c = find_condition(&status.conditions, ty).unwrap_or_else(|| panic!("no {ty}"));
         assert_eq!(c.status, "True", "{ty}: {} {}", c.reason, c.message);
         assert!(!c.reason.is_empty());
+    }
+    for ty in ["Reconciling", "Stalled"] {
+        assert!(find_condition(&status.conditions, ty).is_none(), "a Ready tenant has no {ty} condition");
     }
 
     // Children.
@@ -359,6 +365,48 @@ async fn retain_keeps_the_data_and_disables_login() {
     assert!(!can_login, "Retain must disable the app role's login");
     let err = tokio_postgres::connect(&url, NoTls).await.err().expect("login still works after Retain");
     assert!(db_message(&err).contains("not permitted to log in"), "{err:?}");
+
+    // A new Tenant of the same name is not handed the retained data: it reports the conflict
+    // and the database, the rows and the disabled role stay as they were.
+    let api: Api<Tenant> = Api::all(client.clone());
+    api.create(&PostParams::default(), &tenant(name, serde_json::json!({"displayName": "Retain again"})))
+        .await
+        .unwrap();
+    let t = wait_for("DatabaseConflict", READY_TIMEOUT, || async {
+        let t = api.get(name).await.ok()?;
+        let ready = find_condition(&t.status.as_ref()?.conditions, "Ready")?.clone();
+        (ready.reason == "DatabaseConflict").then_some(t)
+    })
+    .await;
+    let status = t.status.unwrap();
+    assert_eq!(serde_json::to_value(status.phase).unwrap(), "Failed");
+    let database = find_condition(&status.conditions, "DatabaseReady").unwrap();
+    assert_eq!((database.status.as_str(), database.reason.as_str()), ("False", "DatabaseConflict"));
+    assert!(database.message.contains("adoptRetained"), "{}", database.message);
+    let secrets = Api::<Secret>::namespaced(client.clone(), &format!("tenant-{name}"));
+    let secret = secrets.get_opt("tenant-database").await.unwrap();
+    assert!(secret.is_none(), "the new Tenant was given credentials to the retained data");
+    let can_login: bool = admin
+        .query_one("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'tenant_e2e_retain_app'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!can_login, "the conflict re-enabled the retained role's login");
+    let kept: i64 = tenant_db.query_one("SELECT count(*) FROM audit_log", &[]).await.unwrap().get(0);
+    assert_eq!(kept, 1, "the conflict changed the retained rows");
+
+    // Adopting it explicitly gives the data back, under new credentials.
+    let adopt = serde_json::json!({"spec": {"database": {"adoptRetained": true}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&adopt)).await.unwrap();
+    wait_ready(&client, name).await;
+    let adopted = app_url(&client, name, None).await;
+    assert!(adopted != url, "adoption kept the old password");
+    let rows = pg(&adopted).await.query("SELECT action FROM audit_log", &[]).await.unwrap();
+    let actions: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(actions, ["kept"], "the adopted tenant does not see its retained rows");
+
+    api.delete(name, &DeleteParams::default()).await.unwrap();
+    wait_gone(&client, name).await;
 }
 
 #[tokio::test]
@@ -539,6 +587,10 @@ async fn a_foreign_namespace_is_never_adopted() {
     let status = t.status.unwrap();
     assert_eq!(serde_json::to_value(status.phase).unwrap(), "Failed");
     assert!(find_condition(&status.conditions, "Ready").unwrap().message.contains("already exists"));
+    // kstatus: a failure retrying cannot fix is Stalled, so GitOps tools report it at once.
+    let stalled = find_condition(&status.conditions, "Stalled").expect("a Stalled condition");
+    assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", "NamespaceConflict"));
+    assert!(find_condition(&status.conditions, "Reconciling").is_none());
     let foreign = namespaces.get(ns).await.unwrap();
     assert!(!foreign.labels().contains_key("bizosaas.io/tenant"), "the namespace was adopted");
     let quotas = Api::<ResourceQuota>::namespaced(client.clone(), ns).list(&ListParams::default()).await.unwrap();
@@ -549,4 +601,151 @@ async fn a_foreign_namespace_is_never_adopted() {
     let still = namespaces.get(ns).await.unwrap();
     assert!(still.metadata.deletion_timestamp.is_none(), "the foreign namespace was deleted with the Tenant");
     namespaces.delete(ns, &DeleteParams::default()).await.unwrap();
+}
+
+/// Every host is served over TLS; a custom domain belongs to the Tenant that claimed it first,
+/// and neither a later Tenant nor an owner writing an Ingress of their own can take it.
+#[tokio::test]
+async fn a_custom_domain_belongs_to_its_first_tenant() {
+    let (client, _op) = setup().await;
+    let (first, second, nested) = ("e2e-domain-first", "e2e-domain-second", "e2e-domain-nested");
+    // Claims left by an earlier run would be older than this run's first tenant.
+    let api: Api<Tenant> = Api::all(client.clone());
+    for name in [second, nested] {
+        if api.get_opt(name).await.unwrap().is_some() {
+            api.delete(name, &DeleteParams::default()).await.unwrap();
+            wait_gone(&client, name).await;
+        }
+    }
+    let spec = |domain: &str, owner: &str| {
+        serde_json::json!({"displayName": "Domains", "services": ["crm"], "branding": {"customDomain": domain},
+                           "owners": [{"kind": "User", "name": owner}],
+                           "database": {"isolation": "Shared", "deletionPolicy": "Delete"}})
+    };
+    create(&client, &tenant(first, spec("shop.e2e-domains.example", "first@domains.example"))).await;
+    wait_ready(&client, first).await;
+    let ingress = Api::<Ingress>::namespaced(client.clone(), &format!("tenant-{first}")).get("crm").await.unwrap();
+    let tls = ingress.spec.unwrap().tls.unwrap();
+    assert_eq!(tls[0].hosts.as_deref().unwrap(), ["crm.shop.e2e-domains.example"]);
+    assert_eq!(tls[0].secret_name.as_deref(), Some("crm-tls"));
+
+    // The same domain, and one inside it, later: refused, Stalled, services running unexposed.
+    create(&client, &tenant(second, spec("shop.e2e-domains.example", "second@domains.example"))).await;
+    // Creation times have a resolution of a second, and the older claim wins.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    create(&client, &tenant(nested, spec("a.shop.e2e-domains.example", "nested@domains.example"))).await;
+    for (name, claimed) in [(second, "shop.e2e-domains.example"), (nested, "shop.e2e-domains.example")] {
+        let status = wait_for(&format!("{name} DomainConflict"), READY_TIMEOUT, || async {
+            let status = api.get(name).await.ok()?.status?;
+            let services = find_condition(&status.conditions, "ServicesReady")?;
+            (services.reason == "DomainConflict").then_some(status)
+        })
+        .await;
+        let message = &find_condition(&status.conditions, "ServicesReady").unwrap().message;
+        assert!(message.contains(claimed) && message.contains(first), "{message}");
+        let stalled = find_condition(&status.conditions, "Stalled").expect("Stalled");
+        assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", "DomainConflict"));
+        let ns = format!("tenant-{name}");
+        let ingresses = Api::<Ingress>::namespaced(client.clone(), &ns).list(&ListParams::default()).await.unwrap();
+        assert!(ingresses.items.is_empty(), "{name} got an Ingress for a domain it may not serve");
+        Api::<Deployment>::namespaced(client.clone(), &ns).get("crm").await.unwrap();
+    }
+
+    // The second tenant's owner cannot write an Ingress for the first tenant's host either.
+    let owner = client_as("second@domains.example").await;
+    let stolen: Ingress = serde_json::from_value(serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "steal"},
+        "spec": {"rules": [{"host": "crm.shop.e2e-domains.example", "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                 "backend": {"service": {"name": "crm", "port": {"number": 80}}}}]}}]},
+    }))
+    .unwrap();
+    let err = Api::<Ingress>::namespaced(owner, &format!("tenant-{second}"))
+        .create(&PostParams::default(), &stolen)
+        .await
+        .expect_err("an owner created an Ingress");
+    assert!(matches!(&err, kube::Error::Api(s) if s.code == 403), "{err}");
+
+    // Once the first tenant is gone, the earliest remaining claim gets the domain.
+    api.delete(first, &DeleteParams::default()).await.unwrap();
+    wait_gone(&client, first).await;
+    wait_ready(&client, second).await;
+    let ingress = Api::<Ingress>::namespaced(client.clone(), &format!("tenant-{second}")).get("crm").await.unwrap();
+    assert_eq!(ingress.spec.unwrap().rules.unwrap()[0].host.as_deref(), Some("crm.shop.e2e-domains.example"));
+    // The nested domain is now refused for the second tenant's claim: told without waiting
+    // for a resync, since a freed claim reconciles the tenants it refused.
+    wait_for(&format!("{nested} refused for {second}'s claim"), Duration::from_secs(20), || async {
+        let status = api.get(nested).await.ok()?.status?;
+        find_condition(&status.conditions, "ServicesReady")?.message.contains(second).then_some(())
+    })
+    .await;
+    for name in [second, nested] {
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+}
+
+/// The operator's own rights: nothing on Secrets, Deployments or Jobs outside tenant
+/// namespaces; inside one, what its RoleBinding there grants. An Integration outside a tenant
+/// namespace is told so and gets no Secret.
+#[tokio::test]
+async fn the_operator_writes_only_inside_tenant_namespaces() {
+    let (client, _op) = setup().await;
+    let deployment =
+        Api::<Deployment>::namespaced(client.clone(), OPERATOR_NAMESPACE).get(OPERATOR_DEPLOYMENT).await.unwrap();
+    let account = deployment.spec.unwrap().template.spec.unwrap().service_account_name.unwrap();
+    let operator = format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{account}");
+    let can = |args: &[&str]| {
+        let mut all = vec!["auth", "can-i"];
+        all.extend_from_slice(args);
+        all.extend(["--as", operator.as_str()]);
+        String::from_utf8(kubectl(&all, None).stdout).unwrap().trim().to_string()
+    };
+    for (verb, resource) in [("list", "secrets"), ("watch", "deployments.apps"), ("create", "jobs.batch")] {
+        assert_eq!(can(&[verb, resource, "--all-namespaces"]), "no", "{verb} {resource} cluster-wide");
+    }
+    for (verb, resource, ns) in [
+        ("get", "secrets", "kube-system"),
+        ("create", "deployments.apps", "default"),
+        ("create", "configmaps", "default"),
+    ] {
+        assert_eq!(can(&[verb, resource, "-n", ns]), "no", "{verb} {resource} in {ns}");
+    }
+    assert_eq!(can(&["update", "namespaces"]), "no", "an unused verb");
+
+    let name = "e2e-rights";
+    let ns = format!("tenant-{name}");
+    create(&client, &tenant(name, serde_json::json!({"displayName": "Rights"}))).await;
+    wait_ready(&client, name).await;
+    let binding = Api::<RoleBinding>::namespaced(client.clone(), &ns).get("bizosaas-operator").await.unwrap();
+    assert_eq!(binding.role_ref.name, "bizosaas-operator-tenant");
+    for (verb, resource) in [("create", "secrets"), ("patch", "deployments.apps"), ("delete", "jobs.batch")] {
+        assert_eq!(can(&[verb, resource, "-n", &ns]), "yes", "{verb} {resource} in {ns}");
+    }
+
+    // An Integration in a namespace no tenant owns.
+    let plain = "e2e-not-a-tenant";
+    kubectl(&["create", "namespace", plain], None);
+    kubectl(&["create", "secret", "generic", "key", "-n", plain, "--from-literal=apiKey=k"], None);
+    let integration: bizosaas_crds::Integration = serde_json::from_value(serde_json::json!({
+        "apiVersion": "bizosaas.io/v1alpha1", "kind": "Integration", "metadata": {"name": "llm", "namespace": plain},
+        "spec": {"type": "OpenAI", "endpoint": "https://llm.example/v1",
+                 "credentials": {"secretRef": {"name": "key", "key": "apiKey"}}},
+    }))
+    .unwrap();
+    let integrations: Api<bizosaas_crds::Integration> = Api::namespaced(client.clone(), plain);
+    let _ = integrations.delete("llm", &DeleteParams::default()).await;
+    wait_for("the old Integration to go", READY_TIMEOUT, || async {
+        integrations.get_opt("llm").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    integrations.create(&PostParams::default(), &integration).await.unwrap();
+    let status = wait_for("NoTenantNamespace", READY_TIMEOUT, || async {
+        let status = integrations.get("llm").await.ok()?.status?;
+        let stalled = find_condition(&status.conditions, "Stalled")?;
+        (stalled.reason == "NoTenantNamespace").then_some(status)
+    })
+    .await;
+    assert!(find_condition(&status.conditions, "Ready").unwrap().message.contains("belongs to no tenant"));
+    assert!(Api::<Secret>::namespaced(client.clone(), plain).get_opt("integration-llm").await.unwrap().is_none());
+    integrations.delete("llm", &DeleteParams::default()).await.unwrap();
+    Api::<Tenant>::all(client.clone()).delete(name, &DeleteParams::default()).await.unwrap();
 }

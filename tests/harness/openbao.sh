@@ -3,14 +3,18 @@
 # server -dev` on the node's bridge address (10.244.0.1):${BIZOSAAS_BAO_PORT:-18200}, plain HTTP, host-only
 # only (its cluster listener takes the next port, 18201).
 #
-# Usage: openbao.sh up|down|status|env|addr|token|k8s-auth
+# Usage: openbao.sh up|down|status|env|addr|token|operator-token|k8s-auth
 #   up        build (fetch) bao if needed and start the server; idempotent
 #   down      stop it (dev mode keeps everything in memory: all data is gone)
 #   status    running or not; exits 1 unless the server answers healthy
 #   env       prints `export VAULT_ADDR=... VAULT_TOKEN=... BAO_ADDR=... BAO_TOKEN=...`
 #             (use: eval "$(openbao.sh env)")
 #   addr      prints http://10.244.0.1:<port>
-#   token     prints the root token
+#   token     prints the root token (tests use it to look; the operator never gets it)
+#   operator-token
+#             writes the operator's least-privilege policy (manifests/vault/
+#             operator-policy.hcl) as `bizosaas-operator` and prints a token that
+#             holds only that policy (no default policy); kept and reused while valid
 #   k8s-auth  enables Kubernetes auth at auth/kubernetes/, configured against
 #             the local control plane (cluster.sh up first). Needed again
 #             after every restart of OpenBao (its state is in memory).
@@ -33,6 +37,9 @@ BAO_CLUSTER_PORT=$((BAO_PORT + 1))         # dev mode's cluster listener
 BAO_URL="http://$NODE_IP:$BAO_PORT"
 BAO_BIN="$OPENBAO_BIN_DIR/bao"
 TOKEN_FILE="$BAO_STATE/root-token"
+OPERATOR_TOKEN_FILE="$BAO_STATE/operator-token"
+OPERATOR_POLICY=bizosaas-operator
+OPERATOR_POLICY_FILE="$HARNESS_DIR/../../manifests/vault/operator-policy.hcl"
 PID_FILE="$BAO_STATE/bao.pid"
 LOG_FILE="$BAO_STATE/bao.log"
 UP_TIMEOUT="${BIZOSAAS_UP_TIMEOUT:-120}"   # seconds to wait for health
@@ -167,6 +174,26 @@ cmd_env() {
     "$BAO_URL" "$token" "$BAO_URL" "$token"
 }
 
+# The operator's token: only the shipped policy, so every test that runs the operator
+# proves the policy is enough. Rewritten each time (the file may have changed); the
+# token is reused while OpenBao still accepts it.
+cmd_operator_token() {
+  if ! { running_pid >/dev/null && healthy && token_valid; }; then die "OpenBao is not up; run: $0 up"; fi
+  local out token
+  out=$(bao_cli policy write "$OPERATOR_POLICY" "$OPERATOR_POLICY_FILE" 2>&1) ||
+    die "writing the operator policy failed: $out"
+  if [[ -s $OPERATOR_TOKEN_FILE ]] &&
+    curl -fsS -o /dev/null --max-time 2 -H "X-Vault-Token: $(cat "$OPERATOR_TOKEN_FILE")" \
+      "$BAO_URL/v1/auth/token/lookup-self" 2>/dev/null; then
+    cat "$OPERATOR_TOKEN_FILE"
+    return 0
+  fi
+  token=$(bao_cli token create -orphan -no-default-policy -policy="$OPERATOR_POLICY" -ttl=720h \
+    -display-name=bizosaas-operator -field=token 2>&1) || die "creating the operator token failed: $token"
+  (umask 077 && printf '%s\n' "$token" >"$OPERATOR_TOKEN_FILE")
+  printf '%s\n' "$token"
+}
+
 # Kubernetes auth against the local control plane: OpenBao verifies a login
 # JWT by sending it to the apiserver's TokenReview API, authenticated with a
 # long-lived token of the ServiceAccount kube-system/openbao-auth (bound to
@@ -259,8 +286,9 @@ main() {
     env) cmd_env ;;
     addr) echo "$BAO_URL" ;;
     token) need_token; root_token ;;
+    operator-token) lock_state; cmd_operator_token ;;
     k8s-auth) lock_state; cmd_k8s_auth ;;
-    *) echo "usage: $0 up|down|status|env|addr|token|k8s-auth" >&2; exit 2 ;;
+    *) echo "usage: $0 up|down|status|env|addr|token|operator-token|k8s-auth" >&2; exit 2 ;;
   esac
 }
 

@@ -36,15 +36,20 @@ cmd_install() {
   source "$IMAGES_ENV"
   # The images of the last build, whatever the node held before.
   bash "$HARNESS_DIR/node.sh" import "$OPERATOR_ARCHIVE" "$AGENT_ARCHIVE"
-  local db_url vault_addr vault_token
-  db_url=$(bash "$HARNESS_DIR/postgres.sh" url) || die "PostgreSQL is not up (tests/harness/postgres.sh up)"
+  local db_url db_ca vault_addr vault_token
+  # verify-full against the harness's CA: the operator's TLS path is exercised by every test.
+  db_url=$(bash "$HARNESS_DIR/postgres.sh" tls-url) || die "PostgreSQL is not up (tests/harness/postgres.sh up)"
+  db_ca=$(bash "$HARNESS_DIR/postgres.sh" ca) || die "PostgreSQL has no CA (tests/harness/postgres.sh up)"
   vault_addr=$(bash "$HARNESS_DIR/openbao.sh" addr) || die "OpenBao is not up (tests/harness/openbao.sh up)"
-  vault_token=$(bash "$HARNESS_DIR/openbao.sh" token)
+  # Never the root token: a token holding only the operator's shipped policy.
+  vault_token=$(bash "$HARNESS_DIR/openbao.sh" operator-token) || die "no operator token from OpenBao"
 
   kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl apply --server-side -f - >/dev/null
   # Credentials go in through stdin, never on a command line.
   secret bizosaas-database url "$db_url"
   secret bizosaas-vault-token token "$vault_token"
+  kubectl -n "$NAMESPACE" create configmap bizosaas-database-ca --from-file=ca.crt="$db_ca" \
+    --dry-run=client -o yaml | kubectl apply --server-side --force-conflicts -f - >/dev/null
 
   # ClusterRoles applied from manifests/rbac (e.g. by the benchmark) are adopted by the
   # release, as Helm documents, instead of failing the install.
@@ -66,7 +71,7 @@ cmd_install() {
     --set image.digest="$OPERATOR_DIGEST" --set image.pullPolicy=IfNotPresent \
     --set agent.image.repository="${AGENT_IMAGE%:*}" --set agent.image.tag="${AGENT_IMAGE##*:}" \
     --set agent.image.digest="$AGENT_DIGEST" \
-    --set database.existingSecret=bizosaas-database \
+    --set database.existingSecret=bizosaas-database --set database.caConfigMap=bizosaas-database-ca \
     --set vault.enabled=true --set vault.address="$vault_addr" --set vault.auth=token \
     --set vault.tokenSecret.name=bizosaas-vault-token \
     --set logLevel='info\,bizosaas_controllers=debug\,tokio_postgres=warn' \

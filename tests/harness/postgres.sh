@@ -3,8 +3,16 @@
 # 127.0.0.1 and the node's bridge address (10.244.0.1, where pods reach it), port
 # ${BIZOSAAS_PG_PORT:-15432} (TCP only, no Unix socket).
 #
-# Usage: postgres.sh up|down|status|url
+# Usage: postgres.sh up|down|status|url|tls-url|ca
 #   url prints postgres://postgres:<password>@10.244.0.1:<port>/postgres
+#   tls-url prints the same URL with ?sslmode=verify-full
+#   ca prints the path of the CA certificate (PEM) that signed the server's
+#
+# The server serves TLS with a certificate for 127.0.0.1 and the node's bridge
+# address (not for the name localhost, so a test can show that verify-full
+# checks the name) signed by a CA generated here with openssl and kept in
+# ${BIZOSAAS_STATE_DIR:-$HOME/.local/state/bizosaas}/postgres/tls/ca.pem.
+# Plain connections are still accepted.
 #
 # Superuser `postgres` has a generated password kept in
 # ${BIZOSAAS_STATE_DIR:-$HOME/.local/state/bizosaas}/postgres/password; every
@@ -31,6 +39,8 @@ LOG_FILE="$PG_STATE/postgres.log"
 PG_OS_USER=bizosaas-pg
 PG_RUN_DIR="${BIZOSAAS_PG_RUN_DIR:-/var/tmp/bizosaas-pg}"   # see header (root only)
 MAX_CONNECTIONS=200
+TLS_DIR="$PG_STATE/tls"
+TLS_CONF=bizosaas-tls.conf        # in the data directory, included by postgresql.conf
 
 is_root() { [[ $(id -u) -eq 0 ]]; }
 
@@ -129,6 +139,50 @@ host    all       all   $NODE_POD_CIDR  scram-sha-256
 EOF
 }
 
+# A CA and a server certificate signed by it (P-256, 10 years: a test server).
+ensure_certificates() {
+  [[ -s $TLS_DIR/ca.pem && -s $TLS_DIR/server.pem && -s $TLS_DIR/server.key ]] && return 0
+  mkdir -p "$TLS_DIR"
+  log "generating the TLS CA and server certificate in $TLS_DIR"
+  (
+    umask 077
+    cd "$TLS_DIR"
+    openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -days 3650 \
+      -subj "/CN=bizosaas test PostgreSQL CA" -addext basicConstraints=critical,CA:TRUE \
+      -addext keyUsage=critical,keyCertSign,cRLSign -keyout ca.key -out ca.pem 2>/dev/null
+    openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 \
+      -subj "/CN=bizosaas test PostgreSQL" -keyout server.key -out server.csr 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,IP:%s\nextendedKeyUsage=serverAuth\nbasicConstraints=critical,CA:FALSE\n' \
+      "$NODE_IP" >server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile server.ext -out server.pem 2>/dev/null
+    rm -f server.csr server.ext ca.srl
+  ) || die "openssl could not generate the TLS certificates"
+  chmod 644 "$TLS_DIR/ca.pem"
+}
+
+# Puts the certificate in the data directory and turns TLS on; reloads a running server
+# when that changed something.
+ensure_tls() {
+  ensure_certificates
+  local changed=false
+  if ! as_pg cmp -s "$DATA_DIR/server.crt" - <"$TLS_DIR/server.pem" 2>/dev/null; then
+    as_pg tee "$DATA_DIR/server.crt" <"$TLS_DIR/server.pem" >/dev/null
+    as_pg sh -c "umask 077; cat >'$DATA_DIR/server.key'" <"$TLS_DIR/server.key"
+    changed=true
+  fi
+  if ! as_pg grep -q "^include_if_exists = '$TLS_CONF'" "$DATA_DIR/postgresql.conf"; then
+    printf "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nssl_min_protocol_version = 'TLSv1.2'\n" |
+      as_pg tee "$DATA_DIR/$TLS_CONF" >/dev/null
+    printf "include_if_exists = '%s'\n" "$TLS_CONF" | as_pg tee -a "$DATA_DIR/postgresql.conf" >/dev/null
+    changed=true
+  fi
+  if $changed && is_running; then
+    as_pg "$PG_BIN/pg_ctl" reload -D "$DATA_DIR" >/dev/null
+    log "TLS turned on (reloaded)"
+  fi
+}
+
 is_running() {
   [[ -f $DATA_DIR/PG_VERSION ]] && as_pg "$PG_BIN/pg_ctl" status -D "$DATA_DIR" >/dev/null 2>&1
 }
@@ -166,6 +220,7 @@ cmd_up() {
   resolve_data_dir
   if is_running; then
     if accepting; then
+      ensure_tls
       log "already up ($(elapsed_since "$t0")s)"
       return 0
     fi
@@ -174,6 +229,7 @@ cmd_up() {
   fi
   ensure_password
   [[ -f $DATA_DIR/PG_VERSION ]] || { rm -rf "$DATA_DIR"; init_cluster; }
+  ensure_tls
   start_server
   log "up in $(elapsed_since "$t0")s on 127.0.0.1 and $NODE_IP:$PG_PORT"
 }
@@ -207,13 +263,24 @@ cmd_url() {
   echo "postgres://postgres:$(<"$PASSWORD_FILE")@$NODE_IP:$PG_PORT/postgres"
 }
 
+cmd_tls_url() {
+  echo "$(cmd_url)?sslmode=verify-full"
+}
+
+cmd_ca() {
+  [[ -s $TLS_DIR/ca.pem ]] || die "no CA yet; run: $0 up"
+  echo "$TLS_DIR/ca.pem"
+}
+
 main() {
   case "${1:-}" in
     up) cmd_up ;;
     down) cmd_down ;;
     status) cmd_status ;;
     url) cmd_url ;;
-    *) echo "usage: $0 up|down|status|url" >&2; exit 2 ;;
+    tls-url) cmd_tls_url ;;
+    ca) cmd_ca ;;
+    *) echo "usage: $0 up|down|status|url|tls-url|ca" >&2; exit 2 ;;
   esac
 }
 

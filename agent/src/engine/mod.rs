@@ -1,7 +1,7 @@
 //! The crew process, as in CrewAI:
 //!
 //! - **Sequential**: tasks run in order; every earlier task's output is context for the next.
-//!   A task names its agent (a crew agent or a catalog template); a task without one goes to
+//!   A task may name one of the crew's agents (and no other); a task without one goes to
 //!   the crew's agents in turn, and a run of a single such task in a crew of several agents
 //!   passes it through every agent in order (each sees the previous agent's output).
 //! - **Hierarchical**: a manager (the crew's manager model) plans each task, delegates to the
@@ -14,7 +14,7 @@ pub mod agent;
 pub mod prompt;
 pub mod task;
 
-use crate::config::{self, MANAGER};
+use crate::config::MANAGER;
 use crate::db::UsageRecorder;
 use crate::llm::{ChatClient, LlmError};
 use crate::metrics::Metrics;
@@ -39,6 +39,9 @@ pub enum RunError {
     MaxIterations { agent: String, max: u32 },
     #[error("invalid task: {0}")]
     InvalidTask(String),
+    /// A task names an agent the crew does not have: a runtime runs only its crew's agents.
+    #[error("unknown agent {agent:?}: the crew's agents are {known}")]
+    UnknownAgent { agent: String, known: String },
 }
 
 impl RunError {
@@ -49,6 +52,7 @@ impl RunError {
             Self::Budget(b) => b.category(),
             Self::MaxIterations { .. } => "max_iterations",
             Self::InvalidTask(_) => "invalid_task",
+            Self::UnknownAgent { .. } => "unknown_agent",
         }
     }
 
@@ -82,7 +86,7 @@ impl Default for EngineOptions {
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub steps: Vec<Step>,
-    /// The crew's agents plus catalog templates named by the tasks.
+    /// The crew's agents.
     pub agents: Vec<AgentConfig>,
 }
 
@@ -155,22 +159,17 @@ impl Engine {
     /// Checks a request and decides the steps; errors are the caller's (HTTP 400).
     pub fn plan(&self, request: &RunRequest) -> Result<Plan, RunError> {
         let tasks = request.tasks().map_err(RunError::InvalidTask)?;
-        let mut agents = self.crew.agents.clone();
-        for task in &tasks {
-            let Some(name) = &task.agent else { continue };
-            if agents.iter().any(|a| &a.name == name) {
-                continue;
-            }
-            match config::agent_from_template(name) {
-                Some(agent) => agents.push(agent),
-                None => {
-                    return Err(RunError::InvalidTask(format!(
-                        "unknown agent {name:?}: neither an agent of the crew ({}) nor a catalog template",
-                        self.crew.agents.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ")
-                    )));
-                }
-            }
+        // Only the crew's own agents: a catalog template that is not in the crew's spec is as
+        // unknown as any other name (its tools and prompts were never reviewed for this crew).
+        if let Some(name) =
+            tasks.iter().filter_map(|t| t.agent.as_ref()).find(|n| !self.crew.agents.iter().any(|a| &a.name == *n))
+        {
+            return Err(RunError::UnknownAgent {
+                agent: name.clone(),
+                known: self.crew.agents.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", "),
+            });
         }
+        let agents = self.crew.agents.clone();
         let crew_agents: Vec<&str> = self.crew.agents.iter().map(|a| a.name.as_str()).collect();
         let steps = match self.crew.process {
             Process::Hierarchical => tasks.into_iter().map(|task| Step { task, agent: MANAGER.to_string() }).collect(),
@@ -303,13 +302,20 @@ mod tests {
         assert_eq!(agents(&e.plan(&request(json!({"description": "d", "agent": "writer"}))).unwrap()), ["writer"]);
         // Unassigned tasks of a list take the agents in turn.
         let plan = e
-            .plan(&request(json!({"tasks": [{"description": "a"}, {"description": "b"}, {"description": "c", "agent": "copywriting"}]})))
+            .plan(&request(
+                json!({"tasks": [{"description": "a"}, {"description": "b"}, {"description": "c", "agent": "seo"}]}),
+            ))
             .unwrap();
-        assert_eq!(agents(&plan), ["seo", "writer", "copywriting"]);
-        assert_eq!(plan.agent("copywriting").unwrap().role, "Conversion copywriter");
-        let err = e.plan(&request(json!({"description": "d", "agent": "ceo"}))).unwrap_err();
-        assert_eq!(err.category(), "invalid_task");
-        assert!(err.to_string().contains("neither an agent of the crew (seo, writer) nor a catalog template"), "{err}");
+        assert_eq!(agents(&plan), ["seo", "writer", "seo"]);
+        // Names outside the crew are refused, catalog templates included.
+        for name in ["ceo", "copywriting"] {
+            let err = e.plan(&request(json!({"description": "d", "agent": name}))).unwrap_err();
+            assert_eq!(err.category(), "unknown_agent");
+            assert_eq!(err.to_string(), format!("unknown agent {name:?}: the crew's agents are seo, writer"));
+            let listed =
+                request(json!({"tasks": [{"description": "a", "agent": "seo"}, {"description": "b", "agent": name}]}));
+            assert_eq!(e.plan(&listed).unwrap_err().category(), "unknown_agent");
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub struct RunRequest {
     pub description: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_output: Option<String>,
-    /// A crew agent's name or a catalog template name.
+    /// One of the crew's agents (no other is run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

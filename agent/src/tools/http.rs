@@ -30,6 +30,9 @@ const FORBIDDEN_HEADERS: &[&str] = &[
 
 /// Characters of a response body returned to the model.
 pub const MAX_RESPONSE_CHARS: usize = 16_000;
+/// Bytes of a response body read at most: the rest is never read, so a huge or endless body
+/// costs neither memory nor the tool's whole timeout.
+pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
 /// Largest request body accepted from the model.
 const MAX_BODY_BYTES: usize = 1 << 20;
 
@@ -178,13 +181,22 @@ impl HttpTool {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let body = response.bytes().await.map_err(|e| self.http_error(e))?;
+        let (body, mut truncated) = read_bounded(response, MAX_RESPONSE_BYTES).await.map_err(|e| self.http_error(e))?;
         let text = String::from_utf8_lossy(&body);
-        let result = json!({
+        let clipped = clip(&text, MAX_RESPONSE_CHARS);
+        truncated |= clipped.len() != text.len();
+        let mut result = json!({
             "status": status,
             "contentType": content_type,
-            "body": clip(&text, MAX_RESPONSE_CHARS),
+            "body": clipped,
+            "truncated": truncated,
         });
+        if truncated {
+            result["note"] = json!(format!(
+                "the response body was cut: at most {MAX_RESPONSE_BYTES} bytes are read and {MAX_RESPONSE_CHARS} \
+                 characters returned; ask for less (a narrower path, a page size or a filter)"
+            ));
+        }
         Ok(self.redactor.redact(&result.to_string()))
     }
 
@@ -202,6 +214,22 @@ impl HttpTool {
         }
         ToolError::Http(self.redactor.redact(&text))
     }
+}
+
+/// Reads at most `limit` bytes of a body, chunk by chunk, and whether there was more. The
+/// connection is dropped with the rest unread.
+pub async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let announced = response.content_length().and_then(|l| usize::try_from(l).ok());
+    let mut body = Vec::with_capacity(announced.unwrap_or(0).min(limit));
+    while let Some(chunk) = response.chunk().await? {
+        let room = limit - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
 }
 
 /// `base` + `path`, refusing anything that leaves the base URL (other host, `..` above the

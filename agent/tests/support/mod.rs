@@ -2,6 +2,8 @@
 //! serving its API on 127.0.0.1:0, and HTTP helpers.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use bizosaas_agent::llm::{ClientOptions, RetryPolicy};
 use bizosaas_agent::serve::{Runtime, RuntimeOptions, build};
 use bizosaas_crds::crew_config::CrewConfig;
@@ -110,6 +112,16 @@ pub async fn app(crew: CrewConfig) -> App {
 impl Api {
     pub fn new(base: String) -> Self {
         Self { base, http: bizosaas_agent::llm::http_client() }
+    }
+
+    /// An API whose requests carry `token` as their bearer credential.
+    pub fn with_token(base: String, token: &str) -> Self {
+        let mut headers = HeaderMap::new();
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        let http = reqwest::Client::builder().default_headers(headers).build().unwrap();
+        Self { base, http }
     }
 
     pub fn url(&self, path: &str) -> String {

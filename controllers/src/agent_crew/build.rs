@@ -1,18 +1,22 @@
 //! The objects that run a crew: the ConfigMap with the rendered crew, a Deployment of the
-//! `bizosaas-agent` runtime, its Service, and a PodDisruptionBudget with more than one replica.
+//! `bizosaas-agent` runtime, its Service, and a PodDisruptionBudget with more than one replica;
+//! and, once per tenant namespace, the ClusterRoleBinding that lets the runtime review its
+//! callers' tokens.
 
 use crate::tenant::build::{
     DATABASE_SECRET, LABEL_COMPONENT, LABEL_DATABASE_CLIENT, WORKLOAD_SERVICE_ACCOUNT, http_service,
     restricted_container, restricted_pod, tmp_mount, tmp_volume,
 };
-use bizosaas_crds::crew_config::{CREW_FILE, CrewConfig, credential_env};
+use bizosaas_crds::crew_config::{API_OPERATOR_ENV, CREW_FILE, CrewConfig, credential_env};
 use bizosaas_crds::{AgentCrew, LABEL_MANAGED_BY, MANAGED_BY};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PodSpec,
     PodTemplateSpec, Probe, ResourceRequirements, SecretKeySelector, SecurityContext, Service, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -71,12 +75,58 @@ pub fn config_hash(crew_json: &str, credential_hashes: &BTreeMap<String, String>
     hasher.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-/// Builds the objects. `credential_hashes` are the content hashes of the Integrations used.
+/// ClusterRole (shipped with the chart) holding only `create` on `tokenreviews`.
+pub const TOKEN_REVIEWER_ROLE: &str = "bizosaas-agent-token-reviewer";
+
+/// Name of the binding of a namespace's `tenant-workload` to [`TOKEN_REVIEWER_ROLE`].
+pub fn token_review_binding_name(namespace: &str) -> String {
+    format!("{TOKEN_REVIEWER_ROLE}-{namespace}")
+}
+
+/// Lets the crews of `namespace` (ServiceAccount `tenant-workload`) create TokenReviews, and
+/// nothing else: reviewing a token tells only who its holder is, which the holder can already
+/// ask the API server. TokenReviews are cluster-scoped, so this is a ClusterRoleBinding; it is
+/// owned by the Namespace and goes with it.
+pub fn token_review_binding(namespace: &Namespace) -> ClusterRoleBinding {
+    let name = namespace.name_any();
+    ClusterRoleBinding {
+        metadata: ObjectMeta {
+            name: Some(token_review_binding_name(&name)),
+            labels: Some(BTreeMap::from([
+                (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+                (LABEL_COMPONENT.to_string(), "agent".to_string()),
+            ])),
+            // Not blocking the Namespace's deletion: that would need `update` on
+            // `namespaces/finalizers`, which the operator does not hold.
+            owner_references: namespace.controller_owner_ref(&()).map(|mut r| {
+                r.controller = Some(false);
+                r.block_owner_deletion = None;
+                vec![r]
+            }),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: TOKEN_REVIEWER_ROLE.into(),
+        },
+        subjects: Some(vec![Subject {
+            api_group: None,
+            kind: "ServiceAccount".into(),
+            name: WORKLOAD_SERVICE_ACCOUNT.into(),
+            namespace: Some(name),
+        }]),
+    }
+}
+
+/// Builds the objects. `credential_hashes` are the content hashes of the Integrations used;
+/// `operator` is the operator's ServiceAccount (`namespace/name`), which the runtime admits.
 pub fn objects(
     crew: &AgentCrew,
     config: &CrewConfig,
     credential_hashes: &BTreeMap<String, String>,
     image: &str,
+    operator: Option<&str>,
 ) -> CrewObjects {
     let name = crew.name_any();
     let object = object_name(&name);
@@ -127,6 +177,9 @@ pub fn objects(
     // with memory on, its memories. Optional: a Vault-backed tenant has no such Secret.
     env.push(secret_env("DATABASE_URL".into(), DATABASE_SECRET.into(), "url", true));
     env.push(EnvVar { name: "RUST_LOG".into(), value: Some("info".into()), value_from: None });
+    if let Some(operator) = operator {
+        env.push(EnvVar { name: API_OPERATOR_ENV.into(), value: Some(operator.into()), value_from: None });
+    }
 
     let probe = |path: &str| Probe {
         http_get: Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::Int(PORT), ..Default::default() }),
@@ -185,7 +238,9 @@ pub fn objects(
                 }),
                 spec: Some(PodSpec {
                     service_account_name: Some(WORKLOAD_SERVICE_ACCOUNT.into()),
-                    automount_service_account_token: Some(false),
+                    // The runtime reviews its callers' tokens with the API server as this
+                    // ServiceAccount (which may create TokenReviews and nothing cluster-wide).
+                    automount_service_account_token: Some(true),
                     security_context: Some(restricted_pod()),
                     containers: vec![container],
                     volumes: Some(vec![
@@ -216,6 +271,15 @@ pub fn objects(
     CrewObjects { config_map, deployment, service, pdb, config_hash: hash }
 }
 
+/// The objects of a crew whose tenant is suspended: no runtime pods (the tenant's pod quota is
+/// zero anyway) and so no disruption budget; config and Service stay for the resume.
+pub fn scale_to_zero(objects: &mut CrewObjects) {
+    if let Some(spec) = objects.deployment.spec.as_mut() {
+        spec.replicas = Some(0);
+    }
+    objects.pdb = None;
+}
+
 /// In-cluster address of a crew's run API.
 pub fn endpoint(crew: &AgentCrew) -> String {
     format!("http://{}.{}.svc:80", object_name(&crew.name_any()), crew.namespace().unwrap_or_default())
@@ -232,13 +296,23 @@ mod tests {
     use super::super::render::tests::{crew, integrations};
     use super::*;
 
+    #[test]
+    fn a_suspended_tenant_s_crew_runs_no_pods() {
+        let mut objects = build(3, "h1");
+        assert!(objects.pdb.is_some());
+        scale_to_zero(&mut objects);
+        assert_eq!(objects.deployment.spec.as_ref().unwrap().replicas, Some(0));
+        assert!(objects.pdb.is_none());
+        assert_eq!(objects.config_hash, build(3, "h1").config_hash, "a resume does not roll the pods");
+    }
+
     fn build(replicas: i32, hash: &str) -> CrewObjects {
         let mut crew = crew();
         crew.spec.replicas = replicas;
         let config = crew_config("growth-team", "tenant-acme", "acme", &crew.spec, &integrations()).unwrap();
         let hashes =
             BTreeMap::from([("openrouter".to_string(), hash.to_string()), ("wagtail".to_string(), "w1".to_string())]);
-        objects(&crew, &config, &hashes, "bizosaas/bizosaas-agent:0.1.0")
+        objects(&crew, &config, &hashes, "bizosaas/bizosaas-agent:0.1.0", Some("bizosaas-system/bizosaas-operator"))
     }
 
     #[test]
@@ -261,6 +335,8 @@ mod tests {
         assert!(env.contains_key("DATABASE_URL"), "runs and memory live in the tenant database");
         assert!(o.config_map.data.as_ref().unwrap()[CREW_FILE].contains("Senior SEO strategist"));
         assert_eq!(pod.service_account_name.as_deref(), Some("tenant-workload"));
+        assert_eq!(pod.automount_service_account_token, Some(true), "the runtime reviews tokens");
+        assert_eq!(env[API_OPERATOR_ENV].value.as_deref(), Some("bizosaas-system/bizosaas-operator"));
         let labels = o.deployment.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
         assert_eq!(labels[LABEL_COMPONENT], "agent", "the agent egress NetworkPolicy selects this label");
         assert_eq!(labels[LABEL_DATABASE_CLIENT], "true", "the database egress policy selects the runtime");
@@ -272,12 +348,32 @@ mod tests {
         crew.spec.memory = None;
         let config = crew_config("growth-team", "tenant-acme", "acme", &crew.spec, &integrations()).unwrap();
         assert!(!config.memory);
-        let o = objects(&crew, &config, &BTreeMap::new(), "ghcr.io/bizosaas/bizosaas-agent:0.1.0");
+        let o = objects(&crew, &config, &BTreeMap::new(), "ghcr.io/bizosaas/bizosaas-agent:0.1.0", None);
         let template = &o.deployment.spec.as_ref().unwrap().template;
         assert_eq!(template.metadata.as_ref().unwrap().labels.as_ref().unwrap()[LABEL_DATABASE_CLIENT], "true");
         let env = template.spec.as_ref().unwrap().containers[0].env.as_ref().unwrap();
         let url = env.iter().find(|e| e.name == "DATABASE_URL").unwrap();
         assert_eq!(url.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().optional, Some(true));
+    }
+
+    #[test]
+    fn the_token_review_binding_grants_only_the_reviewer_role_to_the_namespaces_workload() {
+        let namespace = Namespace {
+            metadata: ObjectMeta { name: Some("tenant-acme".into()), uid: Some("u-1".into()), ..Default::default() },
+            ..Default::default()
+        };
+        let b = token_review_binding(&namespace);
+        assert_eq!(b.metadata.name.as_deref(), Some("bizosaas-agent-token-reviewer-tenant-acme"));
+        assert_eq!((b.role_ref.kind.as_str(), b.role_ref.name.as_str()), ("ClusterRole", TOKEN_REVIEWER_ROLE));
+        let subjects = b.subjects.unwrap();
+        assert_eq!(subjects.len(), 1);
+        assert_eq!(
+            (subjects[0].kind.as_str(), subjects[0].name.as_str(), subjects[0].namespace.as_deref()),
+            ("ServiceAccount", "tenant-workload", Some("tenant-acme"))
+        );
+        let owner = &b.metadata.owner_references.unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("Namespace", "u-1"));
+        assert_eq!(owner.block_owner_deletion, None);
     }
 
     #[test]

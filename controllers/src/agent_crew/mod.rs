@@ -16,12 +16,15 @@ use crate::integration;
 use crate::scaffold::Scaffold;
 use bizosaas_crds::agent_crew::AgentCrewStatus;
 use bizosaas_crds::common::READY;
-use bizosaas_crds::{AgentCrew, Integration, LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY};
+use bizosaas_crds::tenant::SecretsBackend;
+use bizosaas_crds::{AgentCrew, Integration, LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY, Tenant};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube::core::DeserializeGuard;
@@ -56,11 +59,12 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let controller =
         Controller::new(Api::<DeserializeGuard<AgentCrew>>::all(client.clone()), watcher::Config::default());
     let crews = controller.store();
+    let tenant_crews = crews.clone();
     let services = Arc::new(triggers::ServiceDependencies::default());
     let dependents = services.clone();
     controller
         .owns(Api::<ConfigMap>::all(client.clone()), ours.clone())
-        .owns(Api::<Deployment>::all(client.clone()), ours.clone())
+        .owns_stream(ctx.tenant_namespaces.watch::<Deployment>(client.clone(), ours.clone()))
         .owns(Api::<Service>::all(client.clone()), ours.clone())
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), ours.clone())
         .owns(Api::<NetworkPolicy>::all(client.clone()), ours)
@@ -69,10 +73,15 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .watches_stream(triggers::integration_changes(client.clone()), move |integration: Integration| {
             triggers::crews_using(&crews, &integration)
         })
+        // Its tenant being suspended or resumed.
+        .watches_stream(triggers::tenant_suspensions(client.clone()), move |tenant| {
+            triggers::crews_of(&tenant_crews, &tenant)
+        })
         // And the endpoints of the Services its egress policy allows.
         .watches_stream(triggers::endpoint_slice_changes(client), move |slice| {
             ServiceKey::of_slice(&slice).map(|service| dependents.dependents(&service)).unwrap_or_default()
         })
+        .with_config(crate::scaffold::controller_config())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, Arc::new(CrewContext { scaffold: Scaffold::new(CONTROLLER, ctx), services }))
         .for_each(|_| futures::future::ready(()))
@@ -116,10 +125,8 @@ async fn apply(crew: &AgentCrew, cctx: &CrewContext) -> Result<Action, Error> {
         .filter(|i| referenced.contains(&i.name_any()))
         .filter_map(|i| Some((i.name_any(), i.status.as_ref()?.content_hash.clone()?)))
         .collect();
-    let tenant_label = Api::<Namespace>::all(ctx.client.clone())
-        .get_opt(&namespace)
-        .await?
-        .and_then(|ns| ns.labels().get(LABEL_TENANT).cloned());
+    let namespace_object = Api::<Namespace>::all(ctx.client.clone()).get_opt(&namespace).await?;
+    let tenant_label = namespace_object.as_ref().and_then(|ns| ns.labels().get(LABEL_TENANT).cloned());
     let Some(tenant) = tenant_label else {
         // Outside a tenant namespace there is no quota, no default-deny policy and no
         // `tenant-workload` ServiceAccount: nothing is created.
@@ -130,6 +137,18 @@ async fn apply(crew: &AgentCrew, cctx: &CrewContext) -> Result<Action, Error> {
         write_status(crew, &cctx.scaffold, observed, agents, None).await?;
         return Ok(Action::requeue(Duration::from_secs(300)));
     };
+
+    // A suspended tenant runs nothing: the runtime is scaled to zero, the rest is kept.
+    let tenant_object = Api::<Tenant>::all(ctx.client.clone()).get_opt(&tenant).await?;
+    let suspended = tenant_object.as_ref().is_some_and(|t| t.spec.suspended);
+    // Memory lives in the tenant database, whose credentials a Vault-backed tenant keeps in
+    // Vault only: the runtime would wait for a DATABASE_URL that never comes.
+    let backend = tenant_object.as_ref().map(|t| t.spec.secrets.backend);
+    if let Some(message) = memory_refusal(&crew.spec, &tenant, backend) {
+        let observed = vec![Observed::failed(AVAILABLE, "MemoryNeedsDatabaseSecret", message)];
+        write_status(crew, &cctx.scaffold, observed, agents, None).await?;
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
 
     // Validate and render.
     let config = match render::crew_config(&name, &namespace, &tenant, &crew.spec, &refs) {
@@ -157,8 +176,10 @@ async fn apply(crew: &AgentCrew, cctx: &CrewContext) -> Result<Action, Error> {
     let policies = Api::<NetworkPolicy>::namespaced(client.clone(), &namespace);
     let egress = {
         let on_behalf_of = OnBehalfOf { namespace: &namespace, tenant: &tenant };
-        let resolved = resolve_endpoints(&referenced, &refs, on_behalf_of, ctx).await?;
+        let mut resolved = resolve_endpoints(&referenced, &refs, on_behalf_of, ctx).await?;
         cctx.services.record(crew_ref, resolved.services);
+        // The runtime reviews its callers' tokens with the API server.
+        resolved.endpoints.push(ResolvedEndpoint { name: "the API server".into(), sockets: api_server(ctx).await? });
         let built = network::egress_policy(crew, &resolved.endpoints);
         a.ensure(&policies, &built.policy).await?;
         let mut problems = built.refused.iter().map(|r| r.to_string()).collect::<Vec<_>>();
@@ -167,7 +188,15 @@ async fn apply(crew: &AgentCrew, cctx: &CrewContext) -> Result<Action, Error> {
     };
 
     // Build and apply.
-    let objects = build::objects(crew, &config, &hashes, &ctx.config.agent_image);
+    if let Some(ns) = &namespace_object {
+        let bindings = Api::<ClusterRoleBinding>::all(client.clone());
+        a.ensure(&bindings, &build::token_review_binding(ns)).await?;
+    }
+    let operator = ctx.config.operator_service_account.as_deref();
+    let mut objects = build::objects(crew, &config, &hashes, &ctx.config.agent_image, operator);
+    if suspended {
+        build::scale_to_zero(&mut objects);
+    }
     a.ensure(&Api::<ConfigMap>::namespaced(client.clone(), &namespace), &objects.config_map).await?;
     let deployments = Api::<Deployment>::namespaced(client.clone(), &namespace);
     a.ensure(&deployments, &objects.deployment).await?;
@@ -184,7 +213,12 @@ async fn apply(crew: &AgentCrew, cctx: &CrewContext) -> Result<Action, Error> {
 
     // Status from the Deployment.
     let live = deployments.get_opt(&build::object_name(&name)).await?;
-    let (available, ready_replicas) = availability(crew, live.as_ref());
+    let (available, ready_replicas) = if suspended {
+        let message = format!("Tenant {tenant} is suspended: the runtime is scaled to zero until it resumes");
+        (Observed::failed(AVAILABLE, "TenantSuspended", message), Some(0))
+    } else {
+        availability(crew, live.as_ref())
+    };
     let observed = vec![
         Observed::ok(INTEGRATIONS_RESOLVED, "Resolved", format!("Integrations {} are resolved", referenced.join(", "))),
         egress,
@@ -193,6 +227,42 @@ async fn apply(crew: &AgentCrew, cctx: &CrewContext) -> Result<Action, Error> {
     let converged = observed.iter().all(|o| o.status);
     write_status(crew, &cctx.scaffold, observed, agents, ready_replicas).await?;
     Ok(Action::requeue(Duration::from_secs(if converged { 600 } else { 30 })))
+}
+
+/// The API server's addresses as its pods see them after kube-proxy (the endpoints of
+/// `default/kubernetes`).
+async fn api_server(ctx: &Context) -> Result<BTreeSet<std::net::SocketAddr>, Error> {
+    let slices = Api::<EndpointSlice>::namespaced(ctx.client.clone(), "default")
+        .list(&ListParams::default().labels("kubernetes.io/service-name=kubernetes"))
+        .await?;
+    let mut sockets = BTreeSet::new();
+    for slice in &slices {
+        let ports: Vec<u16> =
+            slice.ports.iter().flatten().filter_map(|p| p.port.and_then(|p| u16::try_from(p).ok())).collect();
+        for address in slice.endpoints.iter().flat_map(|e| &e.addresses) {
+            let Ok(ip) = address.parse::<std::net::IpAddr>() else { continue };
+            sockets.extend(ports.iter().map(|port| std::net::SocketAddr::new(ip, *port)));
+        }
+    }
+    Ok(sockets)
+}
+
+/// Why a crew cannot run on its tenant, if it cannot: memory needs the tenant database,
+/// and the runtime reads that database's credentials only from the operator's
+/// `tenant-database` Secret, which a Vault-backed tenant does not have.
+fn memory_refusal(
+    spec: &bizosaas_crds::agent_crew::AgentCrewSpec,
+    tenant: &str,
+    backend: Option<SecretsBackend>,
+) -> Option<String> {
+    let memory = spec.memory.as_ref().is_some_and(|m| m.enabled);
+    (memory && backend == Some(SecretsBackend::Vault)).then(|| {
+        format!(
+            "memory needs the tenant database, and Tenant {tenant} keeps its database credentials in Vault \
+             (tenants/{tenant}/database), which crew runtimes do not read: set spec.memory.enabled to false \
+             (runs are then kept in the runtime's memory) or use a Tenant with secrets.backend Kubernetes"
+        )
+    })
 }
 
 /// The crew's Integration endpoints after the dereference step.
@@ -274,6 +344,14 @@ fn availability(crew: &AgentCrew, live: Option<&Deployment>) -> (Observed, Optio
     (observed, Some(ready))
 }
 
+/// Failures that need a change of the crew, its references or the tenant's quota.
+fn is_permanent(reason: &str) -> bool {
+    matches!(
+        reason,
+        "NoTenantNamespace" | "IntegrationNotFound" | "EndpointRefused" | "QuotaExceeded" | "MemoryNeedsDatabaseSecret"
+    )
+}
+
 async fn write_status(
     crew: &AgentCrew,
     scaffold: &Scaffold,
@@ -281,11 +359,8 @@ async fn write_status(
     agents: Vec<String>,
     ready_replicas: Option<i32>,
 ) -> Result<(), Error> {
-    let failing = observed.iter().find(|o| !o.status).cloned();
-    observed.push(match failing {
-        None => Observed::ok(READY, "Ready", "The crew's runtime is available"),
-        Some(f) => Observed::failed(READY, f.reason, f.message),
-    });
+    let ready = Observed::ok(READY, "Ready", "The crew's runtime is available");
+    conditions::summarize(&mut observed, ready, is_permanent, |reason| reason == "TenantSuspended");
     let previous = crew.status.clone().unwrap_or_default();
     let generation = crew.metadata.generation;
     let next = AgentCrewStatus {
@@ -302,4 +377,25 @@ async fn write_status(
     let api: Api<AgentCrew> = Api::namespaced(scaffold.ctx.client.clone(), &crew.namespace().unwrap_or_default());
     scaffold.patch_status(&api, crew, &next, &previous.conditions, &next.conditions).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_on_a_vault_backed_tenant_is_refused_with_the_way_out() {
+        let mut spec: bizosaas_crds::agent_crew::AgentCrewSpec = serde_json::from_value(serde_json::json!({
+            "model": {"integration": "llm", "name": "m"},
+            "agents": [{"name": "a", "role": "r", "goal": "g"}],
+            "memory": {"enabled": true},
+        }))
+        .unwrap();
+        let message = memory_refusal(&spec, "acme", Some(SecretsBackend::Vault)).unwrap();
+        assert!(message.contains("tenants/acme/database") && message.contains("spec.memory.enabled"), "{message}");
+        assert_eq!(memory_refusal(&spec, "acme", Some(SecretsBackend::Kubernetes)), None);
+        assert_eq!(memory_refusal(&spec, "acme", None), None, "no Tenant: the namespace check speaks");
+        spec.memory = None;
+        assert_eq!(memory_refusal(&spec, "acme", Some(SecretsBackend::Vault)), None);
+    }
 }

@@ -1,15 +1,16 @@
 //! What makes a crew reconcile besides its own changes and its children's: a change of an
-//! Integration it uses, and a change of the endpoints of a Service its egress policy allows.
+//! Integration it uses, a change of the endpoints of a Service its egress policy allows, and
+//! its tenant being suspended or resumed.
 
 use crate::egress::resolve::ServiceKey;
-use bizosaas_crds::{AgentCrew, Integration};
+use bizosaas_crds::{AgentCrew, Integration, Tenant};
 use futures::{Stream, TryStreamExt};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
@@ -62,6 +63,37 @@ pub fn crews_using(crews: &Store<DeserializeGuard<AgentCrew>>, integration: &Int
             crew.namespace() == namespace && super::render::referenced_integrations(&crew.spec).contains(&name)
         })
         .map(|crew| ObjectRef::new(&crew.name_any()).within(&crew.namespace().unwrap_or_default()))
+        .collect()
+}
+
+/// Tenants whose `suspended` flag flipped (or that appeared or went): only that decides
+/// whether a crew runs, so plan or status changes trigger nothing.
+pub fn tenant_suspensions(client: Client) -> impl Stream<Item = Result<Tenant, watcher::Error>> + Send + 'static {
+    let mut seen: HashMap<String, bool> = HashMap::new();
+    watcher(Api::<Tenant>::all(client), watcher::Config::default()).default_backoff().try_filter_map(move |event| {
+        let changed = match event {
+            watcher::Event::Apply(t) | watcher::Event::InitApply(t) => {
+                let before = seen.insert(t.name_any(), t.spec.suspended);
+                (before != Some(t.spec.suspended)).then_some(t)
+            }
+            watcher::Event::Delete(t) => {
+                seen.remove(&t.name_any());
+                Some(t)
+            }
+            watcher::Event::Init | watcher::Event::InitDone => None,
+        };
+        futures::future::ready(Ok(changed))
+    })
+}
+
+/// The crews in the tenant's namespace.
+pub fn crews_of(crews: &Store<DeserializeGuard<AgentCrew>>, tenant: &Tenant) -> Vec<CrewRef> {
+    let namespace = crate::tenant::build::namespace_name(&tenant.name_any());
+    crews
+        .state()
+        .into_iter()
+        .filter(|guard| guard.meta().namespace.as_deref() == Some(namespace.as_str()))
+        .map(|guard| ObjectRef::new(&guard.name_any()).within(&namespace))
         .collect()
 }
 

@@ -66,7 +66,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let client = ctx.client.clone();
     let ours = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
     Controller::new(Api::<DeserializeGuard<Integration>>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Secret>::all(client), ours)
+        .owns_stream(ctx.tenant_namespaces.watch::<Secret>(client, ours))
+        .with_config(crate::scaffold::controller_config())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, Arc::new(IntegrationContext::new(ctx)))
         .for_each(|_| futures::future::ready(()))
@@ -115,6 +116,14 @@ async fn apply(integration: &Integration, ictx: &IntegrationContext) -> Result<A
         .get_opt(&namespace)
         .await?
         .and_then(|n| n.labels().get(LABEL_TENANT).cloned());
+    if tenant.is_none() {
+        // The operator writes Secrets only in tenant namespaces (that is all its RBAC allows).
+        let message = format!(
+            "Namespace {namespace} belongs to no tenant: Integrations work only in a Tenant's namespace (tenant-<name>)"
+        );
+        let observed = vec![Observed::failed(CREDENTIALS_RESOLVED, "NoTenantNamespace", message)];
+        return finish(integration, ictx, observed, None, None, DEFAULT_INTERVAL, interval).await;
+    }
     let mut observed = Vec::new();
     let mut hash = None;
     let credential = match resolve(spec, &namespace, tenant.as_deref(), ctx).await? {
@@ -257,6 +266,25 @@ async fn resolve(
     Ok(Err(("NoCredentials", "credentials need secretRef or vault".into())))
 }
 
+/// Failures only a change of the spec, of what it references or of the operator's
+/// configuration can fix; an unreachable endpoint or Vault may recover by itself.
+fn is_permanent(reason: &str) -> bool {
+    matches!(
+        reason,
+        "NoEndpoint"
+            | "NoTenantNamespace"
+            | "NoCredentials"
+            | "EndpointRefused"
+            | "SecretNotFound"
+            | "SecretKeyNotFound"
+            | "VaultNotConfigured"
+            | "VaultPathForbidden"
+            | "VaultPathNotFound"
+            | "VaultKeyNotFound"
+            | "VaultDenied"
+    )
+}
+
 /// Writes the status (when it changed) and events for conditions that flipped.
 async fn finish(
     integration: &Integration,
@@ -268,11 +296,8 @@ async fn finish(
     heartbeat: Duration,
 ) -> Result<Action, Error> {
     let ctx = &ictx.scaffold.ctx;
-    let failing = observed.iter().find(|o| !o.status).cloned();
-    observed.push(match failing {
-        None => Observed::ok(READY, "Ready", "Credentials are resolved and the endpoint answers"),
-        Some(f) => Observed::failed(READY, f.reason, f.message),
-    });
+    let ready = Observed::ok(READY, "Ready", "Credentials are resolved and the endpoint answers");
+    conditions::summarize(&mut observed, ready, is_permanent, |_| false);
     let previous = integration.status.clone().unwrap_or_default();
     let generation = integration.metadata.generation;
     let next = IntegrationStatus {

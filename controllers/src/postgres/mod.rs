@@ -4,12 +4,15 @@
 //! and quoted here: no statement is built from user input without [`ident::quote_ident`] or
 //! [`ident::quote_literal`].
 
+mod claim;
 pub mod ident;
 mod provision;
 mod schema;
+pub mod tls;
 
+pub use claim::Claim;
 pub use ident::TenantNames;
-pub use provision::Admin;
+pub use provision::{Admin, MAX_CONCURRENT_OPERATIONS};
 
 /// Credentials of a tenant's app role, as written to the tenant's Secret.
 #[derive(Clone, PartialEq, Eq)]
@@ -52,6 +55,9 @@ pub enum DatabaseError {
     InvalidIdentifier(String),
     #[error("invalid database URL: {0}")]
     InvalidUrl(String),
+    /// A database or role of the tenant's name that is not the Tenant's own.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl DatabaseError {

@@ -1,29 +1,44 @@
 //! Connecting as the platform's database admin and creating, disabling or dropping a
 //! tenant's database, roles and policies.
 
+use super::claim::{self, Claim, Mark};
 use super::ident::{TenantNames, quote_ident, quote_literal};
-use super::{DatabaseError, TenantCredentials, schema};
+use super::{DatabaseError, TenantCredentials, schema, tls};
 use bizosaas_crds::tenant::{DatabaseIsolation, DeletionPolicy};
 use rand::RngExt;
+use std::path::Path;
 use std::sync::Arc;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OnceCell, Semaphore, SemaphorePermit};
 use tokio_postgres::{Client, Config, NoTls};
 
 /// Connection limit of a tenant's app role.
 const APP_CONNECTION_LIMIT: u32 = 20;
 /// Owner of the shared platform database's tables.
 const PLATFORM_OWNER: &str = "bizosaas_platform_owner";
+/// Databases every role may connect to on a fresh server; tenant roles must not.
+const MAINTENANCE_DATABASES: [&str; 2] = ["postgres", "template1"];
+/// Database operations (provisioning, retiring, a ping) run at once. Each holds at most two
+/// admin connections (the server's, and a tenant's or the platform's database), so however
+/// many tenants reconcile together the operator holds at most 8.
+pub const MAX_CONCURRENT_OPERATIONS: usize = 4;
 
 /// The operator's admin access to PostgreSQL.
 #[derive(Clone)]
 pub struct Admin {
     config: Config,
+    ssl_mode: tls::SslMode,
+    /// The TLS connector `ssl_mode` asks for; `None` for unencrypted connections.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     platform_database: String,
     tenant_host: String,
     tenant_port: u16,
     /// Serialises changes to the shared platform database (concurrent GRANTs on one object
     /// fail in PostgreSQL) and remembers whether its tables were created.
     shared: Arc<Mutex<bool>>,
+    /// Set once CONNECT has been revoked from PUBLIC on the maintenance databases.
+    maintenance_closed: Arc<OnceCell<()>>,
+    /// Bounds the operations in flight, and with them the admin connections.
+    operations: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -38,8 +53,16 @@ impl std::fmt::Debug for Admin {
 impl Admin {
     /// Parses the admin URL. `tenant_host` (`host:port`) is what tenant workloads use to
     /// reach the server; by default the admin URL's host and port.
+    /// The URL's `sslmode` (up to `verify-full`) and `sslrootcert` choose how the server is
+    /// reached; [`Admin::with_ca_file`] names the CA bundle instead.
     pub fn new(url: &str, tenant_host: Option<&str>, platform_database: &str) -> Result<Self, DatabaseError> {
-        let config: Config = url.parse().map_err(|_| DatabaseError::InvalidUrl("not a PostgreSQL URL".into()))?;
+        let split = tls::split_url(url)?;
+        let mut config: Config =
+            split.url.parse().map_err(|_| DatabaseError::InvalidUrl("not a PostgreSQL URL".into()))?;
+        if split.url != url || split.mode != tls::SslMode::Disable {
+            config.ssl_mode(split.mode.client_mode());
+        }
+        let tls = tls::connector(split.mode, split.root_cert.as_deref().map(Path::new))?;
         let (default_host, default_port) = match (config.get_hosts().first(), config.get_ports().first()) {
             (Some(tokio_postgres::config::Host::Tcp(h)), port) => (h.clone(), port.copied().unwrap_or(5432)),
             _ => return Err(DatabaseError::InvalidUrl("the URL needs a TCP host".into())),
@@ -54,16 +77,33 @@ impl Admin {
         };
         Ok(Self {
             config,
+            ssl_mode: split.mode,
+            tls,
             platform_database: platform_database.to_string(),
             tenant_host,
             tenant_port,
             shared: Arc::default(),
+            maintenance_closed: Arc::default(),
+            operations: Arc::new(Semaphore::new(MAX_CONCURRENT_OPERATIONS)),
         })
+    }
+
+    /// Trusts the PEM bundle `ca_file` for the server's certificate (the URL's `sslmode`
+    /// says whether the name is checked too).
+    pub fn with_ca_file(mut self, ca_file: &Path) -> Result<Self, DatabaseError> {
+        self.tls = tls::connector(self.ssl_mode, Some(ca_file))?;
+        Ok(self)
     }
 
     /// The `host` and `port` tenant workloads connect to: what their database egress allows.
     pub fn tenant_address(&self) -> (&str, u16) {
         (&self.tenant_host, self.tenant_port)
+    }
+
+    /// Waits for a free operation slot; every public operation holds one throughout, and
+    /// nested calls use the private forms so one operation never waits for a second slot.
+    async fn slot(&self) -> SemaphorePermit<'_> {
+        self.operations.acquire().await.expect("the operations semaphore is never closed")
     }
 
     /// Opens a connection to `database` (the admin URL's database when `None`).
@@ -72,47 +112,101 @@ impl Admin {
         if let Some(db) = database {
             config.dbname(db);
         }
-        let (client, connection) = config.connect(NoTls).await.map_err(|e| DatabaseError::Connect(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "admin connection closed");
+        match &self.tls {
+            Some(tls) => {
+                let (client, connection) = config.connect(tls.clone()).await.map_err(connect_error)?;
+                tokio::spawn(drive(connection));
+                Ok(client)
             }
-        });
-        Ok(client)
+            None => {
+                let (client, connection) = config.connect(NoTls).await.map_err(connect_error)?;
+                tokio::spawn(drive(connection));
+                Ok(client)
+            }
+        }
     }
 
     /// Checks that the server answers.
     pub async fn ping(&self) -> Result<(), DatabaseError> {
+        let _slot = self.slot().await;
         self.connect(None).await?.simple_query("SELECT 1").await.map_err(DatabaseError::statement("a ping"))?;
         Ok(())
     }
 
+    /// Whether the server sees this operator's connection as encrypted.
+    pub async fn encrypted(&self) -> Result<bool, DatabaseError> {
+        let _slot = self.slot().await;
+        let client = self.connect(None).await?;
+        let row = client
+            .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+            .await
+            .map_err(DatabaseError::statement("reading the connection's TLS state"))?;
+        Ok(row.get(0))
+    }
+
     /// Creates or repairs everything a tenant needs and returns its app role's credentials.
     /// `password` is the one already handed out (from the tenant's Secret); without it a new
-    /// one is generated and set.
+    /// one is generated and set. Objects are neither checked nor marked as a Tenant's: for
+    /// callers that own the names outright (benchmarks, tests).
     pub async fn ensure_tenant(
         &self,
         names: &TenantNames,
         isolation: DatabaseIsolation,
         password: Option<&str>,
     ) -> Result<TenantCredentials, DatabaseError> {
+        let _slot = self.slot().await;
+        self.provision(names, isolation, password, None).await
+    }
+
+    /// [`Admin::ensure_tenant`] for a Tenant object: a database or role of its name that is
+    /// not its own fails with [`DatabaseError::Conflict`] before anything is changed, and
+    /// what it creates is marked with its uid.
+    pub async fn ensure_claimed_tenant(
+        &self,
+        names: &TenantNames,
+        isolation: DatabaseIsolation,
+        password: Option<&str>,
+        claim: &Claim,
+    ) -> Result<TenantCredentials, DatabaseError> {
+        let _slot = self.slot().await;
+        self.provision(names, isolation, password, Some(claim)).await
+    }
+
+    async fn provision(
+        &self,
+        names: &TenantNames,
+        isolation: DatabaseIsolation,
+        password: Option<&str>,
+        claim: Option<&Claim>,
+    ) -> Result<TenantCredentials, DatabaseError> {
         let admin = self.connect(None).await?;
+        self.maintenance_closed.get_or_try_init(|| self.close_maintenance_databases(&admin)).await?;
+        if let Some(claim) = claim {
+            check_claim(&admin, names, isolation, claim).await?;
+        }
+        let marker = claim.map(Claim::marker);
+        let marker = marker.as_deref();
         let password = match password {
             Some(p) if p.chars().all(|c| c.is_ascii_alphanumeric()) && p.len() >= 24 => p.to_string(),
             _ => generate_password(),
         };
         match isolation {
             DatabaseIsolation::Dedicated => {
-                ensure_role(&admin, &names.owner_role, "NOLOGIN NOINHERIT").await?;
-                ensure_app_role(&admin, &names.app_role, &password).await?;
+                ensure_role(&admin, &names.owner_role, "NOLOGIN NOINHERIT", marker).await?;
+                ensure_app_role(&admin, &names.app_role, &password, marker).await?;
                 ensure_database(&admin, &names.database, &names.owner_role).await?;
                 let db = quote_ident(&names.database);
                 let app = quote_ident(&names.app_role);
+                let comment = match marker {
+                    Some(m) => format!("COMMENT ON DATABASE {db} IS {};", quote_literal(m)?),
+                    None => String::new(),
+                };
                 run(
                     &admin,
                     "database grants",
                     &format!(
-                        "REVOKE ALL ON DATABASE {db} FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {app};"
+                        "REVOKE ALL ON DATABASE {db} FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {app};\
+                         {comment}"
                     ),
                 )
                 .await?;
@@ -126,7 +220,7 @@ impl Admin {
                     self.ensure_platform_database(&admin).await?;
                     *platform_ready = true;
                 }
-                ensure_app_role(&admin, &names.app_role, &password).await?;
+                ensure_app_role(&admin, &names.app_role, &password, marker).await?;
                 let db = quote_ident(&self.platform_database);
                 run(
                     &admin,
@@ -161,9 +255,44 @@ impl Admin {
         }
     }
 
+    /// Revokes CONNECT (and TEMPORARY) from PUBLIC on `postgres`, `template1` and the admin
+    /// URL's database, so a tenant's app role can reach only the databases granted to it. The
+    /// owner and superusers keep their access. A database the operator's role may not change
+    /// (it neither owns it nor is superuser) is left as it is, with a warning.
+    async fn close_maintenance_databases(&self, admin: &Client) -> Result<(), DatabaseError> {
+        let mut databases: Vec<String> = MAINTENANCE_DATABASES.iter().map(|d| d.to_string()).collect();
+        if let Some(own) = self.config.get_dbname()
+            && !databases.iter().any(|d| d == own)
+        {
+            databases.push(own.to_string());
+        }
+        let rows = admin
+            .query(
+                "SELECT d.datname, pg_has_role(d.datdba, 'USAGE') OR r.rolsuper \
+                 FROM pg_database d, pg_roles r WHERE d.datname = ANY($1) AND r.rolname = current_user",
+                &[&databases],
+            )
+            .await
+            .map_err(DatabaseError::statement("looking up the maintenance databases"))?;
+        for row in rows {
+            let (database, may_change): (String, bool) = (row.get(0), row.get(1));
+            if !may_change {
+                tracing::warn!(
+                    database,
+                    "the operator's role neither owns this database nor is superuser: \
+                     PUBLIC keeps CONNECT on it, so tenant roles can connect to it"
+                );
+                continue;
+            }
+            let sql = format!("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC;", quote_ident(&database));
+            run(admin, "revoking CONNECT on a maintenance database", &sql).await?;
+        }
+        Ok(())
+    }
+
     /// Creates the shared platform database and its RLS-guarded tables.
     async fn ensure_platform_database(&self, admin: &Client) -> Result<(), DatabaseError> {
-        ensure_role(admin, PLATFORM_OWNER, "NOLOGIN NOINHERIT").await?;
+        ensure_role(admin, PLATFORM_OWNER, "NOLOGIN NOINHERIT", None).await?;
         ensure_database(admin, &self.platform_database, PLATFORM_OWNER).await?;
         run(
             admin,
@@ -175,9 +304,41 @@ impl Admin {
         run(&platform, "platform tables", &schema::tables(PLATFORM_OWNER)).await
     }
 
+    /// [`Admin::retire_tenant`] for a Tenant object: when a database or role of its name is
+    /// not its own (a conflict it never provisioned past), nothing is touched and the result
+    /// is `false`.
+    pub async fn retire_claimed_tenant(
+        &self,
+        names: &TenantNames,
+        isolation: DatabaseIsolation,
+        policy: DeletionPolicy,
+        claim: &Claim,
+    ) -> Result<bool, DatabaseError> {
+        let _slot = self.slot().await;
+        let admin = self.connect(None).await?;
+        match check_claim(&admin, names, isolation, claim).await {
+            Ok(()) => {}
+            Err(DatabaseError::Conflict(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        drop(admin);
+        self.retire(names, isolation, policy).await?;
+        Ok(true)
+    }
+
     /// Applies a Tenant's deletion policy: `Delete` drops its data and roles, `Retain` keeps
     /// the data and disables the app role's login. Sessions of the app role are ended either way.
     pub async fn retire_tenant(
+        &self,
+        names: &TenantNames,
+        isolation: DatabaseIsolation,
+        policy: DeletionPolicy,
+    ) -> Result<(), DatabaseError> {
+        let _slot = self.slot().await;
+        self.retire(names, isolation, policy).await
+    }
+
+    async fn retire(
         &self,
         names: &TenantNames,
         isolation: DatabaseIsolation,
@@ -236,6 +397,30 @@ impl Admin {
     }
 }
 
+async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "admin connection closed");
+    }
+}
+
+/// The connection error, with what to check when the server's certificate was refused.
+fn connect_error(e: tokio_postgres::Error) -> DatabaseError {
+    // The client library's Display leaves out the cause (the TLS error that says why).
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        message = format!("{message}: {cause}");
+        source = cause.source();
+    }
+    if message.contains("certificate") {
+        message.push_str(
+            " (the server's certificate must be signed by the CA in --database-ca-file or the URL's sslrootcert, \
+             and with sslmode=verify-full name the URL's host)",
+        );
+    }
+    DatabaseError::Connect(message)
+}
+
 fn generate_password() -> String {
     rand::rng().sample_iter(rand::distr::Alphanumeric).take(32).map(char::from).collect()
 }
@@ -261,23 +446,92 @@ async fn database_exists(client: &Client, database: &str) -> Result<bool, Databa
     Ok(row.is_some())
 }
 
-async fn ensure_role(client: &Client, role: &str, attributes: &str) -> Result<(), DatabaseError> {
+/// Fails with [`DatabaseError::Conflict`] when a database or role of the tenant's name is
+/// not the claiming Tenant's.
+async fn check_claim(
+    admin: &Client,
+    names: &TenantNames,
+    isolation: DatabaseIsolation,
+    claim: &Claim,
+) -> Result<(), DatabaseError> {
+    let role_comment = async |role: &str| {
+        let row = admin
+            .query_opt("SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1", &[&role])
+            .await
+            .map_err(DatabaseError::statement("looking up a role's owner"))?;
+        Ok::<_, DatabaseError>(row.map(|r| r.get::<_, Option<String>>(0)))
+    };
+    let app = Mark::of(role_comment(&names.app_role).await?, claim);
+    let mut objects = vec![(format!("Role {}", names.app_role), app)];
+    if isolation == DatabaseIsolation::Dedicated {
+        let owner = Mark::of(role_comment(&names.owner_role).await?, claim);
+        let row = admin
+            .query_opt(
+                "SELECT shobj_description(oid, 'pg_database'), pg_get_userbyid(datdba) FROM pg_database \
+                 WHERE datname = $1",
+                &[&names.database],
+            )
+            .await
+            .map_err(DatabaseError::statement("looking up a database's owner"))?;
+        let db_owner: Option<String> = row.as_ref().map(|r| r.get(1));
+        let mut database = Mark::of(row.map(|r| r.get::<_, Option<String>>(0)), claim);
+        // CREATE DATABASE cannot share a transaction with its COMMENT: a database left
+        // unmarked in between is known by its owner, a role marked in the same statement
+        // that created it.
+        if database == Mark::Unmarked && owner == Mark::Ours && db_owner.as_deref() == Some(names.owner_role.as_str()) {
+            database = Mark::Ours;
+        }
+        objects.push((format!("Role {}", names.owner_role), owner));
+        objects.push((format!("Database {}", names.database), database));
+    }
+    claim::check(&objects, claim)
+}
+
+/// `COMMENT ON ROLE` with the marker, or nothing.
+fn role_comment_sql(role: &str, marker: Option<&str>) -> Result<String, DatabaseError> {
+    Ok(match marker {
+        Some(m) => format!(" COMMENT ON ROLE {} IS {};", quote_ident(role), quote_literal(m)?),
+        None => String::new(),
+    })
+}
+
+/// Creates a role with its marker in one transaction (a multi-statement query), or marks
+/// the existing one.
+async fn ensure_role(client: &Client, role: &str, attributes: &str, marker: Option<&str>) -> Result<(), DatabaseError> {
+    let comment = role_comment_sql(role, marker)?;
     if role_exists(client, role).await?.is_none() {
-        run(client, "creating a role", &format!("CREATE ROLE {} {attributes};", quote_ident(role))).await?;
+        let sql = format!("CREATE ROLE {} {attributes};{comment}", quote_ident(role));
+        run(client, "creating a role", &sql).await?;
+    } else if !comment.is_empty() {
+        run(client, "marking a role", &comment).await?;
     }
     Ok(())
 }
 
 /// The app role: LOGIN, never superuser, never BYPASSRLS, with a connection limit.
-async fn ensure_app_role(client: &Client, role: &str, password: &str) -> Result<(), DatabaseError> {
-    let verb = if role_exists(client, role).await?.is_some() { "ALTER" } else { "CREATE" };
-    let sql = format!(
+async fn ensure_app_role(
+    client: &Client,
+    role: &str,
+    password: &str,
+    marker: Option<&str>,
+) -> Result<(), DatabaseError> {
+    let exists = role_exists(client, role).await?.is_some();
+    let sql = format!("{}{}", app_role_sql(role, exists, password)?, role_comment_sql(role, marker)?);
+    run(client, "creating the app role", &sql).await
+}
+
+/// The statement that creates or updates the app role. The password travels as a SCRAM-SHA-256
+/// verifier computed here, so the plain text never reaches the server, its logs
+/// (`log_statement`) or `pg_stat_activity`.
+fn app_role_sql(role: &str, exists: bool, password: &str) -> Result<String, DatabaseError> {
+    let verb = if exists { "ALTER" } else { "CREATE" };
+    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    Ok(format!(
         "{verb} ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT \
          CONNECTION LIMIT {APP_CONNECTION_LIMIT} PASSWORD {};",
         quote_ident(role),
-        quote_literal(password)?
-    );
-    run(client, "creating the app role", &sql).await
+        quote_literal(&verifier)?
+    ))
 }
 
 async fn ensure_database(client: &Client, database: &str, owner: &str) -> Result<(), DatabaseError> {
@@ -303,6 +557,16 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
         assert_ne!(a, generate_password());
+    }
+
+    #[test]
+    fn the_role_statement_holds_a_verifier_not_the_password() {
+        let password = generate_password();
+        let sql = app_role_sql("tenant_a_app", false, &password).unwrap();
+        assert!(!sql.contains(&password), "the password itself is in the statement");
+        assert!(sql.starts_with("CREATE ROLE \"tenant_a_app\" LOGIN"), "{sql}");
+        assert!(sql.contains("PASSWORD 'SCRAM-SHA-256$4096:"), "{sql}");
+        assert!(app_role_sql("tenant_a_app", true, &password).unwrap().starts_with("ALTER ROLE"));
     }
 
     #[test]

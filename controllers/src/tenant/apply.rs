@@ -3,14 +3,13 @@
 
 use super::CONTROLLER;
 use super::build::{self, BuildError, Children, DATABASE_POLICY, Owner};
-use super::controller::Error;
+use super::controller::{Error, TenantContext};
 use super::status::{self, *};
 use super::{database, database_egress};
 use crate::apply::Applier;
 use crate::conditions::Observed;
 use crate::context::Context;
 use crate::quantity;
-use crate::scaffold::Scaffold;
 use bizosaas_crds::{LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY, Tenant};
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -46,7 +45,8 @@ pub(super) fn is_ours(namespace: &Namespace, tenant: &str) -> bool {
         && labels.get(LABEL_TENANT).map(String::as_str) == Some(tenant)
 }
 
-pub(super) async fn apply(tenant: &Tenant, s: &Scaffold) -> Result<Action, Error> {
+pub(super) async fn apply(tenant: &Tenant, t: &TenantContext) -> Result<Action, Error> {
+    let s = &t.scaffold;
     let ctx = s.ctx.as_ref();
     let name = tenant.name_any();
     let mut children = match build::children(tenant, &ctx.config) {
@@ -74,6 +74,18 @@ pub(super) async fn apply(tenant: &Tenant, s: &Scaffold) -> Result<Action, Error
         return Ok(Action::requeue(RESYNC));
     }
 
+    // A custom domain another Tenant claimed first is refused: its services run, unexposed.
+    let domain_refused = build::domains::custom_domain(tenant).and_then(|_| {
+        let all = t.tenants.state();
+        let others = all.iter().filter_map(|g| g.0.as_ref().ok());
+        build::domains::check(tenant, others, &ctx.config.base_domain).err()
+    });
+    if domain_refused.is_some() {
+        for w in &mut children.services {
+            w.ingress = None;
+        }
+    }
+
     let owner = Owner::of(tenant)?;
     let db_egress = database_egress::database_egress(&owner, ctx).await?;
     children.network_policies.extend(db_egress.policy);
@@ -92,7 +104,10 @@ pub(super) async fn apply(tenant: &Tenant, s: &Scaffold) -> Result<Action, Error
     let database_failed = !database_condition.0.status;
     observed.push(database_condition.0);
     observed.push(database_condition.1);
-    observed.push(status::services(tenant, &children, ctx).await?);
+    observed.push(match &domain_refused {
+        Some(refusal) => Observed::failed(SERVICES_READY, "DomainConflict", refusal.to_string()),
+        None => status::services(tenant, &children, ctx).await?,
+    });
 
     // The quota controller usually records the quota within a second; its update event
     // triggers a reconcile, and a short requeue covers a missed one.
@@ -102,6 +117,9 @@ pub(super) async fn apply(tenant: &Tenant, s: &Scaffold) -> Result<Action, Error
     status::write(tenant, s, next).await?;
     Ok(if quota_pending {
         Action::requeue(Duration::from_secs(1))
+    } else if domain_refused.is_some() {
+        // Checked again soon: the earlier claim may go away.
+        Action::requeue(Duration::from_secs(60))
     } else if database_failed {
         Action::requeue(RETRY)
     } else if waiting {
@@ -125,9 +143,12 @@ async fn apply_children(
     let client = ctx.client.clone();
     let ns = owner.namespace.as_str();
     a.ensure_against(&Api::<Namespace>::all(client.clone()), &c.namespace, live_namespace).await?;
+    let bindings = Api::<RoleBinding>::namespaced(client.clone(), ns);
+    if a.ensure(&bindings, &c.operator_binding).await? {
+        granted(ns, ctx).await?;
+    }
 
     let policies = Api::<NetworkPolicy>::namespaced(client.clone(), ns);
-    let bindings = Api::<RoleBinding>::namespaced(client.clone(), ns);
     let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
     let services = Api::<Service>::namespaced(client.clone(), ns);
     let ingresses = Api::<Ingress>::namespaced(client.clone(), ns);
@@ -145,7 +166,9 @@ async fn apply_children(
     for w in &c.services {
         writes.push(Box::pin(a.ensure(&deployments, &w.deployment)));
         writes.push(Box::pin(a.ensure(&services, &w.service)));
-        writes.push(Box::pin(a.ensure(&ingresses, &w.ingress)));
+        if let Some(ingress) = &w.ingress {
+            writes.push(Box::pin(a.ensure(&ingresses, ingress)));
+        }
     }
     futures::future::try_join_all(writes).await?;
 
@@ -153,7 +176,7 @@ async fn apply_children(
     if a.compare {
         let names = |items: &mut dyn Iterator<Item = String>| items.collect::<BTreeSet<String>>();
         let keep_policies = names(&mut c.network_policies.iter().map(|p| p.name_any()).chain(retained.iter().cloned()));
-        let keep_bindings = names(&mut c.role_bindings.iter().map(|b| b.name_any()));
+        let keep_bindings = names(&mut c.role_bindings.iter().chain([&c.operator_binding]).map(|b| b.name_any()));
         // A service the catalog lacks keeps whatever objects it has until the catalog offers
         // it again or the Tenant drops it.
         let keep_services = names(
@@ -166,12 +189,22 @@ async fn apply_children(
         );
         let (network_selector, rbac_selector) = (owner.selector("network"), owner.selector("rbac"));
         let service_selector = owner.selector("service");
+        // Of the services with objects, those whose host the tenant may serve keep their Ingress.
+        let keep_ingresses = names(
+            &mut c
+                .services
+                .iter()
+                .filter(|w| w.ingress.is_some())
+                .map(|w| w.service_name)
+                .chain(c.services_not_in_catalog.iter().copied())
+                .map(|s| s.as_str().to_string()),
+        );
         futures::try_join!(
             a.prune(&policies, &network_selector, &keep_policies),
             a.prune(&bindings, &rbac_selector, &keep_bindings),
             a.prune(&deployments, &service_selector, &keep_services),
             a.prune(&services, &service_selector, &keep_services),
-            a.prune(&ingresses, &service_selector, &keep_services),
+            a.prune(&ingresses, &service_selector, &keep_ingresses),
         )?;
     }
     // Until the quota controller has recorded the quota, the API server refuses every counted
@@ -194,6 +227,36 @@ async fn apply_children(
         Observed::ok(NETWORK_READY, "Applied", format!("{} NetworkPolicies are applied", c.network_policies.len())),
         Observed::ok(RBAC_READY, "Applied", "ServiceAccount tenant-workload and owner RoleBindings are applied"),
     ])
+}
+
+/// Waits (briefly) until the API server's authorizer knows the operator's fresh RoleBinding in
+/// `ns`, so the children written next are not refused while it catches up.
+async fn granted(ns: &str, ctx: &Context) -> Result<(), Error> {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(ns.into()),
+                verb: Some("create".into()),
+                resource: Some("secrets".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: Api<SelfSubjectAccessReview> = Api::all(ctx.client.clone());
+    for _ in 0..50 {
+        let answer = api.create(&Default::default(), &review).await?;
+        if answer.status.is_some_and(|s| s.allowed) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Not granted within 5 s: the writes that follow report what is refused.
+    Ok(())
 }
 
 /// True when the quota controller has recorded the desired limits and the usage of every

@@ -3,7 +3,7 @@
 
 use super::build::BuildError;
 use super::finalize::{self, FINALIZER};
-use super::{CONTROLLER, apply, database_egress};
+use super::{CONTROLLER, apply, claims, database_egress};
 use crate::context::Context;
 use crate::egress::resolve::SERVICE_NAME_LABEL;
 use crate::metrics::Categorized;
@@ -22,7 +22,7 @@ use kube::core::DeserializeGuard;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::reflector::{self, reflector};
+use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use std::future::Future;
@@ -71,6 +71,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     // a user makes (spec, labels, annotations, deletion) needs a reconcile.
     let (reader, writer) = reflector::store();
     let store = reader.clone();
+    let every_tenant = reader.clone();
+    let claimants = reader.clone();
     let tenants =
         reflector(writer, watcher(Api::<DeserializeGuard<Tenant>>::all(client.clone()), watcher::Config::default()))
             .default_backoff()
@@ -83,10 +85,12 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .watches_stream(children::<NetworkPolicy>(&client, &ours), tenant_of)
         .watches_stream(children::<ServiceAccount>(&client, &ours), tenant_of)
         .watches_stream(children::<RoleBinding>(&client, &ours), tenant_of)
-        .watches_stream(children::<Secret>(&client, &ours), tenant_of)
-        .watches_stream(children::<Deployment>(&client, &ours), tenant_of)
+        // Secrets and Deployments only where the operator may read them: tenant namespaces.
+        .watches_stream(ctx.tenant_namespaces.watch::<Secret>(client.clone(), ours.clone()), tenant_of)
+        .watches_stream(ctx.tenant_namespaces.watch::<Deployment>(client.clone(), ours.clone()), tenant_of)
         .watches_stream(children::<Service>(&client, &ours), tenant_of)
-        .watches_stream(children::<Ingress>(&client, &ours), tenant_of);
+        .watches_stream(children::<Ingress>(&client, &ours), tenant_of)
+        .watches_stream(claims::domain_changes(client.clone()), move |changed| claims::affected(&claimants, &changed));
     if let Some(service) = database_egress::database_service(&ctx) {
         // The database Service's endpoints are what `allow-database` allows: when its pods
         // move, every tenant's policy follows.
@@ -98,8 +102,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         });
     }
     controller
+        .with_config(crate::scaffold::controller_config())
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, Arc::new(Scaffold::new(CONTROLLER, ctx)))
+        .run(
+            reconcile,
+            error_policy,
+            Arc::new(TenantContext { scaffold: Scaffold::new(CONTROLLER, ctx), tenants: every_tenant }),
+        )
         .for_each(|_| futures::future::ready(()))
         .await;
 }
@@ -131,24 +140,52 @@ fn tenant_of<K: Resource>(child: K) -> Option<ObjectRef<DeserializeGuard<Tenant>
     child.labels().get(LABEL_TENANT).map(|name| ObjectRef::new(name))
 }
 
-async fn reconcile(guard: Arc<DeserializeGuard<Tenant>>, s: Arc<Scaffold>) -> Result<Action, Error> {
-    s.reconcile(&guard, |tenant| reconcile_tenant(tenant, &s)).await
+/// What the Tenant controller's reconciles share: the scaffold, and every Tenant for the
+/// claims that span tenants (custom domains).
+pub(super) struct TenantContext {
+    pub scaffold: Scaffold,
+    pub tenants: Store<DeserializeGuard<Tenant>>,
 }
 
-fn error_policy(guard: Arc<DeserializeGuard<Tenant>>, error: &Error, s: Arc<Scaffold>) -> Action {
-    s.error_policy(&guard, error)
+async fn reconcile(guard: Arc<DeserializeGuard<Tenant>>, t: Arc<TenantContext>) -> Result<Action, Error> {
+    let s = &t.scaffold;
+    if let Err(invalid) = &guard.0
+        && invalid.metadata.deletion_timestamp.is_some()
+        && invalid.metadata.finalizers.iter().flatten().any(|f| f == FINALIZER)
+    {
+        // Unreadable and being deleted: the finalizer must still run.
+        let cleanup = finalize::cleanup_unreadable(&invalid.metadata, &invalid.error, &s.ctx);
+        return s.ctx.metrics.measure(CONTROLLER, cleanup).await;
+    }
+    s.reconcile(&guard, |tenant| reconcile_tenant(tenant, &t)).await
+}
+
+fn error_policy(guard: Arc<DeserializeGuard<Tenant>>, error: &Error, t: Arc<TenantContext>) -> Action {
+    t.scaffold.error_policy(&guard, error)
 }
 
 /// Holds a Tenant with a finalizer until its deletion policy has run. The finalizer is added
 /// in the same reconcile that provisions the Tenant, saving a round trip through the watch.
-async fn reconcile_tenant(tenant: &Tenant, s: &Scaffold) -> Result<Action, Error> {
+async fn reconcile_tenant(tenant: &Tenant, t: &TenantContext) -> Result<Action, Error> {
+    let s = &t.scaffold;
     let has_finalizer = tenant.finalizers().iter().any(|f| f == FINALIZER);
     match (tenant.metadata.deletion_timestamp.is_some(), has_finalizer) {
         (true, false) => Ok(Action::await_change()),
         (true, true) => {
-            let action = finalize::cleanup(tenant, &s.ctx).await?;
+            let phase = tenant.status.as_ref().and_then(|s| s.phase).map(|p| format!("{p:?}"));
+            let message = format!(
+                "The Tenant is being deleted: applying deletionPolicy {:?} to its data",
+                tenant.spec.database.deletion_policy
+            );
+            let mut tenant = tenant.clone();
+            if let Some(version) =
+                finalize::report_terminating(&tenant.name_any(), phase.as_deref(), &message, &s.ctx).await?
+            {
+                tenant.metadata.resource_version = Some(version);
+            }
+            let action = finalize::cleanup(&tenant, &s.ctx).await?;
             let rest: Vec<&String> = tenant.finalizers().iter().filter(|f| *f != FINALIZER).collect();
-            finalize::set_finalizers(tenant, &s.ctx, serde_json::json!(rest)).await?;
+            finalize::set_finalizers(&tenant, &s.ctx, serde_json::json!(rest)).await?;
             Ok(action)
         }
         (false, false) => {
@@ -156,9 +193,9 @@ async fn reconcile_tenant(tenant: &Tenant, s: &Scaffold) -> Result<Action, Error
             let ours = FINALIZER.to_string();
             all.push(&ours);
             finalize::set_finalizers(tenant, &s.ctx, serde_json::json!(all)).await?;
-            apply::apply(tenant, s).await
+            apply::apply(tenant, t).await
         }
-        (false, true) => apply::apply(tenant, s).await,
+        (false, true) => apply::apply(tenant, t).await,
     }
 }
 

@@ -8,7 +8,7 @@ use super::status::{DATABASE_READY, SECRETS_READY};
 use crate::apply::Applier;
 use crate::conditions::Observed;
 use crate::context::Context;
-use crate::postgres::{DatabaseError, TenantCredentials, TenantNames};
+use crate::postgres::{Claim, DatabaseError, TenantCredentials, TenantNames};
 use crate::vault::{Vault, VaultError};
 use bizosaas_crds::Tenant;
 use bizosaas_crds::tenant::{DatabaseIsolation, SecretsBackend};
@@ -66,7 +66,10 @@ pub(super) async fn ensure(
         Some(password) if recently_provisioned => {
             Ok(admin.credentials(&names, tenant.spec.database.isolation, password))
         }
-        password => admin.ensure_tenant(&names, tenant.spec.database.isolation, password.as_deref()).await,
+        password => {
+            let claim = claim(tenant);
+            admin.ensure_claimed_tenant(&names, tenant.spec.database.isolation, password.as_deref(), &claim).await
+        }
     };
     let creds = match ensured {
         Ok(creds) => {
@@ -77,10 +80,10 @@ pub(super) async fn ensure(
             creds
         }
         Err(e) => {
-            let reason = if matches!(e, DatabaseError::Connect(_)) {
-                "DatabaseUnavailable"
-            } else {
-                "DatabaseProvisioningFailed"
+            let reason = match e {
+                DatabaseError::Connect(_) => "DatabaseUnavailable",
+                DatabaseError::Conflict(_) => "DatabaseConflict",
+                _ => "DatabaseProvisioningFailed",
             };
             let msg = e.to_string();
             return Ok((
@@ -108,6 +111,21 @@ pub(super) async fn ensure(
         Err(StoreError::Kube(e)) => return Err(e.into()),
     };
     Ok(((database_ok, secrets_ok), Some(database)))
+}
+
+/// The Tenant whose database this is: its uid, whether it asks to adopt retained data, and
+/// whether its own status already says the database was provisioned for it.
+pub(super) fn claim(tenant: &Tenant) -> Claim {
+    let provisioned_before = tenant
+        .status
+        .as_ref()
+        .and_then(|s| bizosaas_crds::common::find_condition(&s.conditions, DATABASE_READY))
+        .is_some_and(|c| c.status == "True");
+    Claim {
+        uid: tenant.metadata.uid.clone().unwrap_or_default(),
+        adopt: tenant.spec.database.adopt_retained,
+        provisioned_before,
+    }
 }
 
 fn vault_reason(e: &VaultError) -> &'static str {

@@ -3,6 +3,7 @@
 
 mod apply;
 pub mod build;
+mod claims;
 mod controller;
 mod database;
 mod database_egress;

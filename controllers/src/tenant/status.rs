@@ -25,12 +25,10 @@ pub const SERVICES_READY: &str = "ServicesReady";
 pub fn next(tenant: &Tenant, observed: Vec<Observed>, database: Option<String>) -> TenantStatus {
     let previous = tenant.status.clone().unwrap_or_default();
     let failing = observed.iter().find(|o| !o.status).cloned();
-    let ready = match &failing {
-        None if tenant.spec.suspended => {
-            Observed::ok(READY, "Suspended", "The tenant is suspended: its data is kept and no workloads run")
-        }
-        None => Observed::ok(READY, "Provisioned", "Every part of the tenant is provisioned"),
-        Some(f) => Observed::failed(READY, f.reason.clone(), f.message.clone()),
+    let ready = if tenant.spec.suspended {
+        Observed::ok(READY, "Suspended", "The tenant is suspended: its data is kept and no workloads run")
+    } else {
+        Observed::ok(READY, "Provisioned", "Every part of the tenant is provisioned")
     };
     let phase = match (&failing, tenant.spec.suspended) {
         (None, true) => TenantPhase::Suspended,
@@ -39,7 +37,7 @@ pub fn next(tenant: &Tenant, observed: Vec<Observed>, database: Option<String>) 
         (Some(_), _) => TenantPhase::Provisioning,
     };
     let mut all = observed;
-    all.push(ready);
+    conditions::summarize(&mut all, ready, is_permanent, |_| false);
     let generation = tenant.metadata.generation;
     TenantStatus {
         phase: Some(phase),
@@ -66,9 +64,17 @@ pub fn services_not_in_catalog(missing: &[BusinessService]) -> Option<Observed> 
     ))
 }
 
-/// Reasons that need a user to change something before a retry can help.
-fn is_permanent(reason: &str) -> bool {
-    matches!(reason, "NamespaceConflict" | "InvalidSpec" | "VaultNotConfigured" | "ServiceNotInCatalog")
+/// Failures only a change of the spec or of the operator's configuration can fix.
+pub fn is_permanent(reason: &str) -> bool {
+    matches!(
+        reason,
+        "NamespaceConflict"
+            | "DatabaseConflict"
+            | "InvalidSpec"
+            | "VaultNotConfigured"
+            | "ServiceNotInCatalog"
+            | "DomainConflict"
+    )
 }
 
 /// Business services count as ready when the catalog offers every one and every Deployment

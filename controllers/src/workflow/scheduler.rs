@@ -43,6 +43,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let ours = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
     Controller::new(Api::<DeserializeGuard<Workflow>>::all(client.clone()), watcher::Config::default())
         .owns(Api::<WorkflowRun>::all(client), ours)
+        .with_config(crate::scaffold::controller_config())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, Arc::new(Scaffold::new(CONTROLLER, ctx)))
         .for_each(|_| futures::future::ready(()))
@@ -132,14 +133,13 @@ async fn reconcile_workflow(workflow: &Workflow, s: &Scaffold) -> Result<Action,
         names.sort();
         names
     };
-    let failing = observed.iter().find(|o| !o.status).cloned();
-    observed.push(match failing {
-        Some(f) => Observed::failed(READY, f.reason, f.message),
-        None if workflow.spec.suspend => {
-            Observed::ok(READY, "Suspended", "The workflow is valid; its schedule is suspended")
-        }
-        None => Observed::ok(READY, "Valid", "The workflow's steps, crews, integrations and schedule are valid"),
-    });
+    let ready = if workflow.spec.suspend {
+        Observed::ok(READY, "Suspended", "The workflow is valid; its schedule is suspended")
+    } else {
+        Observed::ok(READY, "Valid", "The workflow's steps, crews, integrations and schedule are valid")
+    };
+    // Every way a Workflow can be invalid needs its spec or a reference to change.
+    conditions::summarize(&mut observed, ready, |_| true, |_| false);
     next.observed_generation = workflow.metadata.generation;
     next.conditions = conditions::merge(&previous.conditions, &observed, workflow.metadata.generation);
     if next != previous {

@@ -73,6 +73,13 @@ pub fn vault_token() -> String {
         .expect("no test OpenBao token: start it with `tests/harness/openbao.sh up` (or run `./dev test`)")
 }
 
+/// The Vault token the harness gives the operator: it holds only the shipped policy
+/// `manifests/vault/operator-policy.hcl` (`tests/harness/openbao.sh operator-token`).
+pub fn vault_operator_token() -> String {
+    harness("openbao.sh", "operator-token")
+        .expect("no operator token from the test OpenBao: start it with `tests/harness/openbao.sh up`")
+}
+
 /// One request to the test OpenBao's HTTP API; returns the status and the JSON body.
 pub async fn vault(method: &str, path: &str, token: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
     let client = http();
@@ -449,6 +456,37 @@ pub async fn fresh_tenant(client: &Client, name: &str, spec: serde_json::Value) 
         bizosaas_crds::common::is_ready(&tenants.get(name).await.ok()?.status?.conditions).then_some(())
     })
     .await;
+}
+
+/// Drops the database and roles a Tenant of this name left behind (an earlier run's, kept by
+/// `deletionPolicy: Retain`), which a new Tenant of the name would meet as a DatabaseConflict.
+pub async fn drop_tenant_data(tenant: &str) {
+    let url = database_url();
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let base = format!("tenant_{}", tenant.replace('-', "_"));
+    db.batch_execute(&format!("DROP DATABASE IF EXISTS \"{base}\" WITH (FORCE)")).await.unwrap();
+    for role in [format!("{base}_app"), format!("{base}_owner")] {
+        // What the role still holds elsewhere (a shared tenant's grants and policies in the
+        // platform database) would refuse the DROP ROLE.
+        let holding = db
+            .query(
+                "SELECT DISTINCT d.datname FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid \
+                 WHERE s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = $1)",
+                &[&role],
+            )
+            .await
+            .unwrap();
+        for row in holding {
+            let database: String = row.get(0);
+            let mut config: tokio_postgres::Config = url.parse().unwrap();
+            config.dbname(&database);
+            let (other, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            other.batch_execute(&format!("DROP OWNED BY \"{role}\"")).await.unwrap();
+        }
+        db.batch_execute(&format!("DROP ROLE IF EXISTS \"{role}\"")).await.unwrap();
+    }
 }
 
 /// The LLM server's URL and model (`BIZOSAAS_TEST_LLM_URL`, `BIZOSAAS_TEST_LLM_MODEL`).

@@ -1,6 +1,7 @@
 //! Pure builders: a Tenant's spec and the operator configuration in, the desired child
 //! objects out. Nothing here talks to a server, so every builder is unit-tested from fixtures.
 
+pub mod domains;
 mod namespace;
 mod network;
 mod quota;
@@ -12,7 +13,7 @@ mod workload;
 pub use namespace::namespace;
 pub use network::{DATABASE_POLICY, database_client, database_policy, network_policies};
 pub use quota::{limit_range, resource_quota};
-pub use rbac::{role_bindings, service_account};
+pub use rbac::{OPERATOR_BINDING, operator_binding, role_bindings, service_account};
 pub use secret::{database_fields, database_secret};
 pub use services::{ServiceWorkload, ServiceWorkloads, service_workloads};
 pub use workload::{http_service, restricted_container, restricted_pod, tmp_mount, tmp_volume};
@@ -58,9 +59,21 @@ pub struct Children {
     pub network_policies: Vec<NetworkPolicy>,
     pub service_account: ServiceAccount,
     pub role_bindings: Vec<RoleBinding>,
+    /// The operator's own RoleBinding: written right after the namespace, before anything it
+    /// grants the right to write.
+    pub operator_binding: RoleBinding,
     pub services: Vec<ServiceWorkload>,
     /// Services the Tenant names that the operator's service catalog lacks.
     pub services_not_in_catalog: Vec<BusinessService>,
+}
+
+/// The container ports the tenant's business services serve on.
+fn serving_ports(workloads: &[ServiceWorkload]) -> Vec<i32> {
+    workloads
+        .iter()
+        .filter_map(|w| w.deployment.spec.as_ref()?.template.spec.as_ref())
+        .flat_map(|pod| pod.containers.iter().flat_map(|c| c.ports.iter().flatten().map(|p| p.container_port)))
+        .collect()
 }
 
 /// Builds the desired children of a Tenant.
@@ -72,9 +85,18 @@ pub fn children(tenant: &Tenant, config: &Config) -> Result<Children, BuildError
         namespace: namespace(&owner),
         resource_quota: resource_quota(&owner, &quota, tenant.spec.suspended),
         limit_range: limit_range(&owner),
-        network_policies: network_policies(&owner, tenant.spec.network_isolation, config),
+        network_policies: network_policies(
+            &owner,
+            tenant.spec.network_isolation,
+            &serving_ports(&services.workloads),
+            config,
+        ),
         service_account: service_account(&owner),
         role_bindings: role_bindings(&owner, &tenant.spec.owners),
+        operator_binding: {
+            let (namespace, account) = config.operator_account();
+            operator_binding(&owner, &namespace, &account)
+        },
         services: services.workloads,
         services_not_in_catalog: services.not_in_catalog,
     })
@@ -194,7 +216,8 @@ mod tests {
         metas.extend(c.network_policies.iter().map(|n| &n.metadata));
         metas.extend(c.role_bindings.iter().map(|n| &n.metadata));
         for s in &c.services {
-            metas.extend([&s.deployment.metadata, &s.service.metadata, &s.ingress.metadata]);
+            metas.extend([&s.deployment.metadata, &s.service.metadata]);
+            metas.extend(s.ingress.iter().map(|i| &i.metadata));
         }
         for meta in metas {
             let labels = meta.labels.as_ref().unwrap();

@@ -1,6 +1,6 @@
 //! The tenant's NetworkPolicies: deny by default, then allow the same namespace, DNS, the
-//! platform's tenant-facing pods (ingress from the whole platform namespace), the ingress
-//! controller and HTTPS to public addresses. `Strict` and
+//! platform (in: to the ports tenant pods serve on; out: to its tenant-facing pods' port), the
+//! ingress controller (to the business services' ports) and HTTPS to public addresses. `Strict` and
 //! `Open` differ only in egress: `Strict` gives public HTTPS to agent pods (they call LLM
 //! gateways), `Open` to every pod. With a database, `allow-database` lets the pods labelled
 //! database clients reach PostgreSQL wherever it runs.
@@ -40,7 +40,25 @@ const NON_PUBLIC: [&str; 15] = [
     "240.0.0.0/4",     // reserved, and the broadcast address
 ];
 
-pub fn network_policies(owner: &Owner, isolation: NetworkIsolation, config: &Config) -> Vec<NetworkPolicy> {
+/// The port the platform's tenant-facing services (the API gateway) serve tenants on.
+pub const TENANT_FACING_PORT: i32 = 8080;
+
+/// `service_ports`: the container ports of the tenant's business services. The platform may
+/// reach those and the agent runtimes' API; the ingress controller only those. Without
+/// business services there is nothing for the ingress controller to reach, and no policy.
+pub fn network_policies(
+    owner: &Owner,
+    isolation: NetworkIsolation,
+    service_ports: &[i32],
+    config: &Config,
+) -> Vec<NetworkPolicy> {
+    let tcp = |ports: &[i32]| {
+        let mut ports = ports.to_vec();
+        ports.sort_unstable();
+        ports.dedup();
+        ports.into_iter().map(|p| port("TCP", p)).collect::<Vec<_>>()
+    };
+    let platform_ports = tcp(&[service_ports, &[crate::agent_crew::build::PORT]].concat());
     let all_pods = LabelSelector::default();
     let agents = selector(&[(LABEL_COMPONENT, "agent")]);
     let mut policies = vec![
@@ -72,7 +90,7 @@ pub fn network_policies(owner: &Owner, isolation: NetworkIsolation, config: &Con
             all_pods.clone(),
             Some(vec![NetworkPolicyIngressRule {
                 from: Some(vec![namespace_peer(&config.platform_namespace)]),
-                ports: None,
+                ports: Some(platform_ports),
             }]),
             // Out of the platform namespace, only what is there for tenants (pods labelled
             // `bizosaas.io/tenant-facing: "true"`): never the operator or anything else.
@@ -82,21 +100,23 @@ pub fn network_policies(owner: &Owner, isolation: NetworkIsolation, config: &Con
                     pod_selector: Some(selector(&[(LABEL_TENANT_FACING, "true")])),
                     ..Default::default()
                 }]),
-                ports: None,
+                ports: Some(vec![port("TCP", TENANT_FACING_PORT)]),
             }]),
         ),
-        policy(
+    ];
+    if !service_ports.is_empty() {
+        policies.push(policy(
             owner,
             "allow-ingress-controller",
             all_pods.clone(),
             Some(vec![NetworkPolicyIngressRule {
                 from: Some(vec![namespace_peer(&config.ingress_namespace)]),
-                ports: None,
+                ports: Some(tcp(service_ports)),
             }]),
             None,
-        ),
-        policy(owner, "allow-agent-https-egress", agents, None, Some(vec![public_https()])),
-    ];
+        ));
+    }
+    policies.push(policy(owner, "allow-agent-https-egress", agents, None, Some(vec![public_https()])));
     if isolation == NetworkIsolation::Open {
         policies.push(policy(owner, "allow-https-egress", all_pods, None, Some(vec![public_https()])));
     }
@@ -192,7 +212,7 @@ mod tests {
     #[test]
     fn strict_denies_by_default_and_allows_the_listed_peers() {
         let owner = Owner::of(&fixtures::tenant(fixtures::ACME)).unwrap();
-        let policies = network_policies(&owner, NetworkIsolation::Strict, &Config::default());
+        let policies = network_policies(&owner, NetworkIsolation::Strict, &[3000, 8080], &Config::default());
         assert_eq!(
             names(&policies),
             [
@@ -217,6 +237,12 @@ mod tests {
         let peer = &platform.ingress.as_ref().unwrap()[0].from.as_ref().unwrap()[0];
         let ns = peer.namespace_selector.as_ref().unwrap().match_labels.as_ref().unwrap();
         assert_eq!(ns["kubernetes.io/metadata.name"], "bizosaas-system");
+        // In from the platform: the ports tenant pods serve on (services, agent API), nothing else.
+        let ports = |rule: &NetworkPolicyIngressRule| rule.ports.clone().unwrap_or_default();
+        assert_eq!(ports(&platform.ingress.as_ref().unwrap()[0]), [port("TCP", 3000), port("TCP", 8080)]);
+        assert_eq!(platform.egress.as_ref().unwrap()[0].ports.as_deref().unwrap(), [port("TCP", TENANT_FACING_PORT)]);
+        let controller = policies[4].spec.as_ref().unwrap();
+        assert_eq!(ports(&controller.ingress.as_ref().unwrap()[0]), [port("TCP", 3000), port("TCP", 8080)]);
         let agent = policies[5].spec.as_ref().unwrap();
         assert_eq!(agent.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()[LABEL_COMPONENT], "agent");
         let block = agent.egress.as_ref().unwrap()[0].to.as_ref().unwrap()[0].ip_block.as_ref().unwrap();
@@ -235,10 +261,20 @@ mod tests {
     }
 
     #[test]
+    fn without_business_services_the_ingress_controller_reaches_nothing() {
+        let owner = Owner::of(&fixtures::tenant(fixtures::ACME)).unwrap();
+        let policies = network_policies(&owner, NetworkIsolation::Strict, &[], &Config::default());
+        assert!(!names(&policies).contains(&"allow-ingress-controller".to_string()));
+        let platform = policies.iter().find(|p| p.metadata.name.as_deref() == Some("allow-platform")).unwrap();
+        let rule = &platform.spec.as_ref().unwrap().ingress.as_ref().unwrap()[0];
+        assert_eq!(rule.ports.as_deref().unwrap(), [port("TCP", crate::agent_crew::build::PORT)], "the agent API only");
+    }
+
+    #[test]
     fn open_differs_only_by_https_egress_for_every_pod() {
         let owner = Owner::of(&fixtures::tenant(fixtures::ACME)).unwrap();
-        let strict = network_policies(&owner, NetworkIsolation::Strict, &Config::default());
-        let open = network_policies(&owner, NetworkIsolation::Open, &Config::default());
+        let strict = network_policies(&owner, NetworkIsolation::Strict, &[3000, 8080], &Config::default());
+        let open = network_policies(&owner, NetworkIsolation::Open, &[3000, 8080], &Config::default());
         assert_eq!(&open[..strict.len()], &strict[..]);
         assert_eq!(open.len(), strict.len() + 1);
         let extra = open.last().unwrap().spec.as_ref().unwrap();
@@ -282,10 +318,11 @@ mod tests {
     fn the_database_policy_leaves_the_other_policies_unchanged() {
         let owner = Owner::of(&fixtures::tenant(fixtures::ACME)).unwrap();
         let (policy, _) = database_policy(&owner, &database(&["10.0.3.7:5432"]));
-        let others = network_policies(&owner, NetworkIsolation::Strict, &Config::default());
+        let others = network_policies(&owner, NetworkIsolation::Strict, &[3000, 8080], &Config::default());
         let names = names(&others);
         assert!(!names.contains(&DATABASE_POLICY.to_string()), "only added where a database is configured");
         assert_eq!(names.len(), 6);
+        assert!(names.contains(&"allow-ingress-controller".to_string()));
         let policy = policy.unwrap();
         let db_selector = policy.spec.as_ref().unwrap().pod_selector.as_ref().unwrap();
         for other in &others {

@@ -1,4 +1,6 @@
-//! The tenant's ServiceAccount and the RoleBinding of its owners.
+//! The tenant's ServiceAccount, the RoleBinding of its owners, and the operator's own
+//! RoleBinding: the operator holds no cluster-wide rights on Secrets, Deployments or Jobs,
+//! only these, in each tenant namespace.
 
 use super::{Owner, WORKLOAD_SERVICE_ACCOUNT};
 use bizosaas_crds::tenant::{Owner as TenantOwner, OwnerKind};
@@ -7,6 +9,30 @@ use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 
 /// ClusterRole bound to a tenant's owners inside its namespace; ships with the manifests.
 pub const TENANT_ADMIN_ROLE: &str = "bizosaas-tenant-admin";
+
+/// ClusterRole holding what the operator does inside a tenant namespace; ships with the chart
+/// and bound only by [`operator_binding`].
+pub const OPERATOR_TENANT_ROLE: &str = "bizosaas-operator-tenant";
+/// Name of the operator's RoleBinding in each tenant namespace.
+pub const OPERATOR_BINDING: &str = "bizosaas-operator";
+
+/// Binds the operator's ServiceAccount to [`OPERATOR_TENANT_ROLE`] in the tenant namespace.
+pub fn operator_binding(owner: &Owner, operator_namespace: &str, operator_account: &str) -> RoleBinding {
+    RoleBinding {
+        metadata: owner.meta(OPERATOR_BINDING, "rbac", true),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: OPERATOR_TENANT_ROLE.into(),
+        },
+        subjects: Some(vec![Subject {
+            api_group: None,
+            kind: "ServiceAccount".into(),
+            name: operator_account.into(),
+            namespace: Some(operator_namespace.into()),
+        }]),
+    }
+}
 
 /// `tenant-workload`, the identity of the tenant's services and agents (and of its Vault role).
 pub fn service_account(owner: &Owner) -> ServiceAccount {
@@ -50,6 +76,17 @@ pub fn role_bindings(owner: &Owner, owners: &[TenantOwner]) -> Vec<RoleBinding> 
 mod tests {
     use super::super::{Owner, fixtures};
     use super::*;
+
+    #[test]
+    fn the_operator_is_bound_to_its_tenant_role_only_here() {
+        let owner = Owner::of(&fixtures::tenant(fixtures::ACME)).unwrap();
+        let rb = operator_binding(&owner, "bizosaas-system", "bizosaas-operator");
+        assert_eq!(rb.metadata.namespace.as_deref(), Some("tenant-acme"));
+        assert_eq!((rb.role_ref.kind.as_str(), rb.role_ref.name.as_str()), ("ClusterRole", OPERATOR_TENANT_ROLE));
+        let subject = &rb.subjects.as_ref().unwrap()[0];
+        assert_eq!((subject.kind.as_str(), subject.name.as_str()), ("ServiceAccount", "bizosaas-operator"));
+        assert_eq!(subject.namespace.as_deref(), Some("bizosaas-system"));
+    }
 
     #[test]
     fn owners_are_bound_to_the_admin_cluster_role() {

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend, IngressSpec,
-    ServiceBackendPort,
+    IngressTLS, ServiceBackendPort,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -28,7 +28,8 @@ pub struct ServiceWorkload {
     pub service_name: BusinessService,
     pub deployment: Deployment,
     pub service: Service,
-    pub ingress: Ingress,
+    /// `None` when the tenant may not serve its host (a custom domain claimed by another).
+    pub ingress: Option<Ingress>,
 }
 
 /// What a tenant's `spec.services` becomes under the operator's service catalog.
@@ -39,6 +40,14 @@ pub struct ServiceWorkloads {
     /// Named services the catalog lacks. They are reported rather than skipped silently, and
     /// their existing objects are left alone: a catalog edit must not delete running services.
     pub not_in_catalog: Vec<BusinessService>,
+}
+
+/// Annotation that has cert-manager issue an Ingress's certificates.
+pub const CLUSTER_ISSUER: &str = "cert-manager.io/cluster-issuer";
+
+/// The Secret holding a service's certificate: `<service>-tls`, in the tenant namespace.
+pub fn tls_secret_name(service: BusinessService) -> String {
+    format!("{}-tls", service.as_str())
 }
 
 /// The public host of a service: `<service>.<customDomain>` or `<service>.<tenant>.<baseDomain>`.
@@ -121,8 +130,20 @@ fn workload(
     };
     let service_obj = http_service(meta(), selector);
     let ingress = Ingress {
-        metadata: meta(),
+        metadata: ObjectMeta {
+            annotations: config
+                .ingress_cluster_issuer
+                .as_ref()
+                .map(|issuer| BTreeMap::from([(CLUSTER_ISSUER.to_string(), issuer.clone())])),
+            ..meta()
+        },
         spec: Some(IngressSpec {
+            ingress_class_name: config.ingress_class.clone(),
+            // Every host is served over TLS, with its own certificate.
+            tls: Some(vec![IngressTLS {
+                hosts: Some(vec![host.clone()]),
+                secret_name: Some(tls_secret_name(service)),
+            }]),
             rules: Some(vec![IngressRule {
                 host: Some(host),
                 http: Some(HTTPIngressRuleValue {
@@ -143,7 +164,7 @@ fn workload(
         }),
         ..Default::default()
     };
-    ServiceWorkload { service_name: service, deployment, service: service_obj, ingress }
+    ServiceWorkload { service_name: service, deployment, service: service_obj, ingress: Some(ingress) }
 }
 
 /// The operator's variables (tenant identity, branding, database access) followed by the
@@ -257,12 +278,39 @@ crm:
         let tenant = fixtures::tenant(fixtures::ACME);
         let w = workloads(&tenant, &Config::default()).workloads;
         assert_eq!(w.iter().map(|w| w.service_name.as_str()).collect::<Vec<_>>(), ["crm", "cms"]);
-        let rule = &w[0].ingress.spec.as_ref().unwrap().rules.as_ref().unwrap()[0];
+        let rule = &w[0].ingress.as_ref().unwrap().spec.as_ref().unwrap().rules.as_ref().unwrap()[0];
         assert_eq!(rule.host.as_deref(), Some("crm.app.acme.example"));
         let env = env(&w[0].deployment);
         assert_eq!(env["BRANDING_PRIMARY_COLOR"].as_deref(), Some("#0a7cff"));
         assert_eq!(env["BRANDING_DISPLAY_NAME"].as_deref(), Some("Acme Corp"));
         assert_eq!(env["DATABASE_URL"], None, "the URL comes from the Secret, never inline");
+    }
+
+    #[test]
+    fn every_host_is_served_over_tls_by_the_configured_class() {
+        let tenant = fixtures::tenant(fixtures::ACME);
+        let plain = workloads(&tenant, &Config::default()).workloads;
+        let spec = plain[0].ingress.as_ref().unwrap().spec.as_ref().unwrap();
+        assert_eq!(spec.ingress_class_name, None, "the cluster's default class");
+        let tls = &spec.tls.as_ref().unwrap()[0];
+        assert_eq!(tls.hosts.as_deref().unwrap(), ["crm.app.acme.example"]);
+        assert_eq!(tls.secret_name.as_deref(), Some("crm-tls"));
+        assert!(plain[0].ingress.as_ref().unwrap().metadata.annotations.is_none());
+        let config = Config {
+            ingress_class: Some("nginx".into()),
+            ingress_cluster_issuer: Some("letsencrypt".into()),
+            ..Config::default()
+        };
+        let w = workloads(&tenant, &config).workloads;
+        assert_eq!(w[1].ingress.as_ref().unwrap().spec.as_ref().unwrap().ingress_class_name.as_deref(), Some("nginx"));
+        assert_eq!(
+            w[1].ingress.as_ref().unwrap().metadata.annotations.as_ref().unwrap()[CLUSTER_ISSUER],
+            "letsencrypt"
+        );
+        assert_eq!(
+            w[1].ingress.as_ref().unwrap().spec.as_ref().unwrap().tls.as_ref().unwrap()[0].secret_name.as_deref(),
+            Some("cms-tls")
+        );
     }
 
     #[test]
@@ -344,7 +392,7 @@ crm:
         let mut tenant = fixtures::tenant(fixtures::MINIMAL);
         tenant.spec.services = vec![BusinessService::Billing];
         let w = workloads(&tenant, &Config::default()).workloads;
-        let rule = &w[0].ingress.spec.as_ref().unwrap().rules.as_ref().unwrap()[0];
+        let rule = &w[0].ingress.as_ref().unwrap().spec.as_ref().unwrap().rules.as_ref().unwrap()[0];
         assert_eq!(rule.host.as_deref(), Some("billing.corner-shop.bizosaas.local"));
     }
 

@@ -113,8 +113,9 @@ pub async fn launch(
             rc.inflight.ensure(&attempt.idempotency_key, run_ref, |_| http::send(client, dialer, call));
         }
         Rendered::Agent(task) => {
-            let http = rc.http.clone();
-            rc.inflight.ensure(&attempt.idempotency_key, run_ref, |reporter| agent::run(client, http, task, reporter));
+            let caller = rc.crews.clone();
+            rc.inflight
+                .ensure(&attempt.idempotency_key, run_ref, |reporter| agent::run(client, caller, task, reporter));
         }
     }
     Ok(())
@@ -161,7 +162,7 @@ pub async fn stop(rc: &RunContext, run: &WorkflowRun, step: &Step, attempt: &Att
     let reference = attempt.reference.clone().or_else(|| rc.inflight.reference(&attempt.idempotency_key));
     rc.inflight.forget(&attempt.idempotency_key);
     if let (Some(task), Some(run_id)) = (&step.agent_task, reference) {
-        agent::cancel(&client, &rc.http, &namespace, &task.crew, &run_id).await;
+        agent::cancel(&client, &rc.crews, &namespace, &task.crew, &run_id).await;
     }
     Ok(())
 }

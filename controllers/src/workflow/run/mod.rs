@@ -34,8 +34,6 @@ use std::time::Duration;
 
 /// Controller name used in metrics, logs and events.
 pub const CONTROLLER: &str = "workflowrun";
-/// Runs reconciled at the same time.
-const CONCURRENCY: u16 = 32;
 /// Longest wait between two looks at a running run, whatever its timers say.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
@@ -46,7 +44,8 @@ pub use crate::scaffold::Error;
 pub struct RunContext {
     scaffold: Scaffold,
     inflight: Inflight,
-    http: reqwest::Client,
+    /// Calls the crews' run API for `agentTask` steps.
+    crews: crate::workflow::steps::agent::Caller,
     /// Vets and dials the addresses of `http` steps.
     dialer: Arc<Dialer>,
     /// The tenant of each namespace runs were seen in (a tenant namespace's label never changes).
@@ -59,21 +58,25 @@ pub struct RunContext {
 /// Runs the WorkflowRun controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let client = ctx.client.clone();
+    let jobs = ctx
+        .tenant_namespaces
+        .watch::<Job>(client.clone(), watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}")));
     let (wake, woken) = futures::channel::mpsc::unbounded();
     let http = reqwest::Client::builder()
         .user_agent(concat!("bizosaas-operator/", env!("CARGO_PKG_VERSION")))
         .timeout(Duration::from_secs(30))
         .build()
         .expect("the HTTP client builds once a rustls provider is installed");
+    let token = crate::runtime_auth::RuntimeToken::new(client.clone(), ctx.config.runtime_token_source());
+    let crews = crate::workflow::steps::agent::Caller { http, token: Arc::new(token) };
     let rc = Arc::new(RunContext {
         scaffold: Scaffold::new(CONTROLLER, ctx),
         inflight: Inflight::new(wake),
-        http,
+        crews,
         dialer: Arc::new(Dialer::new(client.clone())),
         tenants: Mutex::default(),
         written: Mutex::default(),
     });
-    let ours = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
     // A run's own status writes need no reconcile (the reconcile that wrote them already
     // planned the next one); a spec change (cancel) or deletion does.
     let (reader, writer) = reflector::store();
@@ -85,9 +88,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     .applied_objects()
     .predicate_filter(predicates::generation, PredicateConfig::default());
     Controller::for_stream(runs, reader)
-        .owns(Api::<Job>::all(client), ours)
+        .owns_stream(jobs)
         .reconcile_on(woken)
-        .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
+        .with_config(crate::scaffold::controller_config())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, rc)
         .for_each(|_| futures::future::ready(()))

@@ -6,10 +6,9 @@ use crate::conditions::Observed;
 use bizosaas_crds::common::READY;
 use bizosaas_crds::workflow::{RunPhase, WorkflowRunStatus};
 
-pub const RECONCILING: &str = "Reconciling";
+pub use crate::conditions::{RECONCILING, STALLED};
 pub const SUCCEEDED: &str = "Succeeded";
 pub const FAILED: &str = "Failed";
-pub const STALLED: &str = "Stalled";
 
 /// The conditions for a run in `phase`, with the reason and message of what it is doing or
 /// why it ended.

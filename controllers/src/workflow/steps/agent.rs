@@ -1,16 +1,33 @@
 //! `agentTask` steps: a run on the crew's runtime API. The run is created with the attempt's
 //! `Idempotency-Key` (a repeated create returns the same run, on any replica when the crew has
 //! a database), its id is published for the status before waiting, and it is polled until it
-//! finishes.
+//! finishes. Every call carries the operator's token for the runtime's audience
+//! ([`crate::runtime_auth`]).
 
 use super::inflight::Reporter;
 use crate::agent_crew::build::object_name;
+use crate::runtime_auth::RuntimeToken;
 use crate::workflow::plan::Outcome;
 use k8s_openapi::api::core::v1::Service;
 use kube::Client;
 use kube::api::Api;
 use serde::Deserialize;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// What calls crews: an HTTP client and the operator's token for them.
+#[derive(Clone)]
+pub struct Caller {
+    pub http: reqwest::Client,
+    pub token: Arc<RuntimeToken>,
+}
+
+impl Caller {
+    async fn request(&self, method: reqwest::Method, url: String) -> Result<reqwest::RequestBuilder, String> {
+        let token = self.token.get().await?;
+        Ok(self.http.request(method, url).bearer_auth(token))
+    }
+}
 
 const POLL: Duration = Duration::from_secs(1);
 /// Consecutive failed polls after which the runtime counts as gone for this attempt.
@@ -54,7 +71,7 @@ struct RunError {
 }
 
 /// Creates (or finds) the crew run and waits for it.
-pub async fn run(client: Client, http: reqwest::Client, task: Task, reporter: Reporter) -> Outcome {
+pub async fn run(client: Client, caller: Caller, task: Task, reporter: Reporter) -> Outcome {
     let base = match base_url(&client, &task.namespace, &task.crew).await {
         Ok(base) => base,
         Err(message) => return Outcome::Failed { message },
@@ -64,13 +81,17 @@ pub async fn run(client: Client, http: reqwest::Client, task: Task, reporter: Re
         "expectedOutput": task.expected_output,
         "agent": task.agent,
     });
-    let created = http
-        .post(format!("{base}/v1/runs"))
-        .header("Idempotency-Key", &task.idempotency_key)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body.to_string())
-        .send()
-        .await;
+    let created = match caller.request(reqwest::Method::POST, format!("{base}/v1/runs")).await {
+        Ok(request) => {
+            request
+                .header("Idempotency-Key", &task.idempotency_key)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+        }
+        Err(message) => return Outcome::Failed { message: format!("AgentCrew {}: {message}", task.crew) },
+    };
     let mut view = match read(created).await {
         Ok(view) => view,
         Err(message) => return Outcome::Failed { message: format!("AgentCrew {}: {message}", task.crew) },
@@ -82,7 +103,11 @@ pub async fn run(client: Client, http: reqwest::Client, task: Task, reporter: Re
             return outcome;
         }
         tokio::time::sleep(POLL).await;
-        match read(http.get(format!("{base}/v1/runs/{}", view.id)).send().await).await {
+        let polled = match caller.request(reqwest::Method::GET, format!("{base}/v1/runs/{}", view.id)).await {
+            Ok(request) => read(request.send().await).await,
+            Err(message) => Err(message),
+        };
+        match polled {
             Ok(next) => {
                 view = next;
                 failures = 0;
@@ -96,11 +121,14 @@ pub async fn run(client: Client, http: reqwest::Client, task: Task, reporter: Re
 }
 
 /// Cancels a crew run; one that already finished or is unknown counts as stopped.
-pub async fn cancel(client: &Client, http: &reqwest::Client, namespace: &str, crew: &str, run_id: &str) {
-    if let Ok(base) = base_url(client, namespace, crew).await
-        && let Err(e) = http.delete(format!("{base}/v1/runs/{run_id}")).send().await
-    {
-        tracing::warn!(crew, run = run_id, error = %e, "could not cancel the crew run");
+pub async fn cancel(client: &Client, caller: &Caller, namespace: &str, crew: &str, run_id: &str) {
+    let Ok(base) = base_url(client, namespace, crew).await else { return };
+    let sent = match caller.request(reqwest::Method::DELETE, format!("{base}/v1/runs/{run_id}")).await {
+        Ok(request) => request.send().await.map_err(|e| e.to_string()),
+        Err(message) => Err(message),
+    };
+    if let Err(error) = sent {
+        tracing::warn!(crew, run = run_id, %error, "could not cancel the crew run");
     }
 }
 
