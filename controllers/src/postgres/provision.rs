@@ -284,8 +284,18 @@ impl Admin {
                 );
                 continue;
             }
+            if !open_to_public(admin, &database).await? {
+                continue;
+            }
             let sql = format!("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC;", quote_ident(&database));
-            run(admin, "revoking CONNECT on a maintenance database", &sql).await?;
+            if let Err(e) = run(admin, "revoking CONNECT on a maintenance database", &sql).await {
+                // Two sessions revoking at the same moment (another operator process, say):
+                // PostgreSQL refuses one ("tuple concurrently updated"), and the other's
+                // revoke did the work.
+                if open_to_public(admin, &database).await? {
+                    return Err(e);
+                }
+            }
         }
         Ok(())
     }
@@ -395,6 +405,19 @@ impl Admin {
         }
         Ok(())
     }
+}
+
+/// Whether PUBLIC (every role) may still connect to `database` or create temporary tables in it.
+async fn open_to_public(admin: &Client, database: &str) -> Result<bool, DatabaseError> {
+    let row = admin
+        .query_one(
+            "SELECT has_database_privilege('public'::name, $1::text, 'CONNECT') \
+             OR has_database_privilege('public'::name, $1::text, 'TEMPORARY')",
+            &[&database],
+        )
+        .await
+        .map_err(DatabaseError::statement("reading a database's privileges"))?;
+    Ok(row.get(0))
 }
 
 async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
