@@ -28,18 +28,21 @@ impl Observed {
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 
-/// Appends the `Ready` summary to `observed` (the first failing condition's reason, or
+/// Appends the `Ready` summary to `observed` (the reason of the failure that decides, or
 /// `ready` when nothing fails) and the kstatus condition of that failure: `Stalled` when
 /// `permanent` says retrying cannot fix it (the spec, a reference or the platform's
-/// configuration must change), `Reconciling` otherwise. A failure that is a chosen steady
-/// state (`at_rest`, e.g. a suspended tenant's crew) gets neither.
+/// configuration must change), `Reconciling` otherwise. A permanent failure decides even
+/// when a transient one comes first, since waiting on the transient one cannot make the
+/// object ready. A failure that is a chosen steady state (`at_rest`, e.g. a suspended
+/// tenant's crew) gets neither.
 pub fn summarize(
     observed: &mut Vec<Observed>,
     ready: Observed,
     permanent: impl Fn(&str) -> bool,
     at_rest: impl Fn(&str) -> bool,
 ) {
-    let Some(failing) = observed.iter().find(|o| !o.status).cloned() else {
+    let permanent_failure = observed.iter().find(|o| !o.status && permanent(&o.reason));
+    let Some(failing) = permanent_failure.or_else(|| observed.iter().find(|o| !o.status)).cloned() else {
         observed.push(ready);
         return;
     };
@@ -109,7 +112,11 @@ mod tests {
 
         let mut waiting = vec![Observed::failed("A", "Progressing", "0/1"), Observed::failed("B", "InvalidSpec", "")];
         summarize(&mut waiting, ready(), permanent, at_rest);
-        assert_eq!(&types(&waiting)[2..], [("Ready", false, "Progressing"), ("Reconciling", true, "Progressing")]);
+        assert_eq!(&types(&waiting)[2..], [("Ready", false, "InvalidSpec"), ("Stalled", true, "InvalidSpec")]);
+
+        let mut progressing = vec![Observed::ok("A", "Fine", ""), Observed::failed("B", "Progressing", "0/1")];
+        summarize(&mut progressing, ready(), permanent, at_rest);
+        assert_eq!(&types(&progressing)[2..], [("Ready", false, "Progressing"), ("Reconciling", true, "Progressing")]);
 
         let mut resting = vec![Observed::failed("A", "Suspended", "")];
         summarize(&mut resting, ready(), permanent, at_rest);

@@ -34,11 +34,24 @@ pub fn controller_config() -> kube::runtime::controller::Config {
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// Longest wait between retries of an object that keeps failing.
 const MAX_RETRY: Duration = Duration::from_secs(300);
+/// Longest wait between retries while the API server refuses the operator (403). In a
+/// tenant namespace that means the RoleBinding the Tenant controller just wrote has not
+/// reached the authorizer yet, which takes seconds: a new tenant's first crew or
+/// Integration must not wait minutes for it.
+const MAX_FORBIDDEN_RETRY: Duration = Duration::from_secs(8);
 
 /// The error of a controller: categorised for metrics, and able to say that the object
 /// could not be read (it no longer matches the schema this operator knows).
 pub trait ReconcileError: Categorized + std::fmt::Display {
     fn invalid_object(message: String) -> Self;
+
+    /// The Kubernetes API error behind this failure, if it is one.
+    fn api_error(&self) -> Option<&kube::Error>;
+
+    /// True when the API server refused the operator's request as forbidden.
+    fn is_forbidden(&self) -> bool {
+        matches!(self.api_error(), Some(kube::Error::Api(status)) if status.code == 403)
+    }
 }
 
 /// The error of a controller whose every failure is an API call or an unreadable object;
@@ -64,6 +77,13 @@ impl ReconcileError for Error {
     fn invalid_object(message: String) -> Self {
         Error::InvalidObject(message)
     }
+
+    fn api_error(&self) -> Option<&kube::Error> {
+        match self {
+            Error::Kube(e) => Some(e),
+            Error::InvalidObject(_) => None,
+        }
+    }
 }
 
 /// One controller's share of the scaffold: its name, the shared context and the failure
@@ -71,6 +91,8 @@ impl ReconcileError for Error {
 pub struct Scaffold {
     pub controller: &'static str,
     pub ctx: Arc<Context>,
+    /// Consecutive failures by object UID: an object deleted while failing and created again
+    /// under its name starts afresh.
     failures: Mutex<HashMap<String, u32>>,
     /// The generation of each unreadable object whose condition has been written, so that
     /// retries write it once.
@@ -92,6 +114,7 @@ impl Scaffold {
         Fut: Future<Output = Result<Action, E>>,
     {
         let key = object_key(guard);
+        let backoff_key = backoff_key(guard);
         let span = tracing::info_span!("reconcile", controller = self.controller, object = %key);
         let work = async {
             match &guard.0 {
@@ -104,7 +127,7 @@ impl Scaffold {
         };
         let result = self.ctx.metrics.measure(self.controller, work).instrument(span).await;
         if result.is_ok() {
-            self.failures.lock().expect("backoff lock").remove(&key);
+            self.failures.lock().expect("backoff lock").remove(&backoff_key);
         }
         result
     }
@@ -156,11 +179,11 @@ impl Scaffold {
         let key = object_key(guard);
         let failures = {
             let mut all = self.failures.lock().expect("backoff lock");
-            let count = all.entry(key.clone()).or_default();
+            let count = all.entry(backoff_key(guard)).or_default();
             *count = count.saturating_add(1);
             *count
         };
-        let retry = retry_after(failures);
+        let retry = retry_after(failures, error.is_forbidden());
         warn!(
             controller = self.controller,
             object = %key,
@@ -203,10 +226,17 @@ fn object_key<K: Resource>(object: &K) -> String {
     }
 }
 
-/// The wait before the retry that follows `failures` consecutive failures.
-pub fn retry_after(failures: u32) -> Duration {
+/// The object's UID, or its key for an object the API server has not given one.
+fn backoff_key<K: Resource>(object: &K) -> String {
+    object.meta().uid.clone().unwrap_or_else(|| object_key(object))
+}
+
+/// The wait before the retry that follows `failures` consecutive failures, the last one
+/// `forbidden` or not.
+pub fn retry_after(failures: u32, forbidden: bool) -> Duration {
     let doublings = failures.saturating_sub(1).min(16);
-    FIRST_RETRY.saturating_mul(1 << doublings).min(MAX_RETRY)
+    let ceiling = if forbidden { MAX_FORBIDDEN_RETRY } else { MAX_RETRY };
+    FIRST_RETRY.saturating_mul(1 << doublings).min(ceiling)
 }
 
 #[cfg(test)]
@@ -215,10 +245,21 @@ mod tests {
 
     #[test]
     fn retries_back_off_exponentially_up_to_a_ceiling() {
-        let waits: Vec<u64> = (1..=12).map(|n| retry_after(n).as_secs()).collect();
+        let waits: Vec<u64> = (1..=12).map(|n| retry_after(n, false).as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
-        assert_eq!(retry_after(u32::MAX), MAX_RETRY);
-        assert_eq!(retry_after(0), FIRST_RETRY);
+        assert_eq!(retry_after(u32::MAX, false), MAX_RETRY);
+        assert_eq!(retry_after(0, false), FIRST_RETRY);
+    }
+
+    #[test]
+    fn a_forbidden_request_is_retried_within_seconds() {
+        let waits: Vec<u64> = (1..=6).map(|n| retry_after(n, true).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 8, 8]);
+        let forbidden = kube::Error::Api(kube::core::Status::failure("forbidden", "Forbidden").with_code(403).boxed());
+        assert!(Error::Kube(forbidden).is_forbidden());
+        let missing = kube::Error::Api(kube::core::Status::failure("not found", "NotFound").with_code(404).boxed());
+        assert!(!Error::Kube(missing).is_forbidden());
+        assert!(!Error::InvalidObject("x".into()).is_forbidden());
     }
 
     #[test]

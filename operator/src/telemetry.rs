@@ -20,10 +20,14 @@ pub fn init(format: LogFormat) {
 
 /// The log filter from `RUST_LOG` (`info` when unset or invalid). The PostgreSQL client is
 /// capped at `warn` whatever `RUST_LOG` says: at `debug` it logs every statement's text, and
-/// role statements carry password verifiers.
+/// role statements carry password verifiers. The Vault client's own logs are off: it logs
+/// every answer that is not a success as an error, a secret not written yet (404) included,
+/// while the operator reports each failure itself, as a condition and a log line of its own.
 fn filter(rust_log: Option<&str>) -> EnvFilter {
     let filter = rust_log.and_then(|s| EnvFilter::try_new(s).ok()).unwrap_or_else(|| EnvFilter::new("info"));
-    filter.add_directive("tokio_postgres=warn".parse().expect("a valid directive"))
+    ["tokio_postgres=warn", "vaultrs=off", "rustify=off"]
+        .into_iter()
+        .fold(filter, |filter, directive| filter.add_directive(directive.parse().expect("a valid directive")))
 }
 
 #[cfg(test)]
@@ -38,6 +42,17 @@ mod tests {
             let directives = filter(rust_log).to_string();
             let postgres: Vec<_> = directives.split(',').filter(|d| d.starts_with("tokio_postgres")).collect();
             assert_eq!(postgres, ["tokio_postgres=warn"], "RUST_LOG={rust_log:?} gives {directives}");
+        }
+    }
+
+    #[test]
+    fn the_vault_client_does_not_log_a_missing_secret_as_an_error() {
+        for rust_log in [None, Some("debug"), Some("vaultrs=trace,rustify=error")] {
+            let directives = filter(rust_log).to_string();
+            for client in ["vaultrs", "rustify"] {
+                let set: Vec<_> = directives.split(',').filter(|d| d.starts_with(client)).collect();
+                assert_eq!(set, [format!("{client}=off")], "RUST_LOG={rust_log:?} gives {directives}");
+            }
         }
     }
 }

@@ -251,11 +251,24 @@ async fn a_crew_with_memory_on_a_vault_backed_tenant_says_why_not() {
     let condition = |want: &'static str| {
         let crews = crews.clone();
         async move {
-            wait_for(&format!("crew Ready={want}"), TIMEOUT, || async {
-                let c = crews.get("team").await.ok()?;
-                let ready = find_condition(&c.status?.conditions, "Ready")?.clone();
-                (ready.status == want).then_some(ready)
-            })
+            let explain = || {
+                let crew = String::from_utf8_lossy(
+                    &kubectl(&["get", "agentcrew", "team", "-n", ns, "-o", "yaml"], None).stdout,
+                )
+                .into_owned();
+                let logs = lines_mentioning(&_op.logs(), &format!("{ns}/team"), 40);
+                format!("the crew:\n{crew}\nthe operator on it:\n{logs}")
+            };
+            wait_for_or_explain(
+                &format!("crew Ready={want}"),
+                TIMEOUT,
+                || async {
+                    let c = crews.get("team").await.ok()?;
+                    let ready = find_condition(&c.status?.conditions, "Ready")?.clone();
+                    (ready.status == want).then_some(ready)
+                },
+                explain,
+            )
             .await
         }
     };

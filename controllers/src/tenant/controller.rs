@@ -59,6 +59,13 @@ impl ReconcileError for Error {
     fn invalid_object(message: String) -> Self {
         Error::InvalidObject(message)
     }
+
+    fn api_error(&self) -> Option<&kube::Error> {
+        match self {
+            Error::Kube(e) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 /// Runs the Tenant controller until `shutdown` resolves.

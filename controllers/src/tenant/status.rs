@@ -21,10 +21,15 @@ pub const SECRETS_READY: &str = "SecretsReady";
 pub const SERVICES_READY: &str = "ServicesReady";
 
 /// Builds the next status from the conditions one reconcile observed. `Ready` is True only
-/// when every other condition is; otherwise it carries the first failing reason.
+/// when every other condition is; otherwise it carries the first permanent failure, or the
+/// first failure when none is permanent.
 pub fn next(tenant: &Tenant, observed: Vec<Observed>, database: Option<String>) -> TenantStatus {
     let previous = tenant.status.clone().unwrap_or_default();
-    let failing = observed.iter().find(|o| !o.status).cloned();
+    let failing = observed
+        .iter()
+        .find(|o| !o.status && is_permanent(&o.reason))
+        .or_else(|| observed.iter().find(|o| !o.status))
+        .cloned();
     let ready = if tenant.spec.suspended {
         Observed::ok(READY, "Suspended", "The tenant is suspended: its data is kept and no workloads run")
     } else {
@@ -167,6 +172,20 @@ mod tests {
     fn a_conflict_is_a_failure_not_progress() {
         let tenant = fixtures::tenant(fixtures::ACME);
         let status = next(&tenant, vec![Observed::failed(NAMESPACE_READY, "NamespaceConflict", "")], None);
+        assert_eq!(status.phase, Some(TenantPhase::Failed));
+    }
+
+    #[test]
+    fn a_domain_conflict_stalls_the_tenant_while_its_database_is_still_provisioning() {
+        let tenant = fixtures::tenant(fixtures::ACME);
+        let observed = vec![
+            Observed::failed(DATABASE_READY, "DatabaseUnavailable", "cannot connect"),
+            Observed::failed(SERVICES_READY, "DomainConflict", "shop.example is claimed by tenant first"),
+        ];
+        let status = next(&tenant, observed, None);
+        let reason = |type_: &str| status.conditions.iter().find(|c| c.type_ == type_).map(|c| c.reason.as_str());
+        assert_eq!((reason(READY), reason(conditions::STALLED)), (Some("DomainConflict"), Some("DomainConflict")));
+        assert_eq!(reason(conditions::RECONCILING), None);
         assert_eq!(status.phase, Some(TenantPhase::Failed));
     }
 

@@ -272,6 +272,36 @@ where
     }
 }
 
+/// [`wait_for`], and on timeout panics with `explain()` as well: what the object and the
+/// operator said, so a failure in CI can be diagnosed from its output alone.
+pub async fn wait_for_or_explain<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut check: F,
+    explain: impl FnOnce() -> String,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}\n{}", explain());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The lines of `logs` that mention `needle`, at most the last `max`.
+pub fn lines_mentioning(logs: &str, needle: &str, max: usize) -> String {
+    let lines: Vec<&str> = logs.lines().filter(|l| l.contains(needle)).collect();
+    lines[lines.len().saturating_sub(max)..].join("\n")
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
