@@ -128,7 +128,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         100.0 * bare.cpu_seconds / bare.control_plane_cpu_seconds,
         "-"
     );
-    println!("minimum writes per tenant = one create per child ({}) + one status write", minimum - 1.0);
+    println!(
+        "minimum writes per tenant = one create per child the builders produce ({}, the operator's own \
+         RoleBinding among them) + the finalizer + one status write",
+        minimum - 2.0
+    );
     cleanup(&client, &admin, &args).await
 }
 
@@ -297,17 +301,22 @@ async fn through_operator(client: &Client, admin: &Admin, args: &Args) -> anyhow
     let idle_writes = metrics.sample("bizosaas_api_writes_total").await.unwrap_or(0.0) - writes_idle_before;
     let peak_rss_mib = proc_stats::peak_rss_mib(pid).unwrap_or(f64::NAN);
 
-    // The minimum: one create per child the builders produce, plus one status write.
+    // The minimum: one create per child the builders produce (the RoleBinding that lets the
+    // operator write Secrets there included: the bare client needs none), plus the finalizer
+    // that holds the Tenant until its data is retired, plus one status write.
     let probe = tenant("bench-probe", args);
     let c = build::children(&probe, &Config::default())?;
     let database = database_policy(client, admin, &build::Owner::of(&probe)?).await?;
-    let children = 4 + c.network_policies.len() + usize::from(database.is_some()) + c.role_bindings.len() + 1;
+    let operator_binding = 1;
+    let children =
+        4 + c.network_policies.len() + usize::from(database.is_some()) + c.role_bindings.len() + operator_binding + 1;
     watch.abort();
     // Delete while the operator runs, so the finalizer path is the real one.
     cleanup(client, admin, args).await?;
     operator.stop().await;
     let half = Half { seconds, latencies, writes, peak_rss_mib, cpu_seconds, control_plane_cpu_seconds };
-    Ok((half, idle_writes, children as f64 + 1.0))
+    let finalizer_and_status = 2.0;
+    Ok((half, idle_writes, children as f64 + finalizer_and_status))
 }
 
 /// Removes the benchmark's tenants, namespaces and database objects of both halves. Tenants

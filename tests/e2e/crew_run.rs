@@ -15,8 +15,7 @@ mod support;
 use bizosaas_crds::common::{find_condition, is_ready};
 use bizosaas_crds::{AgentCrew, Integration, Tenant};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -80,23 +79,9 @@ async fn runtime_pod(pods: &Api<Pod>) -> Option<Pod> {
     (ready && pod.metadata.deletion_timestamp.is_none()).then(|| pod.clone())
 }
 
-/// A 10-minute token of ServiceAccount `namespace/name` for `audience` (TokenRequest).
-async fn token(client: &kube::Client, namespace: &str, name: &str, audience: &str) -> String {
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            // No audience: the API server's own.
-            audiences: if audience.is_empty() { vec![] } else { vec![audience.into()] },
-            expiration_seconds: Some(600),
-            bound_object_ref: None,
-        },
-        ..Default::default()
-    };
-    let issued = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
-        .create_token_request(name, &PostParams::default(), &request)
-        .await
-        .unwrap_or_else(|e| panic!("TokenRequest for {namespace}/{name}: {e}"));
-    issued.status.unwrap().token
-}
+#[path = "../common/token_request.rs"]
+mod token_request;
+use token_request::token;
 
 /// A request to the crew's Service from the caller pod: `(status line, body)`.
 fn call_from_caller(

@@ -1,7 +1,6 @@
 //! The local cluster's API server, for tests whose runtime reviews its callers' tokens as in
 //! a pod: a kubeconfig, a client, and ServiceAccount tokens minted with TokenRequest.
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Api, PostParams};
 use serde_json::json;
@@ -38,20 +37,12 @@ pub async fn service_account(client: &kube::Client, namespace: &str, name: &str)
     let _ = Api::<ServiceAccount>::namespaced(client.clone(), namespace).create(&PostParams::default(), &sa).await;
 }
 
-/// A 10-minute token of `namespace/name`; an empty audience means the API server's own.
+#[path = "../../../tests/common/token_request.rs"]
+mod token_request;
+
+/// A 10-minute token of `namespace/name` (created first if missing); an empty audience means
+/// the API server's own.
 pub async fn token(client: &kube::Client, namespace: &str, name: &str, audience: &str) -> String {
     service_account(client, namespace, name).await;
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: if audience.is_empty() { vec![] } else { vec![audience.into()] },
-            expiration_seconds: Some(600),
-            bound_object_ref: None,
-        },
-        ..Default::default()
-    };
-    let issued = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
-        .create_token_request(name, &PostParams::default(), &request)
-        .await
-        .unwrap_or_else(|e| panic!("TokenRequest for {namespace}/{name}: {e}"));
-    issued.status.unwrap().token
+    token_request::token(client, namespace, name, audience).await
 }

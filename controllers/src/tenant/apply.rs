@@ -92,15 +92,37 @@ pub(super) async fn apply(tenant: &Tenant, t: &TenantContext) -> Result<Action, 
     let retained: BTreeSet<String> = db_egress.keep_live.then(|| DATABASE_POLICY.to_string()).into_iter().collect();
     let applier = applier(tenant, ctx);
     let started = std::time::Instant::now();
-    let mut observed = apply_children(&owner, &children, live_namespace.as_ref(), &retained, applier, ctx).await?;
+    // The namespace, then the operator's RoleBinding in it. What the operator may write in
+    // any namespace goes at once; what needs that RoleBinding (Deployments, the database
+    // Secret) waits, meanwhile, until the authorizer knows it.
+    let client = ctx.client.clone();
+    let ns = owner.namespace.as_str();
+    applier.ensure_against(&namespaces, &children.namespace, live_namespace.as_ref()).await?;
+    let bindings = Api::<RoleBinding>::namespaced(client.clone(), ns);
+    let binding_written = applier.ensure(&bindings, &children.operator_binding).await?;
+    let needs_binding = async {
+        if binding_written {
+            granted(ns, ctx).await?;
+        }
+        let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
+        let writes = children.services.iter().map(|w| applier.ensure(&deployments, &w.deployment));
+        let (_, database) = futures::try_join!(
+            async { futures::future::try_join_all(writes).await.map_err(Error::from) },
+            database::ensure(tenant, &owner, applier, ctx),
+        )?;
+        Ok::<_, Error>(database)
+    };
+    let (mut observed, (database_condition, database)) =
+        futures::try_join!(apply_children(&owner, &children, applier, ctx), needs_binding)?;
+    if applier.compare {
+        prune_children(&owner, &children, &retained, applier, ctx).await?;
+    }
     if let Some(failure) = db_egress.failure
         && let Some(network) = observed.iter_mut().find(|o| o.type_ == NETWORK_READY)
     {
         *network = failure;
     }
-    let children_ms = started.elapsed().as_millis();
-    let (database_condition, database) = database::ensure(tenant, &owner, applier, ctx).await?;
-    debug!(children_ms, database_ms = started.elapsed().as_millis() - children_ms, "tenant applied");
+    debug!(ms = started.elapsed().as_millis(), granted_wait = binding_written, "tenant applied");
     let database_failed = !database_condition.0.status;
     observed.push(database_condition.0);
     observed.push(database_condition.1);
@@ -129,27 +151,14 @@ pub(super) async fn apply(tenant: &Tenant, t: &TenantContext) -> Result<Action, 
     })
 }
 
-/// Applies the Kubernetes children, all at once after the namespace (already read for the
-/// conflict check), and prunes those the spec no longer asks for, except the `retained`
-/// NetworkPolicies.
-async fn apply_children(
-    owner: &Owner,
-    c: &Children,
-    live_namespace: Option<&Namespace>,
-    retained: &BTreeSet<String>,
-    a: Applier<'_>,
-    ctx: &Context,
-) -> Result<Vec<Observed>, Error> {
+/// Applies the children the operator may write in any namespace, all at once (the namespace
+/// and the operator's RoleBinding are already applied), and says whether the quota is
+/// enforced yet.
+async fn apply_children(owner: &Owner, c: &Children, a: Applier<'_>, ctx: &Context) -> Result<Vec<Observed>, Error> {
     let client = ctx.client.clone();
     let ns = owner.namespace.as_str();
-    a.ensure_against(&Api::<Namespace>::all(client.clone()), &c.namespace, live_namespace).await?;
     let bindings = Api::<RoleBinding>::namespaced(client.clone(), ns);
-    if a.ensure(&bindings, &c.operator_binding).await? {
-        granted(ns, ctx).await?;
-    }
-
     let policies = Api::<NetworkPolicy>::namespaced(client.clone(), ns);
-    let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
     let services = Api::<Service>::namespaced(client.clone(), ns);
     let ingresses = Api::<Ingress>::namespaced(client.clone(), ns);
     let quotas = Api::<ResourceQuota>::namespaced(client.clone(), ns);
@@ -164,62 +173,28 @@ async fn apply_children(
     writes.extend(c.network_policies.iter().map(|p| Box::pin(a.ensure(&policies, p)) as BoxFuture<'_, _>));
     writes.extend(c.role_bindings.iter().map(|b| Box::pin(a.ensure(&bindings, b)) as BoxFuture<'_, _>));
     for w in &c.services {
-        writes.push(Box::pin(a.ensure(&deployments, &w.deployment)));
         writes.push(Box::pin(a.ensure(&services, &w.service)));
         if let Some(ingress) = &w.ingress {
             writes.push(Box::pin(a.ensure(&ingresses, ingress)));
         }
     }
-    futures::future::try_join_all(writes).await?;
+    let written = futures::future::try_join_all(writes).await?;
 
-    // Children the spec dropped: only possible once the tenant was provisioned before.
-    if a.compare {
-        let names = |items: &mut dyn Iterator<Item = String>| items.collect::<BTreeSet<String>>();
-        let keep_policies = names(&mut c.network_policies.iter().map(|p| p.name_any()).chain(retained.iter().cloned()));
-        let keep_bindings = names(&mut c.role_bindings.iter().chain([&c.operator_binding]).map(|b| b.name_any()));
-        // A service the catalog lacks keeps whatever objects it has until the catalog offers
-        // it again or the Tenant drops it.
-        let keep_services = names(
-            &mut c
-                .services
-                .iter()
-                .map(|w| w.service_name)
-                .chain(c.services_not_in_catalog.iter().copied())
-                .map(|s| s.as_str().to_string()),
-        );
-        let (network_selector, rbac_selector) = (owner.selector("network"), owner.selector("rbac"));
-        let service_selector = owner.selector("service");
-        // Of the services with objects, those whose host the tenant may serve keep their Ingress.
-        let keep_ingresses = names(
-            &mut c
-                .services
-                .iter()
-                .filter(|w| w.ingress.is_some())
-                .map(|w| w.service_name)
-                .chain(c.services_not_in_catalog.iter().copied())
-                .map(|s| s.as_str().to_string()),
-        );
-        futures::try_join!(
-            a.prune(&policies, &network_selector, &keep_policies),
-            a.prune(&bindings, &rbac_selector, &keep_bindings),
-            a.prune(&deployments, &service_selector, &keep_services),
-            a.prune(&services, &service_selector, &keep_services),
-            a.prune(&ingresses, &service_selector, &keep_ingresses),
-        )?;
-    }
     // Until the quota controller has recorded the quota, the API server refuses every counted
     // object (crews, workflows) with "status unknown for quota": not ready before that.
-    let quota = match quotas.get_opt(&c.resource_quota.name_any()).await? {
-        Some(live) if quota_enforced(&live, &c.resource_quota) => Observed::ok(
+    let quota_written = written.first().copied().unwrap_or(false);
+    let quota = if enforced_quota(&quotas, &c.resource_quota, quota_written).await? {
+        Observed::ok(
             QUOTA_READY,
             "Enforced",
             "ResourceQuota tenant-quota is enforced; LimitRange tenant-limits is applied",
-        ),
-        _ => Observed::failed(
+        )
+    } else {
+        Observed::failed(
             QUOTA_READY,
             "QuotaPending",
             "Waiting for the quota controller to record ResourceQuota tenant-quota",
-        ),
+        )
     };
     Ok(vec![
         Observed::ok(NAMESPACE_READY, "Applied", format!("Namespace {ns} is ready")),
@@ -227,6 +202,57 @@ async fn apply_children(
         Observed::ok(NETWORK_READY, "Applied", format!("{} NetworkPolicies are applied", c.network_policies.len())),
         Observed::ok(RBAC_READY, "Applied", "ServiceAccount tenant-workload and owner RoleBindings are applied"),
     ])
+}
+
+/// Deletes the children the spec dropped, except the `retained` NetworkPolicies: only
+/// possible once the tenant was provisioned before.
+async fn prune_children(
+    owner: &Owner,
+    c: &Children,
+    retained: &BTreeSet<String>,
+    a: Applier<'_>,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let client = ctx.client.clone();
+    let ns = owner.namespace.as_str();
+    let names = |items: &mut dyn Iterator<Item = String>| items.collect::<BTreeSet<String>>();
+    let keep_policies = names(&mut c.network_policies.iter().map(|p| p.name_any()).chain(retained.iter().cloned()));
+    let keep_bindings = names(&mut c.role_bindings.iter().chain([&c.operator_binding]).map(|b| b.name_any()));
+    // A service the catalog lacks keeps whatever objects it has until the catalog offers it
+    // again or the Tenant drops it.
+    let keep_services = names(
+        &mut c
+            .services
+            .iter()
+            .map(|w| w.service_name)
+            .chain(c.services_not_in_catalog.iter().copied())
+            .map(|s| s.as_str().to_string()),
+    );
+    // Of the services with objects, those whose host the tenant may serve keep their Ingress.
+    let keep_ingresses = names(
+        &mut c
+            .services
+            .iter()
+            .filter(|w| w.ingress.is_some())
+            .map(|w| w.service_name)
+            .chain(c.services_not_in_catalog.iter().copied())
+            .map(|s| s.as_str().to_string()),
+    );
+    let (network_selector, rbac_selector) = (owner.selector("network"), owner.selector("rbac"));
+    let service_selector = owner.selector("service");
+    let policies = Api::<NetworkPolicy>::namespaced(client.clone(), ns);
+    let bindings = Api::<RoleBinding>::namespaced(client.clone(), ns);
+    let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
+    let services = Api::<Service>::namespaced(client.clone(), ns);
+    let ingresses = Api::<Ingress>::namespaced(client, ns);
+    futures::try_join!(
+        a.prune(&policies, &network_selector, &keep_policies),
+        a.prune(&bindings, &rbac_selector, &keep_bindings),
+        a.prune(&deployments, &service_selector, &keep_services),
+        a.prune(&services, &service_selector, &keep_services),
+        a.prune(&ingresses, &service_selector, &keep_ingresses),
+    )?;
+    Ok(())
 }
 
 /// Waits (briefly) until the API server's authorizer knows the operator's fresh RoleBinding in
@@ -257,6 +283,30 @@ async fn granted(ns: &str, ctx: &Context) -> Result<(), Error> {
     }
     // Not granted within 5 s: the writes that follow report what is refused.
     Ok(())
+}
+
+/// How long a reconcile that has just written the quota waits for the quota controller to
+/// record it (usually well under a second): cheaper than a second pass over every child.
+const QUOTA_WAIT: Duration = Duration::from_secs(3);
+
+/// Whether the live quota is enforced; after a write, waits up to [`QUOTA_WAIT`] for it.
+async fn enforced_quota(
+    quotas: &Api<ResourceQuota>,
+    desired: &ResourceQuota,
+    just_written: bool,
+) -> Result<bool, Error> {
+    let deadline = std::time::Instant::now() + QUOTA_WAIT;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        if quotas.get_opt(&desired.name_any()).await?.is_some_and(|live| quota_enforced(&live, desired)) {
+            return Ok(true);
+        }
+        if !just_written || std::time::Instant::now() + pause > deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause + Duration::from_millis(50)).min(Duration::from_millis(250));
+    }
 }
 
 /// True when the quota controller has recorded the desired limits and the usage of every

@@ -491,31 +491,13 @@ pub async fn fresh_tenant(client: &Client, name: &str, spec: serde_json::Value) 
 /// Drops the database and roles a Tenant of this name left behind (an earlier run's, kept by
 /// `deletionPolicy: Retain`), which a new Tenant of the name would meet as a DatabaseConflict.
 pub async fn drop_tenant_data(tenant: &str) {
-    let url = database_url();
-    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
-    let base = format!("tenant_{}", tenant.replace('-', "_"));
-    db.batch_execute(&format!("DROP DATABASE IF EXISTS \"{base}\" WITH (FORCE)")).await.unwrap();
-    for role in [format!("{base}_app"), format!("{base}_owner")] {
-        // What the role still holds elsewhere (a shared tenant's grants and policies in the
-        // platform database) would refuse the DROP ROLE.
-        let holding = db
-            .query(
-                "SELECT DISTINCT d.datname FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid \
-                 WHERE s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = $1)",
-                &[&role],
-            )
-            .await
-            .unwrap();
-        for row in holding {
-            let database: String = row.get(0);
-            let mut config: tokio_postgres::Config = url.parse().unwrap();
-            config.dbname(&database);
-            let (other, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
-            tokio::spawn(conn);
-            other.batch_execute(&format!("DROP OWNED BY \"{role}\"")).await.unwrap();
-        }
-        db.batch_execute(&format!("DROP ROLE IF EXISTS \"{role}\"")).await.unwrap();
+    use bizosaas_controllers::postgres::{Admin, TenantNames};
+    use bizosaas_crds::tenant::{DatabaseIsolation, DeletionPolicy};
+    // The operator's own retirement, for either isolation the earlier Tenant had.
+    let admin = Admin::new(&database_url(), None, "bizosaas_platform").expect("a valid database URL");
+    let names = TenantNames::new(tenant).expect("a valid tenant name");
+    for isolation in [DatabaseIsolation::Dedicated, DatabaseIsolation::Shared] {
+        admin.retire_tenant(&names, isolation, DeletionPolicy::Delete).await.expect("retiring the old tenant's data");
     }
 }
 
