@@ -4,6 +4,7 @@
 
 use crate::FIELD_MANAGER;
 use crate::metrics::Metrics;
+use crate::seen::{ChildKey, LiveVersions, Seen, desired_digest};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -21,6 +22,20 @@ pub struct Applier<'a> {
     /// Read the live object first and skip the write when nothing differs. Off only when
     /// the objects are known not to exist yet (a first provisioning), saving a read each.
     pub compare: bool,
+    /// What the controller knows of its children without reading them; `None` reads each.
+    pub known: Option<Known<'a>>,
+}
+
+/// The children a controller has seen as it wants them, and the watch that says whether they
+/// changed since.
+#[derive(Clone, Copy)]
+pub struct Known<'a> {
+    pub seen: &'a Seen,
+    pub live: &'a dyn LiveVersions,
+}
+
+fn child_key<K: Resource<DynamicType = ()>>(object: &K) -> ChildKey {
+    ChildKey { kind: K::kind(&()).into_owned(), namespace: object.meta().namespace.clone(), name: object.name_any() }
 }
 
 impl Applier<'_> {
@@ -30,7 +45,22 @@ impl Applier<'_> {
     where
         K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
     {
-        let live = if self.compare { api.get_opt(&desired.name_any()).await? } else { None };
+        if self.compare
+            && let Some(known) = self.known
+            && known.seen.unchanged(
+                &child_key(desired),
+                desired_digest(&to_value(&with_field_digest(desired))),
+                known.live,
+            )
+        {
+            return Ok(false);
+        }
+        let live = if self.compare {
+            self.metrics.child_read(self.controller, &K::kind(&()));
+            api.get_opt(&desired.name_any()).await?
+        } else {
+            None
+        };
         self.ensure_against(api, desired, live.as_ref()).await
     }
 
@@ -40,16 +70,24 @@ impl Applier<'_> {
         K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
     {
         let desired = with_field_digest(desired);
+        let value = to_value(&desired);
+        let remember = |version: Option<String>| {
+            if let Some(known) = self.known {
+                known.seen.record(child_key(&desired), version, desired_digest(&value));
+            }
+        };
         if self.compare
             && let Some(live) = live
             && live.meta().deletion_timestamp.is_none()
-            && is_subset(&to_value(&desired), &to_value(live))
+            && is_subset(&value, &to_value(live))
         {
+            remember(live.meta().resource_version.clone());
             return Ok(false);
         }
         let name = desired.name_any();
-        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired)).await?;
+        let applied = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired)).await?;
         self.metrics.write(self.controller, &K::kind(&()), "apply");
+        remember(applied.meta().resource_version.clone());
         Ok(true)
     }
 

@@ -16,6 +16,7 @@ pub mod postgres;
 pub mod quantity;
 pub mod runtime_auth;
 pub mod scaffold;
+pub mod seen;
 pub mod tenant;
 pub mod tenant_namespaces;
 pub mod vault;

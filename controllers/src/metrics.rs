@@ -27,11 +27,19 @@ pub struct WriteLabels {
     pub verb: &'static str,
 }
 
-/// Reconcile counters and durations per controller, and API writes per kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadLabels {
+    pub controller: &'static str,
+    pub kind: String,
+}
+
+/// Reconcile counters and durations per controller, API writes per kind, and the reads of
+/// children that a watch could not vouch for.
 pub struct Metrics {
     pub reconciles: Family<OutcomeLabels, Counter>,
     pub duration: Family<ControllerLabels, Histogram>,
     pub writes: Family<WriteLabels, Counter>,
+    pub child_reads: Family<ReadLabels, Counter>,
 }
 
 impl Metrics {
@@ -44,11 +52,17 @@ impl Metrics {
                 Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
             }),
             writes: Family::default(),
+            child_reads: Family::default(),
         };
         let sub = registry.sub_registry_with_prefix("bizosaas");
         sub.register("reconciles", "Reconciles by controller and outcome", metrics.reconciles.clone());
         sub.register("reconcile_duration_seconds", "Time spent in one reconcile", metrics.duration.clone());
         sub.register("api_writes", "Writes sent to the Kubernetes API", metrics.writes.clone());
+        sub.register(
+            "child_reads",
+            "Children read from the Kubernetes API before applying them (not known unchanged from a watch)",
+            metrics.child_reads.clone(),
+        );
         for &controller in controllers {
             metrics.reconciles.get_or_create(&OutcomeLabels { controller, outcome: "success" }).inc_by(0);
             let _ = metrics.duration.get_or_create(&ControllerLabels { controller });
@@ -59,6 +73,11 @@ impl Metrics {
     /// Starts timing a reconcile; the outcome is recorded by [`ReconcileTimer::finish`].
     pub fn start(&self, controller: &'static str) -> ReconcileTimer<'_> {
         ReconcileTimer { metrics: self, controller, started: Instant::now() }
+    }
+
+    /// Counts one read of a child before applying it.
+    pub fn child_read(&self, controller: &'static str, kind: &str) {
+        self.child_reads.get_or_create(&ReadLabels { controller, kind: kind.to_string() }).inc();
     }
 
     /// Counts one API write.
@@ -116,11 +135,13 @@ mod tests {
         metrics.start("tenant").finish("success");
         metrics.start("tenant").finish("database");
         metrics.write("tenant", "Namespace", "apply");
+        metrics.child_read("tenant", "Secret");
         text.clear();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(text.contains(r#"bizosaas_reconciles_total{controller="tenant",outcome="success"} 1"#), "{text}");
         assert!(text.contains(r#"bizosaas_reconciles_total{controller="tenant",outcome="database"} 1"#));
         assert!(text.contains(r#"bizosaas_api_writes_total{controller="tenant",kind="Namespace",verb="apply"} 1"#));
+        assert!(text.contains(r#"bizosaas_child_reads_total{controller="tenant",kind="Secret"} 1"#), "{text}");
         assert!(text.contains("bizosaas_reconcile_duration_seconds_count{controller=\"tenant\"} 2"));
     }
 }

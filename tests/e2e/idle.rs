@@ -54,6 +54,20 @@ async fn a_converged_tenant_causes_no_writes() {
     // Each touch is waited for on its own: touches close together may be coalesced into one
     // reconcile, and only the tenant controller's reconciles count.
     let tenant_reconciles = ["controller=\"tenant\",outcome=\"success\""];
+    let reads = |kind: &'static str| async move {
+        op.metric("bizosaas_child_reads_total", &["controller=\"tenant\"", &format!("kind=\"{kind}\"")]).await
+    };
+    // Kinds the operator watches cluster-wide: a converged reconcile knows them unchanged from
+    // the watch and reads none. (Not the ResourceQuota: the quota controller rewrites its
+    // status whenever usage moves, and a new resourceVersion is rightly read again.)
+    let watched = ["Namespace", "LimitRange", "NetworkPolicy", "ServiceAccount", "RoleBinding", "Service"];
+    let mut reads_before = Vec::new();
+    for kind in watched {
+        reads_before.push(reads(kind).await);
+    }
+    // Secrets are watched per namespace without a store: read each time, which shows the
+    // counter counts.
+    let secret_reads_before = reads("Secret").await;
     for i in 0..3 {
         let before = op.metric("bizosaas_reconciles_total", &tenant_reconciles).await;
         let patch = serde_json::json!({"metadata": {"annotations": {"example.com/touch": i.to_string()}}});
@@ -66,6 +80,10 @@ async fn a_converged_tenant_causes_no_writes() {
     let writes_after = op.metric("bizosaas_api_writes_total", &tenant_writes).await;
     assert!(writes_before > 0.0, "the counter counts nothing");
     assert_eq!(writes_after, writes_before, "a converged tenant was written to");
+    assert!(reads("Secret").await >= secret_reads_before + 3.0, "the read counter counts nothing");
+    for (kind, before) in watched.iter().zip(reads_before) {
+        assert_eq!(reads(kind).await, before, "a converged tenant's {kind} was read, not known from the watch");
+    }
     api.delete(name, &DeleteParams::default()).await.unwrap();
     wait_for("e2e-idle to go", Duration::from_secs(120), || async {
         api.get_opt(name).await.ok()?.is_none().then_some(())

@@ -171,7 +171,7 @@ async fn apply(crew: &AgentCrew, cctx: &CrewContext) -> Result<Action, Error> {
     }
 
     // Dereference the endpoints the crew's egress policy allows.
-    let a = Applier { metrics: &ctx.metrics, controller: CONTROLLER, compare: true };
+    let a = Applier { metrics: &ctx.metrics, controller: CONTROLLER, compare: true, known: None };
     let client = ctx.client.clone();
     let policies = Api::<NetworkPolicy>::namespaced(client.clone(), &namespace);
     let egress = {

@@ -130,7 +130,7 @@ async fn apply(integration: &Integration, ictx: &IntegrationContext) -> Result<A
         Ok(credential) => {
             let secret = build::projected_secret(integration, &endpoint, &credential);
             hash = secret.metadata.annotations.as_ref().and_then(|a| a.get(build::CONTENT_HASH).cloned());
-            let applier = Applier { metrics: &ctx.metrics, controller: CONTROLLER, compare: true };
+            let applier = Applier { metrics: &ctx.metrics, controller: CONTROLLER, compare: true, known: None };
             applier.ensure(&Api::<Secret>::namespaced(ctx.client.clone(), &namespace), &secret).await?;
             observed.push(Observed::ok(
                 CREDENTIALS_RESOLVED,

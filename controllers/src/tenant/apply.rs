@@ -6,7 +6,7 @@ use super::build::{self, BuildError, Children, DATABASE_POLICY, Owner};
 use super::controller::{Error, TenantContext};
 use super::status::{self, *};
 use super::{database, database_egress};
-use crate::apply::Applier;
+use crate::apply::{Applier, Known};
 use crate::conditions::Observed;
 use crate::context::Context;
 use crate::quantity;
@@ -16,6 +16,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
@@ -32,17 +33,23 @@ const RETRY: Duration = Duration::from_secs(15);
 /// its first pass writes without reading each child first. The process remembers which
 /// Tenants it applied, because a reconcile right after the first may still see a cached copy
 /// without status.
-pub(super) fn applier<'a>(tenant: &Tenant, ctx: &'a Context) -> Applier<'a> {
+pub(super) fn applier<'a>(tenant: &Tenant, t: &'a TenantContext) -> Applier<'a> {
+    let ctx = t.scaffold.ctx.as_ref();
     let uid = tenant.metadata.uid.clone().unwrap_or_default();
     let first_time = ctx.applied_tenants.lock().expect("applied tenants lock").insert(uid);
-    Applier { metrics: &ctx.metrics, controller: CONTROLLER, compare: tenant.status.is_some() || !first_time }
+    Applier {
+        metrics: &ctx.metrics,
+        controller: CONTROLLER,
+        compare: tenant.status.is_some() || !first_time,
+        known: Some(Known { seen: &t.seen, live: &t.children }),
+    }
 }
 
-/// True when the namespace was created by this operator for this tenant.
-pub(super) fn is_ours(namespace: &Namespace, tenant: &str) -> bool {
-    let labels = namespace.labels();
-    labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY)
-        && labels.get(LABEL_TENANT).map(String::as_str) == Some(tenant)
+/// True when the namespace (its metadata) was created by this operator for this tenant.
+pub(super) fn is_ours(namespace: &ObjectMeta, tenant: &str) -> bool {
+    let labels = namespace.labels.as_ref();
+    let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
+    label(LABEL_MANAGED_BY) == Some(MANAGED_BY) && label(LABEL_TENANT) == Some(tenant)
 }
 
 pub(super) async fn apply(tenant: &Tenant, t: &TenantContext) -> Result<Action, Error> {
@@ -59,15 +66,21 @@ pub(super) async fn apply(tenant: &Tenant, t: &TenantContext) -> Result<Action, 
         Err(e) => return Err(e.into()),
     };
 
+    // The namespace as the watch knows it; read only when the watch has not seen it.
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
-    let live_namespace = namespaces.get_opt(&children.namespace.name_any()).await?;
-    if let Some(existing) = &live_namespace
+    let namespace_name = children.namespace.name_any();
+    let known_namespace = t.children.namespace(&namespace_name);
+    let live_namespace = match &known_namespace {
+        Some(_) => None,
+        None => namespaces.get_opt(&namespace_name).await?,
+    };
+    let existing = known_namespace.as_ref().or(live_namespace.as_ref().map(|n| &n.metadata));
+    if let Some(existing) = existing
         && !is_ours(existing, &name)
     {
         let message = format!(
-            "Namespace {} already exists and is not managed by bizosaas-operator for this tenant; \
-             it is left untouched. Rename the Tenant or remove the namespace.",
-            existing.name_any()
+            "Namespace {namespace_name} already exists and is not managed by bizosaas-operator for this tenant; \
+             it is left untouched. Rename the Tenant or remove the namespace."
         );
         let observed = vec![Observed::failed(NAMESPACE_READY, "NamespaceConflict", message)];
         status::write(tenant, s, status::next(tenant, observed, None)).await?;
@@ -90,14 +103,17 @@ pub(super) async fn apply(tenant: &Tenant, t: &TenantContext) -> Result<Action, 
     let db_egress = database_egress::database_egress(&owner, ctx).await?;
     children.network_policies.extend(db_egress.policy);
     let retained: BTreeSet<String> = db_egress.keep_live.then(|| DATABASE_POLICY.to_string()).into_iter().collect();
-    let applier = applier(tenant, ctx);
+    let applier = applier(tenant, t);
     let started = std::time::Instant::now();
     // The namespace, then the operator's RoleBinding in it. What the operator may write in
     // any namespace goes at once; what needs that RoleBinding (Deployments, the database
     // Secret) waits, meanwhile, until the authorizer knows it.
     let client = ctx.client.clone();
     let ns = owner.namespace.as_str();
-    applier.ensure_against(&namespaces, &children.namespace, live_namespace.as_ref()).await?;
+    match &live_namespace {
+        Some(live) => applier.ensure_against(&namespaces, &children.namespace, Some(live)).await?,
+        None => applier.ensure(&namespaces, &children.namespace).await?,
+    };
     let bindings = Api::<RoleBinding>::namespaced(client.clone(), ns);
     let binding_written = applier.ensure(&bindings, &children.operator_binding).await?;
     let needs_binding = async {
@@ -331,11 +347,11 @@ mod tests {
     fn foreign_namespaces_are_not_ours() {
         let mut ns = Namespace::default();
         ns.metadata.name = Some("tenant-acme".into());
-        assert!(!is_ours(&ns, "acme"));
+        assert!(!is_ours(&ns.metadata, "acme"));
         ns.metadata.labels = Some([(LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string())].into());
-        assert!(!is_ours(&ns, "acme"), "our label for another tenant is not enough");
+        assert!(!is_ours(&ns.metadata, "acme"), "our label for another tenant is not enough");
         ns.labels_mut().insert(LABEL_TENANT.into(), "acme".into());
-        assert!(is_ours(&ns, "acme"));
+        assert!(is_ours(&ns.metadata, "acme"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! finalizer dispatch into `apply` or `finalize`.
 
 use super::build::BuildError;
+use super::child_stores::{ChildStores, reflect};
 use super::finalize::{self, FINALIZER};
 use super::{CONTROLLER, apply, claims, database_egress};
 use crate::context::Context;
@@ -9,6 +10,7 @@ use crate::egress::resolve::SERVICE_NAME_LABEL;
 use crate::metrics::Categorized;
 use crate::postgres::DatabaseError;
 use crate::scaffold::{ReconcileError, Scaffold};
+use crate::seen::Seen;
 use crate::vault::VaultError;
 use bizosaas_crds::{LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY, Tenant};
 use futures::StreamExt;
@@ -85,18 +87,29 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             .default_backoff()
             .applied_objects()
             .predicate_filter(user_change, PredicateConfig::default());
+    // The children's metadata is kept, from the same watches, so that a converged reconcile
+    // reads none of them.
+    let (namespaces, namespaces_writer) = reflector::store();
+    let (quotas, quotas_writer) = reflector::store();
+    let (limits, limits_writer) = reflector::store();
+    let (policies, policies_writer) = reflector::store();
+    let (accounts, accounts_writer) = reflector::store();
+    let (bindings, bindings_writer) = reflector::store();
+    let (services, services_writer) = reflector::store();
+    let (ingresses, ingresses_writer) = reflector::store();
+    let children = ChildStores { namespaces, quotas, limits, policies, accounts, bindings, services, ingresses };
     let mut controller = Controller::for_stream(tenants, reader)
-        .watches_stream(children::<Namespace>(&client, &ours), tenant_of)
-        .watches_stream(children::<ResourceQuota>(&client, &ours), tenant_of)
-        .watches_stream(children::<LimitRange>(&client, &ours), tenant_of)
-        .watches_stream(children::<NetworkPolicy>(&client, &ours), tenant_of)
-        .watches_stream(children::<ServiceAccount>(&client, &ours), tenant_of)
-        .watches_stream(children::<RoleBinding>(&client, &ours), tenant_of)
+        .watches_stream(reflect::<Namespace>(&client, &ours, namespaces_writer), tenant_of)
+        .watches_stream(reflect::<ResourceQuota>(&client, &ours, quotas_writer), tenant_of)
+        .watches_stream(reflect::<LimitRange>(&client, &ours, limits_writer), tenant_of)
+        .watches_stream(reflect::<NetworkPolicy>(&client, &ours, policies_writer), tenant_of)
+        .watches_stream(reflect::<ServiceAccount>(&client, &ours, accounts_writer), tenant_of)
+        .watches_stream(reflect::<RoleBinding>(&client, &ours, bindings_writer), tenant_of)
         // Secrets and Deployments only where the operator may read them: tenant namespaces.
         .watches_stream(ctx.tenant_namespaces.watch::<Secret>(client.clone(), ours.clone()), tenant_of)
         .watches_stream(ctx.tenant_namespaces.watch::<Deployment>(client.clone(), ours.clone()), tenant_of)
-        .watches_stream(children::<Service>(&client, &ours), tenant_of)
-        .watches_stream(children::<Ingress>(&client, &ours), tenant_of)
+        .watches_stream(reflect::<Service>(&client, &ours, services_writer), tenant_of)
+        .watches_stream(reflect::<Ingress>(&client, &ours, ingresses_writer), tenant_of)
         .watches_stream(claims::domain_changes(client.clone()), move |changed| claims::affected(&claimants, &changed));
     if let Some(service) = database_egress::database_service(&ctx) {
         // The database Service's endpoints are what `allow-database` allows: when its pods
@@ -114,7 +127,12 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .run(
             reconcile,
             error_policy,
-            Arc::new(TenantContext { scaffold: Scaffold::new(CONTROLLER, ctx), tenants: every_tenant }),
+            Arc::new(TenantContext {
+                scaffold: Scaffold::new(CONTROLLER, ctx),
+                tenants: every_tenant,
+                children,
+                seen: Seen::default(),
+            }),
         )
         .for_each(|_| futures::future::ready(()))
         .await;
@@ -130,28 +148,18 @@ fn user_change(tenant: &DeserializeGuard<Tenant>) -> Option<u64> {
     Some(hasher.finish())
 }
 
-/// Changes to one kind of child, as metadata only: the label is all the mapping needs, and
-/// the API server then sends far less than whole Secrets and Deployments.
-fn children<K>(
-    client: &kube::Client,
-    config: &watcher::Config,
-) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
-where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-{
-    watcher(Api::<PartialObjectMeta<K>>::all(client.clone()), config.clone()).default_backoff().touched_objects()
-}
-
 /// The Tenant a child belongs to, from its `bizosaas.io/tenant` label.
 fn tenant_of<K: Resource>(child: K) -> Option<ObjectRef<DeserializeGuard<Tenant>>> {
     child.labels().get(LABEL_TENANT).map(|name| ObjectRef::new(name))
 }
 
-/// What the Tenant controller's reconciles share: the scaffold, and every Tenant for the
-/// claims that span tenants (custom domains).
+/// What the Tenant controller's reconciles share: the scaffold, every Tenant for the claims
+/// that span tenants (custom domains), the children's metadata and what was last seen of them.
 pub(super) struct TenantContext {
     pub scaffold: Scaffold,
     pub tenants: Store<DeserializeGuard<Tenant>>,
+    pub children: ChildStores,
+    pub seen: Seen,
 }
 
 async fn reconcile(guard: Arc<DeserializeGuard<Tenant>>, t: Arc<TenantContext>) -> Result<Action, Error> {
@@ -191,6 +199,7 @@ async fn reconcile_tenant(tenant: &Tenant, t: &TenantContext) -> Result<Action, 
                 tenant.metadata.resource_version = Some(version);
             }
             let action = finalize::cleanup(&tenant, &s.ctx).await?;
+            t.seen.forget_namespace(&super::build::namespace_name(&tenant.name_any()));
             let rest: Vec<&String> = tenant.finalizers().iter().filter(|f| *f != FINALIZER).collect();
             finalize::set_finalizers(&tenant, &s.ctx, serde_json::json!(rest)).await?;
             Ok(action)

@@ -60,7 +60,7 @@ pub(super) async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Er
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
     let ns_name = build::namespace_name(&name);
     if let Some(ns) = namespaces.get_opt(&ns_name).await?
-        && is_ours(&ns, &name)
+        && is_ours(&ns.metadata, &name)
         && ns.metadata.deletion_timestamp.is_none()
     {
         namespaces.delete(&ns_name, &DeleteParams::background()).await?;

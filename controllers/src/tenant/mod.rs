@@ -3,6 +3,7 @@
 
 mod apply;
 pub mod build;
+mod child_stores;
 mod claims;
 mod controller;
 mod database;

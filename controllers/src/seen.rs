@@ -1,0 +1,117 @@
+//! Children the operator knows to be as it wants them, without reading them: the
+//! resourceVersion at which it last wrote or checked each one, and a digest of what it wanted
+//! then. A metadata watch of the kind says which resourceVersion is live. While the two agree
+//! and the desired object is the same, a reconcile neither reads nor writes the child. Any
+//! change to it (a hand edit, a deletion, another controller's write) gives it a new
+//! resourceVersion, and the reconcile that the same watch event triggers reads and compares
+//! it again.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+
+/// The resourceVersion of a live object as a watch last saw it.
+pub trait LiveVersions: Send + Sync {
+    /// `None` when the watch has not seen the object (not yet, or it is gone).
+    fn live_version(&self, kind: &str, namespace: Option<&str>, name: &str) -> Option<String>;
+}
+
+/// Where a child was last seen holding what the operator wanted, keyed by kind, namespace
+/// and name.
+#[derive(Default)]
+pub struct Seen {
+    entries: Mutex<HashMap<ChildKey, (String, u64)>>,
+}
+
+/// A child's kind, namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ChildKey {
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl Seen {
+    /// True when the watch shows the child at the resourceVersion it was last seen at, for
+    /// the same desired object.
+    pub fn unchanged(&self, key: &ChildKey, desired: u64, live: &dyn LiveVersions) -> bool {
+        let Some(live_version) = live.live_version(&key.kind, key.namespace.as_deref(), &key.name) else {
+            return false;
+        };
+        let entries = self.entries.lock().expect("seen lock");
+        entries.get(key).is_some_and(|(version, digest)| *version == live_version && *digest == desired)
+    }
+
+    /// Records that the child holds `desired` at `version`.
+    pub fn record(&self, key: ChildKey, version: Option<String>, desired: u64) {
+        let mut entries = self.entries.lock().expect("seen lock");
+        match version {
+            Some(version) => entries.insert(key, (version, desired)),
+            None => entries.remove(&key),
+        };
+    }
+
+    /// Forgets every child in `namespace` (its tenant is gone).
+    pub fn forget_namespace(&self, namespace: &str) {
+        let mut entries = self.entries.lock().expect("seen lock");
+        entries.retain(|key, _| key.namespace.as_deref() != Some(namespace) && key.name != namespace);
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().expect("seen lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A digest of a whole desired object, values included (unlike the applied-fields digest):
+/// any change to what the operator wants must be compared with the live object again.
+pub fn desired_digest(desired: &serde_json::Value) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    desired.to_string().hash(&mut hasher);
+    hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    struct Live(Option<&'static str>);
+    impl LiveVersions for Live {
+        fn live_version(&self, _: &str, _: Option<&str>, _: &str) -> Option<String> {
+            self.0.map(str::to_string)
+        }
+    }
+
+    fn key(namespace: &str, name: &str) -> ChildKey {
+        ChildKey { kind: "ResourceQuota".into(), namespace: Some(namespace.into()), name: name.into() }
+    }
+
+    #[test]
+    fn a_child_is_unchanged_only_at_the_version_and_desired_object_it_was_seen_with() {
+        let seen = Seen::default();
+        let desired = desired_digest(&json!({"spec": {"hard": {"pods": "20"}}}));
+        assert!(!seen.unchanged(&key("t", "q"), desired, &Live(Some("7"))), "never seen");
+        seen.record(key("t", "q"), Some("7".into()), desired);
+        assert!(seen.unchanged(&key("t", "q"), desired, &Live(Some("7"))));
+        assert!(!seen.unchanged(&key("t", "q"), desired, &Live(Some("8"))), "edited since");
+        assert!(!seen.unchanged(&key("t", "q"), desired, &Live(None)), "deleted, or not watched yet");
+        let other = desired_digest(&json!({"spec": {"hard": {"pods": "30"}}}));
+        assert!(!seen.unchanged(&key("t", "q"), other, &Live(Some("7"))), "the spec asks for something else");
+    }
+
+    #[test]
+    fn a_namespace_is_forgotten_with_its_children() {
+        let seen = Seen::default();
+        seen.record(key("tenant-a", "q"), Some("1".into()), 1);
+        seen.record(key("tenant-b", "q"), Some("1".into()), 1);
+        let namespace = ChildKey { kind: "Namespace".into(), namespace: None, name: "tenant-a".into() };
+        seen.record(namespace, Some("1".into()), 1);
+        seen.forget_namespace("tenant-a");
+        assert_eq!(seen.len(), 1);
+        assert!(seen.unchanged(&key("tenant-b", "q"), 1, &Live(Some("1"))));
+    }
+}
