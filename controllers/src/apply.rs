@@ -45,13 +45,11 @@ impl Applier<'_> {
     where
         K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
     {
+        let desired = with_field_digest(desired);
+        let value = to_value(&desired);
         if self.compare
             && let Some(known) = self.known
-            && known.seen.unchanged(
-                &child_key(desired),
-                desired_digest(&to_value(&with_field_digest(desired))),
-                known.live,
-            )
+            && known.seen.unchanged(&child_key(&desired), desired_digest(&value), known.live)
         {
             return Ok(false);
         }
@@ -61,7 +59,7 @@ impl Applier<'_> {
         } else {
             None
         };
-        self.ensure_against(api, desired, live.as_ref()).await
+        self.apply_digested(api, &desired, &value, live.as_ref()).await
     }
 
     /// [`Applier::ensure`] with the live object the caller has already read.
@@ -71,21 +69,36 @@ impl Applier<'_> {
     {
         let desired = with_field_digest(desired);
         let value = to_value(&desired);
+        self.apply_digested(api, &desired, &value, live).await
+    }
+
+    /// [`Applier::ensure_against`] for a desired object that already carries its field
+    /// digest, with its JSON, so neither is computed twice.
+    async fn apply_digested<K>(
+        &self,
+        api: &Api<K>,
+        desired: &K,
+        value: &Value,
+        live: Option<&K>,
+    ) -> Result<bool, kube::Error>
+    where
+        K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+    {
         let remember = |version: Option<String>| {
             if let Some(known) = self.known {
-                known.seen.record(child_key(&desired), version, desired_digest(&value));
+                known.seen.record(child_key(desired), version, desired_digest(value));
             }
         };
         if self.compare
             && let Some(live) = live
             && live.meta().deletion_timestamp.is_none()
-            && is_subset(&value, &to_value(live))
+            && is_subset(value, &to_value(live))
         {
             remember(live.meta().resource_version.clone());
             return Ok(false);
         }
         let name = desired.name_any();
-        let applied = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired)).await?;
+        let applied = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(desired)).await?;
         self.metrics.write(self.controller, &K::kind(&()), "apply");
         remember(applied.meta().resource_version.clone());
         Ok(true)

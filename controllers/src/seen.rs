@@ -54,7 +54,11 @@ impl Seen {
     /// Forgets every child in `namespace` (its tenant is gone).
     pub fn forget_namespace(&self, namespace: &str) {
         let mut entries = self.entries.lock().expect("seen lock");
-        entries.retain(|key, _| key.namespace.as_deref() != Some(namespace) && key.name != namespace);
+        entries.retain(|key, _| {
+            let in_it = key.namespace.as_deref() == Some(namespace);
+            let itself = key.kind == "Namespace" && key.name == namespace;
+            !(in_it || itself)
+        });
     }
 
     pub fn len(&self) -> usize {

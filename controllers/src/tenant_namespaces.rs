@@ -30,6 +30,29 @@ pub struct TenantNamespaces {
 /// A kind and the selectors of its watches.
 type WatchKey = (TypeId, String);
 
+/// A namespaced kind whose metadata can be watched from a background task.
+pub trait NamespacedKind:
+    Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> NamespacedKind for K where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// The streams one kind's watches feed: one per controller that asked for it.
 type Subscribers<K> = Arc<Mutex<Vec<mpsc::Sender<PartialObjectMeta<K>>>>>;
 
@@ -90,13 +113,7 @@ impl TenantNamespaces {
         config: watcher::Config,
     ) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
     where
-        K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-            + Clone
-            + serde::de::DeserializeOwned
-            + Debug
-            + Send
-            + Sync
-            + 'static,
+        K: NamespacedKind,
     {
         let (tx, rx) = mpsc::channel(1024);
         let key = (TypeId::of::<K>(), format!("{:?}/{:?}", config.label_selector, config.field_selector));
@@ -121,13 +138,7 @@ async fn follow_namespaces<K>(
     config: watcher::Config,
     subscribers: Subscribers<K>,
 ) where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + Debug
-        + Send
-        + Sync
-        + 'static,
+    K: NamespacedKind,
 {
     let mut watches: HashMap<String, JoinHandle<()>> = HashMap::new();
     loop {

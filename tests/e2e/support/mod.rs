@@ -257,19 +257,12 @@ pub fn install_crds() {
 }
 
 /// Polls `check` until it returns `Some` or `timeout` passes; panics with `what` then.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_for_or_explain(what, timeout, check, String::new).await
 }
 
 /// [`wait_for`], and on timeout panics with `explain()` as well: what the object and the
@@ -290,7 +283,9 @@ where
             return value;
         }
         if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}\n{}", explain());
+            let explanation = explain();
+            let sep = if explanation.is_empty() { "" } else { "\n" };
+            panic!("timed out after {timeout:?} waiting for {what}{sep}{explanation}");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
