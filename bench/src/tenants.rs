@@ -17,6 +17,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -101,6 +102,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let admin = Admin::new(&args.database_url, None, PLATFORM_DATABASE)?;
     admin.ping().await?;
     cleanup(&client, &admin, &args).await?;
+    namespaces_gone(&client).await?;
 
     eprintln!("bare client: provisioning {} tenants, {} at a time", args.count, args.concurrency);
     let bare = bare_client(&client, &admin, &args).await?;
@@ -317,6 +319,23 @@ async fn through_operator(client: &Client, admin: &Admin, args: &Args) -> anyhow
     let half = Half { seconds, latencies, writes, peak_rss_mib, cpu_seconds, control_plane_cpu_seconds };
     let finalizer_and_status = 2.0;
     Ok((half, idle_writes, children as f64 + finalizer_and_status))
+}
+
+/// Waits until no namespace of an earlier run is left (the names are reused), however many
+/// the namespace controller still has to empty.
+async fn namespaces_gone(client: &Client) -> anyhow::Result<()> {
+    let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let left = namespaces.list_metadata(&ListParams::default()).await?;
+        let left = left.items.iter().filter(|ns| ns.name_any().starts_with("tenant-bench-")).count();
+        if left == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{left} namespaces of an earlier run are still being deleted");
+        eprintln!("waiting for {left} namespaces of an earlier run to be deleted");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
 }
 
 /// Removes the benchmark's tenants, namespaces and database objects of both halves. Tenants

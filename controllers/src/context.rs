@@ -135,10 +135,11 @@ impl Context {
         metrics: Arc<Metrics>,
         postgres: Option<Admin>,
         vault: Option<Arc<Vault>>,
+        watch_connections: crate::watch_connections::WatchConnections,
     ) -> Self {
         let reporter = Reporter { controller: crate::FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
         let recorder = Recorder::new(client.clone(), reporter);
-        let tenant_namespaces = TenantNamespaces::start(client.clone());
+        let tenant_namespaces = TenantNamespaces::start(client.clone(), watch_connections, metrics.clone());
         Self {
             tenant_namespaces,
             client,

@@ -20,6 +20,7 @@ pub mod seen;
 pub mod tenant;
 pub mod tenant_namespaces;
 pub mod vault;
+pub mod watch_connections;
 pub mod workflow;
 
 pub use context::{Config, Context};

@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::time::Instant;
@@ -33,13 +34,20 @@ pub struct ReadLabels {
     pub kind: String,
 }
 
-/// Reconcile counters and durations per controller, API writes per kind, and the reads of
-/// children that a watch could not vouch for.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+/// Reconcile counters and durations per controller, API writes per kind, the reads of
+/// children that a watch could not vouch for, and the watches held in tenant namespaces.
 pub struct Metrics {
     pub reconciles: Family<OutcomeLabels, Counter>,
     pub duration: Family<ControllerLabels, Histogram>,
     pub writes: Family<WriteLabels, Counter>,
     pub child_reads: Family<ReadLabels, Counter>,
+    pub namespace_watches: Family<KindLabels, Gauge>,
+    pub watch_connections: Gauge,
 }
 
 impl Metrics {
@@ -53,6 +61,8 @@ impl Metrics {
             }),
             writes: Family::default(),
             child_reads: Family::default(),
+            namespace_watches: Family::default(),
+            watch_connections: Gauge::default(),
         };
         let sub = registry.sub_registry_with_prefix("bizosaas");
         sub.register("reconciles", "Reconciles by controller and outcome", metrics.reconciles.clone());
@@ -62,6 +72,16 @@ impl Metrics {
             "child_reads",
             "Children read from the Kubernetes API before applying them (not known unchanged from a watch)",
             metrics.child_reads.clone(),
+        );
+        sub.register(
+            "tenant_namespace_watches",
+            "Watches held open in tenant namespaces, by kind (one per namespace that needs the kind)",
+            metrics.namespace_watches.clone(),
+        );
+        sub.register(
+            "watch_connections",
+            "HTTP/2 connections to the API server carrying the tenant-namespace watches",
+            metrics.watch_connections.clone(),
         );
         for &controller in controllers {
             metrics.reconciles.get_or_create(&OutcomeLabels { controller, outcome: "success" }).inc_by(0);

@@ -9,6 +9,7 @@ use bizosaas_controllers::postgres::Admin;
 use bizosaas_controllers::tenant::plans::PlanCatalog;
 use bizosaas_controllers::tenant::service_catalog::ServiceCatalog;
 use bizosaas_controllers::vault::{Vault, VaultAuth, VaultConfig};
+use bizosaas_controllers::watch_connections::WatchConnections;
 use bizosaas_controllers::{Config, Context, agent_crew, integration, tenant, workflow};
 use bizosaas_crds::Tenant;
 use kube::Client;
@@ -137,8 +138,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // One TLS provider for every client (kube, Vault, health checks): ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = config(&args)?;
-    let client =
-        Client::try_default().await.context("no Kubernetes configuration found: set KUBECONFIG or run in a pod")?;
+    let kube_config =
+        kube::Config::infer().await.context("no Kubernetes configuration found: set KUBECONFIG or run in a pod")?;
+    let client = Client::try_from(kube_config.clone()).context("cannot build the Kubernetes client")?;
+    let watch_connections =
+        WatchConnections::new(kube_config).context("cannot build the client for the tenant-namespace watches")?;
 
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(
@@ -198,7 +202,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if !*stop_rx.borrow() {
         info!("controllers starting");
-        let ctx = Arc::new(Context::new(client, config, metrics, postgres, vault));
+        let ctx = Arc::new(Context::new(client, config, metrics, postgres, vault, watch_connections));
         let stopped = |mut stop: watch::Receiver<bool>| async move {
             let _ = stop.wait_for(|s| *s).await;
         };

@@ -14,6 +14,7 @@ use crate::egress::resolve::{OnBehalfOf, ResolveError, Resolver, ServiceKey};
 use crate::egress::{ResolvedEndpoint, Target};
 use crate::integration;
 use crate::scaffold::Scaffold;
+use crate::tenant_namespaces::wanted_by;
 use bizosaas_crds::agent_crew::AgentCrewStatus;
 use bizosaas_crds::common::READY;
 use bizosaas_crds::tenant::SecretsBackend;
@@ -25,12 +26,13 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
-use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
 use render::IntegrationRef;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -56,15 +58,21 @@ struct CrewContext {
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let client = ctx.client.clone();
     let ours = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
-    let controller =
-        Controller::new(Api::<DeserializeGuard<AgentCrew>>::all(client.clone()), watcher::Config::default());
+    let (reader, writer) = reflector::store();
+    let events =
+        reflector(writer, watcher(Api::<DeserializeGuard<AgentCrew>>::all(client.clone()), watcher::Config::default()))
+            .default_backoff();
+    // Deployments are watched only in the namespaces crews are in.
+    let (events, crew_namespaces) =
+        wanted_by(events, |crew: &DeserializeGuard<AgentCrew>| crew.meta().namespace.clone());
+    let controller = Controller::for_stream(events.applied_objects(), reader);
     let crews = controller.store();
     let tenant_crews = crews.clone();
     let services = Arc::new(triggers::ServiceDependencies::default());
     let dependents = services.clone();
     controller
         .owns(Api::<ConfigMap>::all(client.clone()), ours.clone())
-        .owns_stream(ctx.tenant_namespaces.watch::<Deployment>(client.clone(), ours.clone()))
+        .owns_stream(ctx.tenant_namespaces.watch::<Deployment>(ours.clone(), Some(crew_namespaces)))
         .owns(Api::<Service>::all(client.clone()), ours.clone())
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), ours.clone())
         .owns(Api::<NetworkPolicy>::all(client.clone()), ours)

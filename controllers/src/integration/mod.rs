@@ -66,7 +66,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let client = ctx.client.clone();
     let ours = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
     Controller::new(Api::<DeserializeGuard<Integration>>::all(client.clone()), watcher::Config::default())
-        .owns_stream(ctx.tenant_namespaces.watch::<Secret>(client, ours))
+        .owns_stream(ctx.tenant_namespaces.watch::<Secret>(ours, None))
         .with_config(crate::scaffold::controller_config())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, Arc::new(IntegrationContext::new(ctx)))

@@ -11,6 +11,7 @@ use crate::metrics::Categorized;
 use crate::postgres::DatabaseError;
 use crate::scaffold::{ReconcileError, Scaffold};
 use crate::seen::Seen;
+use crate::tenant_namespaces::wanted_by;
 use crate::vault::VaultError;
 use bizosaas_crds::{LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY, Tenant};
 use futures::StreamExt;
@@ -82,11 +83,15 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let store = reader.clone();
     let every_tenant = reader.clone();
     let claimants = reader.clone();
-    let tenants =
+    let events =
         reflector(writer, watcher(Api::<DeserializeGuard<Tenant>>::all(client.clone()), watcher::Config::default()))
-            .default_backoff()
-            .applied_objects()
-            .predicate_filter(user_change, PredicateConfig::default());
+            .default_backoff();
+    // Deployments are watched only where a Tenant runs business services.
+    let (events, with_services) = wanted_by(events, |guard: &DeserializeGuard<Tenant>| {
+        let tenant = guard.0.as_ref().ok().filter(|t| !t.spec.services.is_empty())?;
+        Some(super::build::namespace_name(&tenant.name_any()))
+    });
+    let tenants = events.applied_objects().predicate_filter(user_change, PredicateConfig::default());
     // The children's metadata is kept, from the same watches, so that a converged reconcile
     // reads none of them.
     let (namespaces, namespaces_writer) = reflector::store();
@@ -106,8 +111,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .watches_stream(reflect::<ServiceAccount>(&client, &ours, accounts_writer), tenant_of)
         .watches_stream(reflect::<RoleBinding>(&client, &ours, bindings_writer), tenant_of)
         // Secrets and Deployments only where the operator may read them: tenant namespaces.
-        .watches_stream(ctx.tenant_namespaces.watch::<Secret>(client.clone(), ours.clone()), tenant_of)
-        .watches_stream(ctx.tenant_namespaces.watch::<Deployment>(client.clone(), ours.clone()), tenant_of)
+        .watches_stream(ctx.tenant_namespaces.watch::<Secret>(ours.clone(), None), tenant_of)
+        .watches_stream(ctx.tenant_namespaces.watch::<Deployment>(ours.clone(), Some(with_services)), tenant_of)
         .watches_stream(reflect::<Service>(&client, &ours, services_writer), tenant_of)
         .watches_stream(reflect::<Ingress>(&client, &ours, ingresses_writer), tenant_of)
         .watches_stream(claims::domain_changes(client.clone()), move |changed| claims::affected(&claimants, &changed));

@@ -10,6 +10,7 @@ use crate::conditions::{self, Observed};
 use crate::context::Context;
 use crate::egress::dial::Dialer;
 use crate::scaffold::Scaffold;
+use crate::tenant_namespaces::wanted_by;
 use crate::workflow::plan::{self, Outcome};
 use crate::workflow::steps::inflight::Inflight;
 use crate::workflow::{names, outputs, snapshot};
@@ -58,9 +59,6 @@ pub struct RunContext {
 /// Runs the WorkflowRun controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let client = ctx.client.clone();
-    let jobs = ctx
-        .tenant_namespaces
-        .watch::<Job>(client.clone(), watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}")));
     let (wake, woken) = futures::channel::mpsc::unbounded();
     let http = reqwest::Client::builder()
         .user_agent(concat!("bizosaas-operator/", env!("CARGO_PKG_VERSION")))
@@ -80,13 +78,19 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     // A run's own status writes need no reconcile (the reconcile that wrote them already
     // planned the next one); a spec change (cancel) or deletion does.
     let (reader, writer) = reflector::store();
-    let runs = reflector(
+    let events = reflector(
         writer,
         watcher(Api::<DeserializeGuard<WorkflowRun>>::all(client.clone()), watcher::Config::default()),
     )
-    .default_backoff()
-    .applied_objects()
-    .predicate_filter(predicates::generation, PredicateConfig::default());
+    .default_backoff();
+    // Jobs are watched only in the namespaces runs are in.
+    let (events, run_namespaces) =
+        wanted_by(events, |run: &DeserializeGuard<WorkflowRun>| run.meta().namespace.clone());
+    let runs = events.applied_objects().predicate_filter(predicates::generation, PredicateConfig::default());
+    let jobs = rc.scaffold.ctx.tenant_namespaces.watch::<Job>(
+        watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}")),
+        Some(run_namespaces),
+    );
     Controller::for_stream(runs, reader)
         .owns_stream(jobs)
         .reconcile_on(woken)
