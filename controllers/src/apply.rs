@@ -5,6 +5,7 @@
 use crate::FIELD_MANAGER;
 use crate::metrics::Metrics;
 use crate::seen::{ChildKey, LiveVersions, Seen, desired_digest};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -110,11 +111,31 @@ impl Applier<'_> {
     where
         K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
     {
+        let listed = api.list_metadata(&ListParams::default().labels(selector)).await?;
+        let existing: Vec<ObjectMeta> = listed.items.into_iter().map(|o| o.metadata).collect();
+        self.prune_known(api, &existing, keep).await
+    }
+
+    /// Deletes the `existing` objects (as a watch knows them) whose names are not in `keep`.
+    pub async fn prune_known<K>(
+        &self,
+        api: &Api<K>,
+        existing: &[ObjectMeta],
+        keep: &BTreeSet<String>,
+    ) -> Result<usize, kube::Error>
+    where
+        K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
+    {
         let mut deleted = 0;
-        for obj in api.list_metadata(&ListParams::default().labels(selector)).await? {
-            let name = obj.name_any();
-            if !keep.contains(&name) && obj.metadata.deletion_timestamp.is_none() {
-                api.delete(&name, &DeleteParams::background()).await?;
+        for meta in existing {
+            let Some(name) = meta.name.as_deref() else { continue };
+            if !keep.contains(name) && meta.deletion_timestamp.is_none() {
+                match api.delete(name, &DeleteParams::background()).await {
+                    Ok(_) => {}
+                    // Already gone: the watch had not caught up.
+                    Err(kube::Error::Api(e)) if e.code == 404 => continue,
+                    Err(e) => return Err(e),
+                }
                 self.metrics.write(self.controller, &K::kind(&()), "delete");
                 deleted += 1;
             }

@@ -42,6 +42,12 @@ impl Seen {
         entries.get(key).is_some_and(|(version, digest)| *version == live_version && *digest == desired)
     }
 
+    /// True when the child was last seen holding `desired` at `version`.
+    pub fn holds(&self, key: &ChildKey, version: &str, desired: u64) -> bool {
+        let entries = self.entries.lock().expect("seen lock");
+        entries.get(key).is_some_and(|(seen, digest)| seen == version && *digest == desired)
+    }
+
     /// Records that the child holds `desired` at `version`.
     pub fn record(&self, key: ChildKey, version: Option<String>, desired: u64) {
         let mut entries = self.entries.lock().expect("seen lock");

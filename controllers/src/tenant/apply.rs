@@ -2,7 +2,8 @@
 //! its status.
 
 use super::CONTROLLER;
-use super::build::{self, BuildError, Children, DATABASE_POLICY, Owner};
+use super::build::{self, BuildError, Children, DATABASE_POLICY, LABEL_COMPONENT, Owner};
+use super::child_stores::children_in;
 use super::controller::{Error, TenantContext};
 use super::status::{self, *};
 use super::{database, database_egress};
@@ -10,6 +11,7 @@ use crate::apply::{Applier, Known};
 use crate::conditions::Observed;
 use crate::context::Context;
 use crate::quantity;
+use crate::seen::{ChildKey, LiveVersions, desired_digest};
 use bizosaas_crds::{LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY, Tenant};
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -103,6 +105,10 @@ pub(super) async fn apply(tenant: &Tenant, t: &TenantContext) -> Result<Action, 
     let db_egress = database_egress::database_egress(&owner, ctx).await?;
     children.network_policies.extend(db_egress.policy);
     let retained: BTreeSet<String> = db_egress.keep_live.then(|| DATABASE_POLICY.to_string()).into_iter().collect();
+    let observed_generation = tenant.status.as_ref().and_then(|s| s.observed_generation);
+    let uid = tenant.metadata.uid.as_deref().unwrap_or_default();
+    let provisioned_here = ctx.applied_tenants.lock().expect("applied tenants lock").contains(uid);
+    let spec_changed = !provisioned_here || observed_generation != tenant.metadata.generation;
     let applier = applier(tenant, t);
     let started = std::time::Instant::now();
     // The namespace, then the operator's RoleBinding in it. What the operator may write in
@@ -129,9 +135,9 @@ pub(super) async fn apply(tenant: &Tenant, t: &TenantContext) -> Result<Action, 
         Ok::<_, Error>(database)
     };
     let (mut observed, (database_condition, database)) =
-        futures::try_join!(apply_children(&owner, &children, applier, ctx), needs_binding)?;
+        futures::try_join!(apply_children(&owner, &children, applier, t), needs_binding)?;
     if applier.compare {
-        prune_children(&owner, &children, &retained, applier, ctx).await?;
+        prune_children(&owner, &children, &retained, spec_changed, applier, t).await?;
     }
     if let Some(failure) = db_egress.failure
         && let Some(network) = observed.iter_mut().find(|o| o.type_ == NETWORK_READY)
@@ -170,8 +176,13 @@ pub(super) async fn apply(tenant: &Tenant, t: &TenantContext) -> Result<Action, 
 /// Applies the children the operator may write in any namespace, all at once (the namespace
 /// and the operator's RoleBinding are already applied), and says whether the quota is
 /// enforced yet.
-async fn apply_children(owner: &Owner, c: &Children, a: Applier<'_>, ctx: &Context) -> Result<Vec<Observed>, Error> {
-    let client = ctx.client.clone();
+async fn apply_children(
+    owner: &Owner,
+    c: &Children,
+    a: Applier<'_>,
+    t: &TenantContext,
+) -> Result<Vec<Observed>, Error> {
+    let client = t.scaffold.ctx.client.clone();
     let ns = owner.namespace.as_str();
     let bindings = Api::<RoleBinding>::namespaced(client.clone(), ns);
     let policies = Api::<NetworkPolicy>::namespaced(client.clone(), ns);
@@ -199,7 +210,7 @@ async fn apply_children(owner: &Owner, c: &Children, a: Applier<'_>, ctx: &Conte
     // Until the quota controller has recorded the quota, the API server refuses every counted
     // object (crews, workflows) with "status unknown for quota": not ready before that.
     let quota_written = written.first().copied().unwrap_or(false);
-    let quota = if enforced_quota(&quotas, &c.resource_quota, quota_written).await? {
+    let quota = if enforced_quota(&quotas, &c.resource_quota, quota_written, t).await? {
         Observed::ok(
             QUOTA_READY,
             "Enforced",
@@ -226,10 +237,11 @@ async fn prune_children(
     owner: &Owner,
     c: &Children,
     retained: &BTreeSet<String>,
+    spec_changed: bool,
     a: Applier<'_>,
-    ctx: &Context,
+    t: &TenantContext,
 ) -> Result<(), Error> {
-    let client = ctx.client.clone();
+    let client = t.scaffold.ctx.client.clone();
     let ns = owner.namespace.as_str();
     let names = |items: &mut dyn Iterator<Item = String>| items.collect::<BTreeSet<String>>();
     let keep_policies = names(&mut c.network_policies.iter().map(|p| p.name_any()).chain(retained.iter().cloned()));
@@ -254,19 +266,33 @@ async fn prune_children(
             .chain(c.services_not_in_catalog.iter().copied())
             .map(|s| s.as_str().to_string()),
     );
-    let (network_selector, rbac_selector) = (owner.selector("network"), owner.selector("rbac"));
-    let service_selector = owner.selector("service");
+    // The watches' stores say which children exist; a child they have not seen yet arrives
+    // with a watch event of its own, and that event's reconcile prunes it.
+    let stores = &t.children;
+    let labelled = |component: &'static str| [(LABEL_TENANT, owner.name.as_str()), (LABEL_COMPONENT, component)];
     let policies = Api::<NetworkPolicy>::namespaced(client.clone(), ns);
     let bindings = Api::<RoleBinding>::namespaced(client.clone(), ns);
     let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
     let services = Api::<Service>::namespaced(client.clone(), ns);
     let ingresses = Api::<Ingress>::namespaced(client, ns);
+    let known_policies = children_in(&stores.policies, ns, &labelled("network"));
+    let known_bindings = children_in(&stores.bindings, ns, &labelled("rbac"));
+    let known_services = children_in(&stores.services, ns, &labelled("service"));
+    let known_ingresses = children_in(&stores.ingresses, ns, &labelled("service"));
+    // Deployments have no store: they are listed when the spec changed or this process has
+    // not provisioned the Tenant before (a catalog that changed across a restart).
+    let list_deployments = async {
+        if !spec_changed {
+            return Ok(0);
+        }
+        a.prune(&deployments, &owner.selector("service"), &keep_services).await
+    };
     futures::try_join!(
-        a.prune(&policies, &network_selector, &keep_policies),
-        a.prune(&bindings, &rbac_selector, &keep_bindings),
-        a.prune(&deployments, &service_selector, &keep_services),
-        a.prune(&services, &service_selector, &keep_services),
-        a.prune(&ingresses, &service_selector, &keep_ingresses),
+        a.prune_known(&policies, &known_policies, &keep_policies),
+        a.prune_known(&bindings, &known_bindings, &keep_bindings),
+        list_deployments,
+        a.prune_known(&services, &known_services, &keep_services),
+        a.prune_known(&ingresses, &known_ingresses, &keep_ingresses),
     )?;
     Ok(())
 }
@@ -305,23 +331,44 @@ async fn granted(ns: &str, ctx: &Context) -> Result<(), Error> {
 /// record it (usually well under a second): cheaper than a second pass over every child.
 const QUOTA_WAIT: Duration = Duration::from_secs(3);
 
-/// Whether the live quota is enforced; after a write, waits up to [`QUOTA_WAIT`] for it.
+/// Whether the live quota is enforced; after a write, waits up to [`QUOTA_WAIT`] for it. The
+/// quota watch says when the quota has a new resourceVersion (the quota controller recording
+/// it), so the quota is read only then; and once it was seen enforced for the desired limits,
+/// it is not read again until the watch shows it changed.
 async fn enforced_quota(
     quotas: &Api<ResourceQuota>,
     desired: &ResourceQuota,
     just_written: bool,
+    t: &TenantContext,
 ) -> Result<bool, Error> {
+    let (namespace, name) = (desired.namespace(), desired.name_any());
+    let key = ChildKey { kind: "ResourceQuota/enforced".into(), namespace: namespace.clone(), name: name.clone() };
+    let limits = desired_digest(&serde_json::to_value(&desired.spec).unwrap_or_default());
+    let live_version = || t.children.live_version("ResourceQuota", namespace.as_deref(), &name);
     let deadline = std::time::Instant::now() + QUOTA_WAIT;
-    let mut pause = Duration::from_millis(50);
+    let mut read_at: Option<String> = None;
     loop {
-        if quotas.get_opt(&desired.name_any()).await?.is_some_and(|live| quota_enforced(&live, desired)) {
+        let live = live_version();
+        if let Some(version) = &live
+            && t.seen.holds(&key, version, limits)
+        {
             return Ok(true);
         }
-        if !just_written || std::time::Instant::now() + pause > deadline {
+        // Read when the watch shows a version not read yet, or does not know the quota.
+        if live.is_none() || live != read_at {
+            t.scaffold.ctx.metrics.child_read(CONTROLLER, "ResourceQuota");
+            match quotas.get_opt(&name).await? {
+                Some(quota) if quota_enforced(&quota, desired) => {
+                    t.seen.record(key, quota.metadata.resource_version, limits);
+                    return Ok(true);
+                }
+                quota => read_at = quota.and_then(|q| q.metadata.resource_version),
+            }
+        }
+        if !just_written || std::time::Instant::now() > deadline {
             return Ok(false);
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause + Duration::from_millis(50)).min(Duration::from_millis(250));
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

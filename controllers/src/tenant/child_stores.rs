@@ -36,6 +36,20 @@ impl ChildStores {
     }
 }
 
+/// The metadata of the children in `store` that live in `namespace` and carry `labels`.
+pub fn children_in<K>(store: &Store<PartialObjectMeta<K>>, namespace: &str, labels: &[(&str, &str)]) -> Vec<ObjectMeta>
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    let matches = |meta: &ObjectMeta| {
+        let has = |(key, value): &(&str, &str)| {
+            meta.labels.as_ref().and_then(|l| l.get(*key)).map(String::as_str) == Some(*value)
+        };
+        meta.namespace.as_deref() == Some(namespace) && labels.iter().all(has)
+    };
+    store.state().iter().filter(|o| matches(&o.metadata)).map(|o| o.metadata.clone()).collect()
+}
+
 impl LiveVersions for ChildStores {
     fn live_version(&self, kind: &str, namespace: Option<&str>, name: &str) -> Option<String> {
         fn version<K: Resource<DynamicType = ()> + Clone>(
