@@ -62,3 +62,40 @@ fn a_value_of_the_wrong_type_is_refused() {
         template(&["--set", "terminationGracePeriodSeconds=-1"]).expect_err("a negative grace period was accepted");
     assert!(error.contains("/terminationGracePeriodSeconds"), "{error}");
 }
+
+/// The chart's NOTES as `helm install` prints them.
+fn notes() -> String {
+    template(&[]).expect("the chart renders");
+    let out = Command::new("bash")
+        .arg(repo().join("tests/harness/operator.sh"))
+        .arg("notes")
+        .arg("-f")
+        .arg(repo().join("charts/bizosaas/ci/default-values.yaml"))
+        .output()
+        .expect("bash runs");
+    assert!(out.status.success(), "no NOTES: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_first_tenant_in_the_notes_can_be_pasted_into_a_shell() {
+    let notes = notes();
+    let start = notes.find("kubectl apply -f - <<").expect("the NOTES show how to create a tenant");
+    let end = start + notes[start..].find("--timeout=5m").expect("and how to wait for it") + "--timeout=5m".len();
+    let snippet = &notes[start..end];
+    // The snippet as a user pastes it, with kubectl recording what it is given.
+    let dir = std::env::temp_dir().join(format!("bizosaas-notes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = format!(
+        "set -eu\ncd {dir:?}\nkubectl() {{ if [ \"$1\" = apply ]; then cat > applied.yaml; else echo \"$*\" >> called; fi; }}\n{snippet}\n"
+    );
+    let out = Command::new("bash").arg("-c").arg(&script).output().expect("bash runs");
+    assert!(out.status.success(), "the snippet fails in bash: {}\n{snippet}", String::from_utf8_lossy(&out.stderr));
+    let applied = std::fs::read_to_string(dir.join("applied.yaml")).expect("kubectl apply was given the Tenant");
+    let called = std::fs::read_to_string(dir.join("called")).unwrap_or_default();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let tenant: bizosaas_crds::Tenant =
+        serde_saphyr::from_str(&applied).unwrap_or_else(|e| panic!("not a Tenant ({e}):\n{applied}"));
+    assert_eq!(tenant.metadata.name.as_deref(), Some("acme"));
+    assert!(called.contains("wait --for=condition=Ready tenant/acme"), "the wait ran as its own command: {called:?}");
+}
