@@ -36,7 +36,7 @@ pub struct ReadLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
-    pub kind: &'static str,
+    pub kind: String,
 }
 
 /// Reconcile counters and durations per controller, API writes per kind, the reads of

@@ -35,11 +35,8 @@ impl Seen {
     /// True when the watch shows the child at the resourceVersion it was last seen at, for
     /// the same desired object.
     pub fn unchanged(&self, key: &ChildKey, desired: u64, live: &dyn LiveVersions) -> bool {
-        let Some(live_version) = live.live_version(&key.kind, key.namespace.as_deref(), &key.name) else {
-            return false;
-        };
-        let entries = self.entries.lock().expect("seen lock");
-        entries.get(key).is_some_and(|(version, digest)| *version == live_version && *digest == desired)
+        live.live_version(&key.kind, key.namespace.as_deref(), &key.name)
+            .is_some_and(|version| self.holds(key, &version, desired))
     }
 
     /// True when the child was last seen holding `desired` at `version`.

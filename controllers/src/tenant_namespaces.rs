@@ -88,10 +88,10 @@ impl<K> Fanout<K> {
         tenant_namespaces: &BTreeSet<String>,
     ) -> (BTreeSet<String>, Vec<watch::Receiver<BTreeSet<String>>>) {
         let subscribers = self.subscribers.lock().expect("subscribers lock");
-        let mut sets: Vec<_> = subscribers.iter().filter_map(|s| s.wanted.clone()).collect();
         if subscribers.iter().any(|s| s.wanted.is_none()) {
             return (tenant_namespaces.clone(), Vec::new());
         }
+        let mut sets: Vec<_> = subscribers.iter().filter_map(|s| s.wanted.clone()).collect();
         let mut wanted = BTreeSet::new();
         for set in &mut sets {
             wanted.extend(set.borrow_and_update().iter().filter(|ns| tenant_namespaces.contains(*ns)).cloned());
@@ -106,41 +106,17 @@ impl TenantNamespaces {
     /// Starts following the tenant namespaces with `client`; the watches in them go over
     /// `connections`. Must be called inside a Tokio runtime.
     pub fn start(client: Client, connections: WatchConnections, metrics: Arc<Metrics>) -> Self {
-        let (tx, rx) = watch::channel(BTreeSet::new());
         let selector = format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_TENANT}");
         let namespaces =
             watcher(Api::<PartialObjectMeta<Namespace>>::all(client), watcher::Config::default().labels(&selector));
-        tokio::spawn(async move {
-            let mut names = BTreeSet::new();
-            let mut initial = BTreeSet::new();
-            let mut events = std::pin::pin!(namespaces.default_backoff());
-            while let Some(event) = events.next().await {
-                let changed = match event {
-                    Ok(watcher::Event::Apply(ns)) => names.insert(ns.name_any()),
-                    Ok(watcher::Event::Delete(ns)) => names.remove(&ns.name_any()),
-                    Ok(watcher::Event::Init) => {
-                        initial.clear();
-                        false
-                    }
-                    Ok(watcher::Event::InitApply(ns)) => {
-                        initial.insert(ns.name_any());
-                        false
-                    }
-                    Ok(watcher::Event::InitDone) => {
-                        let changed = initial != names;
-                        names = std::mem::take(&mut initial);
-                        changed
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "watching the tenant namespaces");
-                        false
-                    }
-                };
-                if changed && tx.send(names.clone()).is_err() {
-                    return;
-                }
+        // A Namespace's namespace is itself.
+        let (events, rx) =
+            wanted_by(namespaces.default_backoff(), |ns: &PartialObjectMeta<Namespace>| Some(ns.name_any()));
+        tokio::spawn(events.for_each(|event| async move {
+            if let Err(e) = event {
+                tracing::warn!(error = %e, "watching the tenant namespaces");
             }
-        });
+        }));
         Self { names: rx, shared: Arc::default(), connections: Arc::new(connections), metrics }
     }
 
@@ -276,7 +252,10 @@ async fn follow_namespaces<K>(
                 }),
             );
         }
-        metrics.namespace_watches.get_or_create(&KindLabels { kind: kind::<K>() }).set(watches.len() as i64);
+        metrics
+            .namespace_watches
+            .get_or_create(&KindLabels { kind: K::kind(&()).into_owned() })
+            .set(watches.len() as i64);
         metrics.watch_connections.set(connections.connections() as i64);
         let gone = || subscribers.senders().iter().all(mpsc::Sender::is_closed);
         let wanted_changed = async {
@@ -296,22 +275,7 @@ async fn follow_namespaces<K>(
         }
     }
     watches.values().for_each(JoinHandle::abort);
-    metrics.namespace_watches.get_or_create(&KindLabels { kind: kind::<K>() }).set(0);
-}
-
-/// The kind's name, leaked once per kind for a metric label (a handful of kinds).
-fn kind<K: NamespacedKind>() -> &'static str {
-    static NAMES: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
-    let name = K::kind(&());
-    let mut names = NAMES.lock().expect("kind names lock");
-    match names.get(name.as_ref()) {
-        Some(known) => known,
-        None => {
-            let leaked: &'static str = Box::leak(name.into_owned().into_boxed_str());
-            names.insert(leaked);
-            leaked
-        }
-    }
+    metrics.namespace_watches.get_or_create(&KindLabels { kind: K::kind(&()).into_owned() }).set(0);
 }
 
 /// Sends each change to every subscriber. Errors (a RoleBinding not yet effective, a

@@ -9,25 +9,33 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// `helm template` of the chart with its CI values and `extra` arguments: success and the
-/// rendered manifests, or the error.
-fn template(extra: &[&str]) -> Result<String, String> {
+/// `operator.sh <command>` (`template` or `notes`) on the chart with its CI values and
+/// `extra` helm arguments.
+fn chart(command: &str, extra: &[&str]) -> std::process::Output {
     // Built (or found in the cache) once, before the tests call it side by side.
     static HELM: std::sync::Once = std::sync::Once::new();
     HELM.call_once(|| {
         let built = Command::new("bash").arg(repo().join("tests/harness/build.sh")).arg("helm").status();
         assert!(built.is_ok_and(|s| s.success()), "building the Helm CLI failed: `bash tests/harness/build.sh helm`");
     });
-    let out = Command::new("bash")
+    Command::new("bash")
         .arg(repo().join("tests/harness/operator.sh"))
-        .arg("template")
+        .arg(command)
         .arg("-f")
         .arg(repo().join("charts/bizosaas/ci/default-values.yaml"))
         .args(extra)
         .output()
-        .expect("bash runs");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if out.status.success() { Ok(String::from_utf8_lossy(&out.stdout).into_owned()) } else { Err(stderr) }
+        .expect("bash runs")
+}
+
+/// `helm template` with `extra` arguments: the rendered manifests, or the error.
+fn template(extra: &[&str]) -> Result<String, String> {
+    let out = chart("template", extra);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
 
 #[test]
@@ -65,14 +73,7 @@ fn a_value_of_the_wrong_type_is_refused() {
 
 /// The chart's NOTES as `helm install` prints them.
 fn notes() -> String {
-    template(&[]).expect("the chart renders");
-    let out = Command::new("bash")
-        .arg(repo().join("tests/harness/operator.sh"))
-        .arg("notes")
-        .arg("-f")
-        .arg(repo().join("charts/bizosaas/ci/default-values.yaml"))
-        .output()
-        .expect("bash runs");
+    let out = chart("notes", &[]);
     assert!(out.status.success(), "no NOTES: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -4,8 +4,7 @@
 mod support;
 
 use bizosaas_crds::Tenant;
-use bizosaas_crds::common::is_ready;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use std::time::Duration;
 use support::*;
 
@@ -17,26 +16,10 @@ async fn a_converged_tenant_causes_no_writes() {
     let client = client().await;
     let api: Api<Tenant> = Api::all(client.clone());
     let name = "e2e-idle";
-    if api.get_opt(name).await.unwrap().is_some() {
-        api.delete(name, &DeleteParams::default()).await.unwrap();
-        wait_for("old e2e-idle to go", Duration::from_secs(120), || async {
-            api.get_opt(name).await.ok()?.is_none().then_some(())
-        })
-        .await;
-    }
     drop_tenant_data(name).await;
-    let tenant: Tenant = serde_json::from_value(serde_json::json!({
-        "apiVersion": "bizosaas.io/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
-        "spec": {"displayName": "Idle", "services": ["crm"], "owners": [{"kind": "User", "name": "ida@idle.example"}],
-                 "database": {"deletionPolicy": "Delete"}},
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &tenant).await.unwrap();
-    wait_for("Tenant e2e-idle Ready", Duration::from_secs(120), || async {
-        let t = api.get(name).await.ok()?;
-        is_ready(&t.status?.conditions).then_some(())
-    })
-    .await;
+    let spec = serde_json::json!({"displayName": "Idle", "services": ["crm"], "owners": [{"kind": "User", "name": "ida@idle.example"}],
+                                  "database": {"deletionPolicy": "Delete"}});
+    fresh_tenant(&client, name, spec).await;
     // Wait until the operator has stopped writing (other tenants in the cluster settle too),
     // then force reconciles by touching the Tenant.
     let tenant_writes = ["controller=\"tenant\""];

@@ -7,7 +7,7 @@ mod support;
 
 use bizosaas_crds::{AgentCrew, LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY, Tenant, WorkflowRun};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::{Client, ResourceExt};
 use std::collections::BTreeSet;
@@ -76,26 +76,11 @@ async fn a_kind_is_watched_only_where_something_needs_it() {
     let op = operator();
     op.wait_ready().await;
     let client = client().await;
-    let api: Api<Tenant> = Api::all(client.clone());
-    if api.get_opt(TENANT).await.unwrap().is_some() {
-        api.delete(TENANT, &DeleteParams::default()).await.unwrap();
-        wait_for("old e2e-watch-plain to go", Duration::from_secs(120), || async {
-            api.get_opt(TENANT).await.ok()?.is_none().then_some(())
-        })
-        .await;
-    }
     drop_tenant_data(TENANT).await;
-    let tenant: Tenant = serde_json::from_value(serde_json::json!({
-        "apiVersion": "bizosaas.io/v1alpha1", "kind": "Tenant", "metadata": {"name": TENANT},
-        "spec": {"displayName": "Plain", "owners": [{"kind": "User", "name": "pat@plain.example"}],
-                 "database": {"deletionPolicy": "Delete"}},
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &tenant).await.unwrap();
-    wait_for("Tenant e2e-watch-plain Ready", Duration::from_secs(120), || async {
-        bizosaas_crds::common::is_ready(&api.get(TENANT).await.ok()?.status?.conditions).then_some(())
-    })
-    .await;
+    let spec = serde_json::json!({"displayName": "Plain", "owners": [{"kind": "User", "name": "pat@plain.example"}],
+                                  "database": {"deletionPolicy": "Delete"}});
+    fresh_tenant(&client, TENANT, spec).await;
+    let api: Api<Tenant> = Api::all(client.clone());
     // A tenant with no services, crews or runs: its Secrets are watched, nothing else.
     let plain = watches_match(op, &client, "the watches to match a plain tenant").await;
 

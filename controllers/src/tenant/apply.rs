@@ -31,18 +31,21 @@ pub(super) const RESYNC: Duration = Duration::from_secs(600);
 /// How soon a Tenant waiting for something outside the cluster is retried.
 const RETRY: Duration = Duration::from_secs(15);
 
-/// The applier of one reconcile. A Tenant never reconciled before has no children yet, so
-/// its first pass writes without reading each child first. The process remembers which
-/// Tenants it applied, because a reconcile right after the first may still see a cached copy
-/// without status.
-pub(super) fn applier<'a>(tenant: &Tenant, t: &'a TenantContext) -> Applier<'a> {
-    let ctx = t.scaffold.ctx.as_ref();
+/// True when this process has not applied the Tenant before (and now records that it has).
+/// The process remembers, because a reconcile right after the first may still see a cached
+/// copy without status.
+fn first_pass_here(tenant: &Tenant, ctx: &Context) -> bool {
     let uid = tenant.metadata.uid.clone().unwrap_or_default();
-    let first_time = ctx.applied_tenants.lock().expect("applied tenants lock").insert(uid);
+    ctx.applied_tenants.lock().expect("applied tenants lock").insert(uid)
+}
+
+/// The applier of one reconcile. A Tenant never reconciled before has no children yet, so
+/// its first pass writes without reading each child first.
+fn applier<'a>(tenant: &Tenant, first_pass_here: bool, t: &'a TenantContext) -> Applier<'a> {
     Applier {
-        metrics: &ctx.metrics,
+        metrics: &t.scaffold.ctx.metrics,
         controller: CONTROLLER,
-        compare: tenant.status.is_some() || !first_time,
+        compare: tenant.status.is_some() || !first_pass_here,
         known: Some(Known { seen: &t.seen, live: &t.children }),
     }
 }
@@ -106,10 +109,9 @@ pub(super) async fn apply(tenant: &Tenant, t: &TenantContext) -> Result<Action, 
     children.network_policies.extend(db_egress.policy);
     let retained: BTreeSet<String> = db_egress.keep_live.then(|| DATABASE_POLICY.to_string()).into_iter().collect();
     let observed_generation = tenant.status.as_ref().and_then(|s| s.observed_generation);
-    let uid = tenant.metadata.uid.as_deref().unwrap_or_default();
-    let provisioned_here = ctx.applied_tenants.lock().expect("applied tenants lock").contains(uid);
-    let spec_changed = !provisioned_here || observed_generation != tenant.metadata.generation;
-    let applier = applier(tenant, t);
+    let first_pass = first_pass_here(tenant, ctx);
+    let spec_changed = first_pass || observed_generation != tenant.metadata.generation;
+    let applier = applier(tenant, first_pass, t);
     let started = std::time::Instant::now();
     // The namespace, then the operator's RoleBinding in it. What the operator may write in
     // any namespace goes at once; what needs that RoleBinding (Deployments, the database
