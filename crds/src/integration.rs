@@ -70,10 +70,17 @@ pub enum IntegrationType {
     Webhook,
 }
 
-/// Credential source: exactly one of `secretRef` or `vault`.
+/// Credential source: exactly one of `secretRef` or `vault`. Never one the operator writes:
+/// the value goes to an endpoint the owner chooses, so naming the tenant's database
+/// credentials (or another Integration's projected copy) would hand them out.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[x_kube(validation = Rule::new("has(self.secretRef) != has(self.vault)")
     .message("credentials need exactly one source: secretRef or vault"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.secretRef) || (self.secretRef.name != 'tenant-database' && !self.secretRef.name.startsWith('integration-'))"
+).message("credentials.secretRef may not name a Secret the operator writes (tenant-database, integration-*)"))]
+#[x_kube(validation = Rule::new("!has(self.vault) || !self.vault.path.matches('^tenants/[^/]+/database(/.*)?$')")
+    .message("credentials.vault.path may not name tenants/<tenant>/database, the operator's database credentials"))]
 #[serde(rename_all = "camelCase")]
 pub struct Credentials {
     /// A key of a Secret in the same namespace.

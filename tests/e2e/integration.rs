@@ -205,6 +205,63 @@ async fn credentials_are_projected_rotated_and_checked() {
         assert!(secrets.get_opt(&format!("integration-{name}")).await.unwrap().is_none(), "{name} was projected");
     }
 
+    // The operator's own credentials are no Integration's: the value would go to an endpoint
+    // the owner chooses. The CRD refuses the names it writes...
+    let endpoint = format!("http://{}:{port}", node_ip());
+    for (name, credentials, expected) in [
+        ("steal-db", serde_json::json!({"secretRef": {"name": "tenant-database", "key": "url"}}), "tenant-database"),
+        (
+            "steal-copy",
+            serde_json::json!({"secretRef": {"name": "integration-web", "key": "credential"}}),
+            "integration-*",
+        ),
+        (
+            "steal-vault-db",
+            serde_json::json!({"vault": {"path": "tenants/e2e-integrations/database", "key": "password"}}),
+            "tenants/<tenant>/database",
+        ),
+    ] {
+        let spec = serde_json::json!({"type": "Webhook", "endpoint": endpoint, "credentials": credentials});
+        let refused = api.create(&PostParams::default(), &integration(name, spec)).await.expect_err(name);
+        let kube::Error::Api(status) = refused else { panic!("{name}: {refused}") };
+        assert_eq!(status.code, 422, "{name}: {}", status.message);
+        assert!(status.message.contains(expected), "{name}: {}", status.message);
+    }
+    // ...and the controller any Secret the operator wrote, whatever its name.
+    let manifest = kubectl_ok(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "lookalike",
+            "-n",
+            NS,
+            "--from-literal=url=x",
+            "--dry-run=client",
+            "-o",
+            "yaml",
+        ],
+        None,
+    );
+    kubectl_ok(&["apply", "-f", "-"], Some(&manifest));
+    kubectl_ok(&["label", "secret", "lookalike", "-n", NS, "app.kubernetes.io/managed-by=bizosaas-operator"], None);
+    api.create(
+        &PostParams::default(),
+        &integration(
+            "steal-labelled",
+            serde_json::json!({"type": "Webhook", "endpoint": endpoint,
+                               "credentials": {"secretRef": {"name": "lookalike", "key": "url"}}, "healthCheck": check}),
+        ),
+    )
+    .await
+    .unwrap();
+    let (reason, message) = wait_condition(&api, "steal-labelled", "CredentialsResolved", "False").await;
+    assert_eq!(reason, "SecretForbidden", "{message}");
+    assert!(
+        secrets.get_opt("integration-steal-labelled").await.unwrap().is_none(),
+        "the operator's Secret was projected"
+    );
+
     // The probe leaves from the operator's network position: as a tenant owner would, aim it
     // at the operator's own loopback, the API server and instance metadata. None is dialled.
     let api_server = api_server_address();

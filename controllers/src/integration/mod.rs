@@ -235,6 +235,9 @@ async fn resolve(
         let Some(secret) = secrets.get_opt(&secret_ref.name).await? else {
             return Ok(Err(("SecretNotFound", format!("Secret {} does not exist in {namespace}", secret_ref.name))));
         };
+        if let Some(why) = forbidden_secret(&secret) {
+            return Ok(Err(("SecretForbidden", format!("Secret {} {why}", secret_ref.name))));
+        }
         let value = secret
             .data
             .as_ref()
@@ -266,6 +269,21 @@ async fn resolve(
     Ok(Err(("NoCredentials", "credentials need secretRef or vault".into())))
 }
 
+/// Why an Integration may not use `secret` as its credential: the operator's own Secrets
+/// (the tenant's database credentials, other Integrations' projected copies) and
+/// ServiceAccount tokens would be sent to an endpoint the owner chooses. The CRD refuses the
+/// known names; this catches the rest, whatever their name.
+fn forbidden_secret(secret: &Secret) -> Option<&'static str> {
+    let labels = secret.metadata.labels.as_ref();
+    if labels.and_then(|l| l.get(LABEL_MANAGED_BY)).is_some_and(|v| v == MANAGED_BY) {
+        return Some("is written by the operator and may not be used as an Integration's credential");
+    }
+    if secret.type_.as_deref() == Some("kubernetes.io/service-account-token") {
+        return Some("holds a ServiceAccount token and may not be used as an Integration's credential");
+    }
+    None
+}
+
 /// Failures only a change of the spec, of what it references or of the operator's
 /// configuration can fix; an unreachable endpoint or Vault may recover by itself.
 fn is_permanent(reason: &str) -> bool {
@@ -276,6 +294,7 @@ fn is_permanent(reason: &str) -> bool {
             | "NoCredentials"
             | "EndpointRefused"
             | "SecretNotFound"
+            | "SecretForbidden"
             | "SecretKeyNotFound"
             | "VaultNotConfigured"
             | "VaultPathForbidden"
@@ -327,4 +346,23 @@ async fn finish(
         ictx.scaffold.patch_status(&api, integration, &next, &previous.conditions, &next.conditions).await?;
     }
     Ok(Action::requeue(requeue))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(labels: &[(&str, &str)], type_: Option<&str>) -> Secret {
+        let mut secret = Secret { type_: type_.map(str::to_string), ..Secret::default() };
+        secret.metadata.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        secret
+    }
+
+    #[test]
+    fn the_operators_secrets_and_service_account_tokens_are_no_credential() {
+        assert!(forbidden_secret(&secret(&[(LABEL_MANAGED_BY, MANAGED_BY)], Some("Opaque"))).is_some());
+        assert!(forbidden_secret(&secret(&[], Some("kubernetes.io/service-account-token"))).is_some());
+        assert_eq!(forbidden_secret(&secret(&[("app", "billing")], Some("Opaque"))), None);
+        assert_eq!(forbidden_secret(&secret(&[(LABEL_MANAGED_BY, "Helm")], None)), None);
+    }
 }

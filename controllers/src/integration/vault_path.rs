@@ -12,6 +12,9 @@ pub fn refusal(path: &str, tenant: Option<&str>) -> Option<String> {
         return Some(format!("credentials.vault.path {path:?} is not a plain path (no empty, . or .. segments)"));
     }
     match segments.as_slice() {
+        ["tenants", t, owned, ..] if *t == tenant && crate::vault::OPERATOR_OWNED.contains(owned) => {
+            Some(format!("credentials.vault.path may not name tenants/{tenant}/{owned}: the operator writes it"))
+        }
         ["tenants", t, _, ..] if *t == tenant => None,
         _ => Some(format!("credentials.vault.path must be under tenants/{tenant}/, the tenant's own Vault path")),
     }
@@ -31,6 +34,9 @@ mod tests {
             "tenants/acmex/key",
             "platform/root",
             "tenants/acme/../globex/k",
+            // The operator's own: the tenant's database credentials.
+            "tenants/acme/database",
+            "tenants/acme/database/old",
         ] {
             assert!(refusal(stolen, Some("acme")).is_some(), "{stolen}");
         }

@@ -76,6 +76,7 @@ pub fn is_permanent(reason: &str) -> bool {
         "NamespaceConflict"
             | "DatabaseConflict"
             | "InvalidSpec"
+            | "DatabaseNotConfigured"
             | "VaultNotConfigured"
             | "ServiceNotInCatalog"
             | "DomainConflict"
@@ -150,6 +151,16 @@ mod tests {
         assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "DatabaseUnavailable"));
         assert_eq!(status.phase, Some(TenantPhase::Provisioning));
         assert_eq!(status.namespace.as_deref(), Some("tenant-acme"));
+    }
+
+    #[test]
+    fn an_operator_without_a_database_stalls_the_tenant() {
+        let tenant = fixtures::tenant(fixtures::ACME);
+        let status =
+            next(&tenant, vec![Observed::failed(DATABASE_READY, "DatabaseNotConfigured", "no --database-url")], None);
+        let stalled = status.conditions.iter().find(|c| c.type_ == crate::conditions::STALLED).unwrap();
+        assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", "DatabaseNotConfigured"));
+        assert_eq!(status.phase, Some(TenantPhase::Failed));
     }
 
     #[test]
