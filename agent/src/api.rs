@@ -26,7 +26,7 @@ use crate::executor::Executor;
 use crate::store::{Admitted, CancelOutcome, Found, RunHandle, Runs, RunsError, StoreError};
 use crate::usage::MonthlyLedger;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{MatchedPath, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -41,6 +41,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 /// Longest accepted `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -72,10 +73,39 @@ pub fn router(state: Arc<AppState>) -> Router {
     if let Some(auth) = state.auth.clone() {
         api = api.route_layer(axum::middleware::from_fn_with_state(auth, crate::auth::require));
     }
+    // Outermost, so that refused requests are traced too; the probes and metrics are not.
+    api = api.route_layer(axum::middleware::from_fn(trace_request));
     api.route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// The server span of a `/v1/` request (OpenTelemetry's HTTP server conventions: method,
+/// route template, status code; never headers, the path's values or the body), a child of the
+/// caller's span when the request carries W3C trace context.
+async fn trace_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let method = request.method().as_str().to_owned();
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::set_parent_from(&span, request.headers());
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    span.record("http.response.status_code", i64::from(status.as_u16()));
+    if status.is_server_error() {
+        span.record("error.type", status.as_str());
+        span.record("otel.status_code", "ERROR");
+    }
+    response
 }
 
 /// An error answer: `{"error": {"category": ..., "message": ...}}`.
@@ -150,16 +180,21 @@ async fn create_run(
     // must not leave a stored run that never starts.
     let admit = {
         let state = state.clone();
-        tokio::spawn(async move {
-            match state.runs.create(request, key).await? {
-                Admitted::New(run) => {
-                    tracing::info!(run = %run.id, steps = plan.steps.len(), "run accepted");
-                    state.executor.spawn(run.clone(), plan);
-                    Ok((Found::Live(run), false))
+        // In the request's span: the run's span is its child.
+        let span = tracing::Span::current();
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                match state.runs.create(request, key).await? {
+                    Admitted::New(run) => {
+                        tracing::info!(run = %run.id, steps = plan.steps.len(), "run accepted");
+                        state.executor.spawn(run.clone(), plan);
+                        Ok((Found::Live(run), false))
+                    }
+                    Admitted::Replayed(found) => Ok((found, true)),
                 }
-                Admitted::Replayed(found) => Ok((found, true)),
-            }
-        })
+            },
+            span,
+        ))
     };
     let (found, replayed) = admit
         .await

@@ -38,9 +38,13 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            telemetry::init(args.log_format);
+            let mut telemetry = telemetry::init(args.log_format);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(serve::serve(*args))
+            let served = runtime.block_on(serve::serve(*args));
+            // The spans of the last runs are exported before the process exits.
+            drop(runtime);
+            telemetry.shutdown();
+            served
         }
         Command::Check { config: path, env } => {
             let crew = config::load(&path)?;

@@ -10,7 +10,7 @@ use crate::db::{Db, UsageRecorder};
 use crate::engine::{Accounting, Engine, EngineOptions};
 use crate::executor::{Executor, watch::WatchTask};
 use crate::llm::{Attribution, ChatClient, ClientOptions, RetryPolicy};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Owner};
 use crate::secret::{Redactor, Secret};
 use crate::store::{RunRecords, RunStore, RunTiming, Runs};
 use crate::telemetry::LogFormat;
@@ -212,7 +212,9 @@ pub fn build(
     let redactor = Redactor::new(secrets);
 
     let mut registry = Registry::default();
-    let metrics = Arc::new(Metrics::new(&mut registry));
+    let owner = Owner { tenant: crew.tenant.clone(), crew: crew.name.clone() };
+    let metrics = Arc::new(Metrics::new(&mut registry, owner));
+    metrics.prepare(&crew);
     let http = crate::llm::http_client();
     let client = |model: &bizosaas_crds::crew_config::ModelConfig, key: Option<Secret>| {
         ChatClient::new(http.clone(), model, key, options.client.clone(), Some(metrics.clone()))

@@ -177,9 +177,9 @@ mod tests {
     #[test]
     fn usage_adds_up_per_agent() {
         let mut u = RunUsage::default();
-        u.add("a", &Usage { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 });
-        u.add("b", &Usage { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 });
-        u.add("a", &Usage { prompt_tokens: 1, completion_tokens: 0, total_tokens: 1 });
+        u.add("a", &Usage { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5, cost: None });
+        u.add("b", &Usage { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2, cost: None });
+        u.add("a", &Usage { prompt_tokens: 1, completion_tokens: 0, total_tokens: 1, cost: None });
         assert_eq!(u.total.total_tokens, 8);
         assert_eq!(
             u.by_agent["a"],

@@ -678,7 +678,7 @@ async fn probes_metrics_crew_and_run_list() {
     let text = resp.text().await.unwrap();
     for expected in [
         r#"bizosaas_agent_runs_total{outcome="succeeded"} 1"#,
-        r#"bizosaas_agent_tokens_total{agent="writer",model="agent-model",kind="prompt"} 5"#,
+        r#"bizosaas_agent_tokens_total{tenant="acme",crew="growth-team",agent="writer",model="agent-model",kind="prompt"} 5"#,
         r#"bizosaas_agent_llm_requests_total{model="agent-model",outcome="ok"} 1"#,
         "bizosaas_agent_runs_active 0",
     ] {

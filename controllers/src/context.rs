@@ -21,6 +21,9 @@ pub struct Config {
     pub platform_namespace: String,
     /// Namespace of the ingress controller; tenant services accept traffic from it.
     pub ingress_namespace: String,
+    /// Namespace of the Prometheus that scrapes the crews' runtimes; it may reach their
+    /// port, nothing else of a tenant.
+    pub scrape_namespace: Option<String>,
     /// Business services are served at `<service>.<tenant>.<baseDomain>`.
     pub base_domain: String,
     /// `ingressClassName` of the tenants' Ingresses; the cluster's default class when unset.
@@ -42,6 +45,8 @@ pub struct Config {
     /// Projected token file with the runtime audience; without it the operator asks the
     /// TokenRequest API for a token of `operator_service_account`.
     pub runtime_token_file: Option<std::path::PathBuf>,
+    /// OTLP/HTTP endpoint the crews' runtimes export their traces to; none without it.
+    pub crew_otlp_endpoint: Option<String>,
 }
 
 impl Config {
@@ -60,6 +65,7 @@ impl Default for Config {
         Self {
             platform_namespace: "bizosaas-system".into(),
             ingress_namespace: "ingress-nginx".into(),
+            scrape_namespace: None,
             base_domain: "bizosaas.local".into(),
             ingress_class: None,
             ingress_cluster_issuer: None,
@@ -70,6 +76,7 @@ impl Default for Config {
             agent_image: concat!("bizosaas/bizosaas-agent:", env!("CARGO_PKG_VERSION")).into(),
             operator_service_account: None,
             runtime_token_file: None,
+            crew_otlp_endpoint: None,
         }
     }
 }

@@ -6,11 +6,13 @@
 
 pub mod agent_crew;
 pub mod apply;
+pub mod census;
 pub mod conditions;
 pub mod context;
 pub mod duration;
 pub mod egress;
 pub mod integration;
+pub mod kube_requests;
 pub mod metrics;
 pub mod postgres;
 pub mod quantity;
@@ -19,6 +21,7 @@ pub mod scaffold;
 pub mod seen;
 pub mod tenant;
 pub mod tenant_namespaces;
+pub mod trace_context;
 pub mod vault;
 pub mod watch_connections;
 pub mod workflow;

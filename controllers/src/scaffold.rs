@@ -115,7 +115,23 @@ impl Scaffold {
     {
         let key = object_key(guard);
         let backoff_key = backoff_key(guard);
-        let span = tracing::info_span!("reconcile", controller = self.controller, object = %key);
+        // A trace per reconcile (OpenTelemetry, when the operator exports traces).
+        let (namespace, name) = match &guard.0 {
+            Ok(object) => (object.meta().namespace.clone(), object.meta().name.clone()),
+            Err(invalid) => (invalid.metadata.namespace.clone(), invalid.metadata.name.clone()),
+        };
+        let span = tracing::info_span!(
+            "reconcile",
+            controller = self.controller,
+            object = %key,
+            otel.name = %format!("reconcile {}", self.controller),
+            bizosaas.controller = self.controller,
+            k8s.object.kind = %K::kind(&()),
+            k8s.namespace.name = namespace.as_deref(),
+            k8s.object.name = name.as_deref(),
+            error.type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
         let work = async {
             match &guard.0 {
                 Ok(object) => work(object).await,
@@ -125,7 +141,11 @@ impl Scaffold {
                 }
             }
         };
-        let result = self.ctx.metrics.measure(self.controller, work).instrument(span).await;
+        let result = self.ctx.metrics.measure(self.controller, work).instrument(span.clone()).await;
+        if let Err(e) = &result {
+            span.record("error.type", e.category());
+            span.record("otel.status_code", "ERROR");
+        }
         if result.is_ok() {
             self.failures.lock().expect("backoff lock").remove(&backoff_key);
         }
@@ -184,6 +204,7 @@ impl Scaffold {
             *count
         };
         let retry = retry_after(failures, error.is_forbidden());
+        self.ctx.metrics.retry(self.controller);
         warn!(
             controller = self.controller,
             object = %key,

@@ -6,6 +6,7 @@
 //! Only these watches use HTTP/2. Everything else keeps the API client's HTTP/1.1
 //! connections, so a burst of writes never queues behind the watches' streams.
 
+use crate::kube_requests::CountRequests;
 use hyper_rustls::FixedServerNameResolver;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -27,6 +28,8 @@ const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// A pool of HTTP/2 API clients, each carrying at most [`WATCHES_PER_CONNECTION`] watches.
 pub struct WatchConnections {
     config: Config,
+    /// Counts the watches' requests with the main client's.
+    counting: Option<CountRequests>,
     connections: Mutex<Vec<Connection>>,
 }
 
@@ -46,9 +49,9 @@ pub struct Lease {
 impl WatchConnections {
     /// Checks that `config` yields an HTTP/2 client (its TLS settings and credentials) and
     /// opens the pool. A cluster served over plain HTTP gets HTTP/1.1 clients instead.
-    pub fn new(config: Config) -> Result<Self, kube::Error> {
-        let first = Connection { client: connect(&config)?, leases: Arc::new(()) };
-        Ok(Self { config, connections: Mutex::new(vec![first]) })
+    pub fn new(config: Config, counting: Option<CountRequests>) -> Result<Self, kube::Error> {
+        let first = Connection { client: connect(&config, counting.as_ref())?, leases: Arc::new(()) };
+        Ok(Self { config, counting, connections: Mutex::new(vec![first]) })
     }
 
     /// A client with room for one more watch, opening a connection when all are full.
@@ -57,7 +60,7 @@ impl WatchConnections {
         let free = connections.iter().position(|c| Arc::strong_count(&c.leases) <= WATCHES_PER_CONNECTION);
         let index = match free {
             Some(index) => index,
-            None => match connect(&self.config) {
+            None => match connect(&self.config, self.counting.as_ref()) {
                 Ok(client) => {
                     connections.push(Connection { client, leases: Arc::new(()) });
                     connections.len() - 1
@@ -82,9 +85,13 @@ impl WatchConnections {
 
 /// An API client whose requests share one HTTP/2 connection (ALPN `h2`), with the same
 /// credentials, TLS verification and impersonation as the operator's main client.
-fn connect(config: &Config) -> Result<Client, kube::Error> {
+fn connect(config: &Config, counting: Option<&CountRequests>) -> Result<Client, kube::Error> {
     if config.cluster_url.scheme_str() != Some("https") {
-        return Client::try_from(config.clone());
+        let builder = kube::client::ClientBuilder::try_from(config.clone())?;
+        return Ok(match counting {
+            Some(layer) => builder.with_layer(layer).build(),
+            None => builder.build(),
+        });
     }
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -106,6 +113,7 @@ fn connect(config: &Config) -> Result<Client, kube::Error> {
         .layer(config.base_uri_layer())
         .option_layer(config.auth_layer()?)
         .layer(config.extra_headers_layer()?)
+        .option_layer(counting.cloned())
         .map_err(BoxError::from)
         .service(transport);
     Ok(Client::new(service, config.default_namespace.clone()))
@@ -122,7 +130,7 @@ mod tests {
     #[tokio::test]
     async fn watches_fill_a_connection_before_another_opens() {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let pool = WatchConnections::new(local_config("https://127.0.0.1:1")).expect("a pool");
+        let pool = WatchConnections::new(local_config("https://127.0.0.1:1"), None).expect("a pool");
         let leases: Vec<Lease> = (0..WATCHES_PER_CONNECTION).map(|_| pool.lease()).collect();
         assert_eq!(pool.connections(), 1);
         let one_more = pool.lease();

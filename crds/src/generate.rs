@@ -1,5 +1,5 @@
 //! CRD manifests generated from the types. `bizosaas-operator crd` prints them; the committed
-//! copies under `manifests/crds/` and `charts/bizosaas/crds/` are checked against this by a test.
+//! copies under `manifests/crds/` and `charts/bizosaas/files/crds/` are checked against this by a test.
 
 use crate::{AgentCrew, Integration, Tenant, Workflow, WorkflowRun};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -1,5 +1,5 @@
 //! The committed CRD YAML must match what the types generate. Regenerate with
-//! `cargo run -p bizosaas-operator -- crd --out-dir manifests/crds --out-dir charts/bizosaas/crds`.
+//! `cargo run -p bizosaas-operator -- crd --out-dir manifests/crds --out-dir charts/bizosaas/files/crds`.
 
 use bizosaas_crds::generate::{crds, file_name, to_yaml};
 use std::path::Path;
@@ -15,7 +15,7 @@ fn check_dir(dir: &str) {
         assert!(
             committed == to_yaml(&crd),
             "{dir}/{name} differs from the types; regenerate with \
-             `cargo run -p bizosaas-operator -- crd --out-dir manifests/crds --out-dir charts/bizosaas/crds`"
+             `cargo run -p bizosaas-operator -- crd --out-dir manifests/crds --out-dir charts/bizosaas/files/crds`"
         );
         expected_files.push(name);
     }
@@ -38,5 +38,5 @@ fn manifests_crds_match_the_types() {
 
 #[test]
 fn chart_crds_match_the_types() {
-    check_dir("charts/bizosaas/crds");
+    check_dir("charts/bizosaas/files/crds");
 }

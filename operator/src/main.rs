@@ -4,8 +4,10 @@
 //!   in-cluster configuration, serving `/healthz`, `/readyz` and `/metrics`.
 //! - `crd` prints (or writes) the CustomResourceDefinitions.
 //! - `catalog` lists the built-in agents.
+//! - `check` checks a running operator (what `helm test` runs).
 
 mod catalog;
+mod check;
 mod http;
 mod run;
 mod telemetry;
@@ -30,6 +32,8 @@ enum Command {
         #[arg(long)]
         out_dir: Vec<PathBuf>,
     },
+    /// Check that the operator served at URL (`http://host:port`) is ready and serves metrics.
+    Check { url: String },
     /// List the built-in agent catalog.
     Catalog {
         /// Print the full entries as YAML instead of a table.
@@ -46,6 +50,10 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(run::run(*args))
         }
         Command::Crd { out_dir } => write_crds(&out_dir),
+        Command::Check { url } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(check::check(&url))
+        }
         Command::Catalog { yaml } => {
             print!("{}", if yaml { catalog::yaml() } else { catalog::table() });
             Ok(())

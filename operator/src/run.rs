@@ -4,6 +4,7 @@
 use crate::http::{self, Shared};
 use crate::telemetry::{self, LogFormat};
 use anyhow::Context as _;
+use bizosaas_controllers::kube_requests::CountRequests;
 use bizosaas_controllers::metrics::Metrics;
 use bizosaas_controllers::postgres::Admin;
 use bizosaas_controllers::tenant::plans::PlanCatalog;
@@ -42,6 +43,10 @@ pub struct RunArgs {
     /// Namespace of the ingress controller.
     #[arg(long, env = "BIZOSAAS_INGRESS_NAMESPACE", default_value = "ingress-nginx")]
     ingress_namespace: String,
+    /// Namespace of the Prometheus that scrapes the agent runtimes: tenant NetworkPolicies
+    /// let it reach the runtimes' port (the platform namespace always may).
+    #[arg(long, env = "BIZOSAAS_SCRAPE_NAMESPACE")]
+    scrape_namespace: Option<String>,
     /// Domain under which tenant services get their hosts.
     #[arg(long, env = "BIZOSAAS_BASE_DOMAIN", default_value = "bizosaas.local")]
     base_domain: String,
@@ -86,6 +91,11 @@ pub struct RunArgs {
     /// crews' run API; the kubelet rotates it.
     #[arg(long, env = "BIZOSAAS_RUNTIME_TOKEN_FILE")]
     runtime_token_file: Option<PathBuf>,
+    /// OTLP/HTTP endpoint of the OpenTelemetry Collector the crews' runtimes send their traces
+    /// to (their `OTEL_EXPORTER_OTLP_ENDPOINT`); without it they export none. The operator's
+    /// own traces follow `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    #[arg(long, env = "BIZOSAAS_CREW_OTLP_ENDPOINT")]
+    crew_otlp_endpoint: Option<String>,
     /// Take the `bizosaas-operator` Lease before reconciling (needed with more than one replica).
     #[arg(long, env = "BIZOSAAS_LEADER_ELECTION", action = clap::ArgAction::Set, default_value_t = false)]
     leader_election: bool,
@@ -134,16 +144,13 @@ enum VaultAuthMethod {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    telemetry::init(args.log_format);
+    // Flushes the remaining spans when `run` returns.
+    let _telemetry = telemetry::init(args.log_format);
     // One TLS provider for every client (kube, Vault, health checks): ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = config(&args)?;
     let kube_config =
         kube::Config::infer().await.context("no Kubernetes configuration found: set KUBECONFIG or run in a pod")?;
-    let client = Client::try_from(kube_config.clone()).context("cannot build the Kubernetes client")?;
-    let watch_connections =
-        WatchConnections::new(kube_config).context("cannot build the client for the tenant-namespace watches")?;
-
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(
         &mut registry,
@@ -155,6 +162,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             workflow::run::CONTROLLER,
         ],
     ));
+    let counting = CountRequests(metrics.clone());
+    let client = kube::client::ClientBuilder::try_from(kube_config.clone())
+        .context("cannot build the Kubernetes client")?
+        .with_layer(&counting)
+        .build();
+    let watch_connections = WatchConnections::new(kube_config, Some(counting))
+        .context("cannot build the client for the tenant-namespace watches")?;
     let shared = Arc::new(Shared { registry, ready: false.into() });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -200,6 +214,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.leader_election {
         wait_for_leadership(&client, &args, stop_tx.clone(), stop_rx.clone()).await?;
     }
+    // Only the replica that runs the controllers reports itself as the leader.
+    metrics.leader.set(i64::from(!*stop_rx.borrow()));
     if !*stop_rx.borrow() {
         info!("controllers starting");
         let ctx = Arc::new(Context::new(client, config, metrics, postgres, vault, watch_connections));
@@ -259,6 +275,7 @@ fn config(args: &RunArgs) -> anyhow::Result<Config> {
     Ok(Config {
         platform_namespace: args.platform_namespace.clone(),
         ingress_namespace: args.ingress_namespace.clone(),
+        scrape_namespace: args.scrape_namespace.clone().filter(|ns| !ns.is_empty()),
         base_domain: args.base_domain.clone(),
         ingress_class: args.ingress_class.clone(),
         ingress_cluster_issuer: args.ingress_cluster_issuer.clone(),
@@ -269,6 +286,7 @@ fn config(args: &RunArgs) -> anyhow::Result<Config> {
         agent_image: args.agent_image.clone(),
         operator_service_account: args.operator_service_account.clone(),
         runtime_token_file: args.runtime_token_file.clone(),
+        crew_otlp_endpoint: args.crew_otlp_endpoint.clone().filter(|e| !e.trim().is_empty()),
     })
 }
 

@@ -100,3 +100,163 @@ fn the_first_tenant_in_the_notes_can_be_pasted_into_a_shell() {
     assert_eq!(tenant.metadata.name.as_deref(), Some("acme"));
     assert!(called.contains("wait --for=condition=Ready tenant/acme"), "the wait ran as its own command: {called:?}");
 }
+
+/// The rendered objects of `helm template` with `extra` arguments.
+fn objects(extra: &[&str]) -> Vec<serde_json::Value> {
+    let manifests = template(extra).unwrap_or_else(|e| panic!("the chart does not render: {e}"));
+    manifests
+        .split("\n---")
+        .filter_map(|document| serde_saphyr::from_str::<serde_json::Value>(document).ok())
+        .filter(|object| object.get("kind").is_some())
+        .collect()
+}
+
+fn of_kind<'a>(objects: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+/// `value` with every number as a float, so that `1` and `1.0` compare equal.
+fn numbers_as_floats(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) => serde_json::json!(n.as_f64()),
+        Value::Array(items) => Value::Array(items.into_iter().map(numbers_as_floats).collect()),
+        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, numbers_as_floats(v))).collect()),
+        other => other,
+    }
+}
+
+#[test]
+fn the_crds_are_released_with_the_chart_and_kept_on_uninstall() {
+    let generated = bizosaas_crds::generate::crds();
+    let rendered = objects(&[]);
+    let crds = of_kind(&rendered, "CustomResourceDefinition");
+    assert_eq!(crds.len(), generated.len(), "one CRD per kind");
+    for crd in generated {
+        let name = crd.metadata.name.clone().unwrap();
+        let shipped =
+            crds.iter().find(|c| c["metadata"]["name"] == name.as_str()).unwrap_or_else(|| panic!("no {name}"));
+        assert_eq!(shipped["metadata"]["annotations"]["helm.sh/resource-policy"], "keep", "{name}");
+        // Helm re-renders the YAML: `1.0` comes out as `1`, the same number to the API server.
+        assert_eq!(
+            numbers_as_floats(shipped["spec"].clone()),
+            numbers_as_floats(serde_json::to_value(&crd.spec).unwrap()),
+            "{name}: the schema differs from the types"
+        );
+    }
+    let unkept = objects(&["--set", "crds.keep=false"]);
+    let crds = of_kind(&unkept, "CustomResourceDefinition");
+    assert!(
+        !crds.is_empty() && crds.iter().all(|c| c["metadata"]["annotations"].get("helm.sh/resource-policy").is_none())
+    );
+    assert!(of_kind(&objects(&["--set", "crds.enabled=false"]), "CustomResourceDefinition").is_empty());
+}
+
+/// The env names the operator's `run` reads, from its own `--help`.
+fn operator_env_names() -> std::collections::BTreeSet<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_bizosaas-operator")).args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let names: std::collections::BTreeSet<String> =
+        help.split("[env: ").skip(1).filter_map(|rest| rest.split(['=', ']']).next()).map(str::to_string).collect();
+    assert!(names.len() > 20, "run --help lists the env of every flag: {help}");
+    names
+}
+
+/// The env names the operator container gets in a rendering.
+fn deployment_env(objects: &[serde_json::Value]) -> std::collections::BTreeSet<String> {
+    let [deployment] = of_kind(objects, "Deployment")[..] else { panic!("one Deployment") };
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    container["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn every_operator_flag_has_a_value() {
+    let everything = [
+        "--set",
+        "vault.enabled=true",
+        "--set",
+        "vault.address=https://vault:8200",
+        "--set",
+        "vault.jwtPath=/var/run/secrets/tokens/vault",
+        "--set",
+        "database.tenantHost=db:5432",
+        "--set",
+        "database.caConfigMap=db-ca",
+        "--set",
+        "ingress.className=nginx",
+        "--set",
+        "ingress.clusterIssuer=letsencrypt",
+        "--set",
+        "metrics.scrapeNamespace=monitoring",
+        "--set",
+        "otel.endpoint=http://otel-collector.observability:4318",
+    ];
+    let mut set = deployment_env(&objects(&everything));
+    let token =
+        [&everything[..], &["--set", "vault.auth=token", "--set", "vault.tokenSecret.name=vault-token"]].concat();
+    set.extend(deployment_env(&objects(&token)));
+    let missing: Vec<String> = operator_env_names().difference(&set).cloned().collect();
+    assert!(missing.is_empty(), "operator settings no chart value sets: {missing:?}");
+}
+
+#[test]
+fn extra_args_volumes_and_mounts_reach_the_operator() {
+    let rendered = objects(&[
+        "--set",
+        "extraArgs[0]=--lease-duration=30",
+        "--set",
+        "extraVolumes[0].name=spool",
+        "--set",
+        "extraVolumes[0].emptyDir.medium=Memory",
+        "--set",
+        "extraVolumeMounts[0].name=spool",
+        "--set",
+        "extraVolumeMounts[0].mountPath=/spool",
+    ]);
+    let [deployment] = of_kind(&rendered, "Deployment")[..] else { panic!("one Deployment") };
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["containers"][0]["args"], serde_json::json!(["run", "--lease-duration=30"]));
+    assert!(
+        pod["volumes"].as_array().unwrap().iter().any(|v| v["name"] == "spool" && v["emptyDir"]["medium"] == "Memory")
+    );
+    let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
+    assert!(mounts.iter().any(|m| m["name"] == "spool" && m["mountPath"] == "/spool"), "{mounts:?}");
+    let error = template(&["--set", "extraVolumeMounts[0].name=spool"]).expect_err("a mount without a path");
+    assert!(error.contains("mountPath"), "{error}");
+}
+
+#[test]
+fn helm_test_checks_the_operator_through_its_service() {
+    let rendered =
+        objects(&["--set", "image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"]);
+    let tests: Vec<_> = of_kind(&rendered, "Pod")
+        .into_iter()
+        .filter(|p| p["metadata"]["annotations"]["helm.sh/hook"] == "test")
+        .collect();
+    let [test] = tests[..] else { panic!("one helm test Pod: {tests:?}") };
+    let container = &test["spec"]["containers"][0];
+    assert!(
+        container["image"]
+            .as_str()
+            .unwrap()
+            .ends_with("@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+    );
+    assert_eq!(container["args"], serde_json::json!(["check", "http://bizosaas-operator.bizosaas-system.svc:8080"]));
+    assert_eq!(test["spec"]["automountServiceAccountToken"], false, "the test needs no API access");
+    assert!(of_kind(&objects(&["--set", "tests.enabled=false"]), "Pod").is_empty());
+}
+
+#[test]
+fn the_chart_metadata_is_complete() {
+    let text = std::fs::read_to_string(repo().join("charts/bizosaas/Chart.yaml")).unwrap();
+    let chart: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    for field in ["apiVersion", "name", "description", "type", "version", "appVersion", "kubeVersion", "home", "icon"] {
+        assert!(chart.get(field).is_some_and(|v| !v.is_null()), "Chart.yaml has no {field}");
+    }
+    for list in ["sources", "maintainers", "keywords"] {
+        assert!(chart[list].as_array().is_some_and(|l| !l.is_empty()), "Chart.yaml has no {list}");
+    }
+    assert!(chart["annotations"]["artifacthub.io/license"].is_string(), "Chart.yaml names no license");
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(chart["appVersion"], version, "appVersion follows the workspace version");
+}

@@ -1,6 +1,6 @@
 //! The operator as the chart runs it: two replicas with leader election fail over within the
 //! Lease's duration without ever reconciling at the same time, `helm upgrade` with a changed
-//! value rolls the pods, and `helm uninstall` leaves Tenants and their data where their
+//! value rolls the pods, `helm test` passes, and `helm uninstall` leaves Tenants and their data where their
 //! deletion policy says until the operator is back.
 
 mod support;
@@ -169,6 +169,13 @@ async fn replicas_fail_over_upgrades_roll_and_uninstall_keeps_tenants() {
     let format = env.iter().find(|e| e.name == "BIZOSAAS_LOG_FORMAT").and_then(|e| e.value.clone());
     assert_eq!(format.as_deref(), Some("text"));
     op.wait_ready().await;
+
+    // `helm test`: its Pod reaches the operator through the Service and passes.
+    let out =
+        std::process::Command::new("bash").arg(repo().join("tests/harness/operator.sh")).arg("test").output().unwrap();
+    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "helm test failed: {printed}");
+    assert!(printed.contains("ready, metrics served") && printed.contains("Succeeded"), "{printed}");
 
     // `helm uninstall`: the operator goes, the Tenant stays (with its finalizer) and so do its
     // namespace and database, until an operator handles its deletion.

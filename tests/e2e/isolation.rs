@@ -146,6 +146,33 @@ async fn a_tenant_workload_reaches_only_what_its_policies_allow() {
         Api::<Pod>::namespaced(client.clone(), ns).delete("e2e-wall-probe", &DeleteParams::default()).await.unwrap();
     }
 
+    // The namespace Prometheus scrapes from (the harness sets metrics.scrapeNamespace) reaches
+    // the crew runtime's port and nothing else of A; any other namespace not even that.
+    let crew_pods = Api::<Pod>::namespaced(client.clone(), NS_A)
+        .list(&ListParams::default().labels("bizosaas.io/crew=iso,app.kubernetes.io/managed-by=bizosaas-operator"))
+        .await
+        .unwrap();
+    let crew_ip = crew_pods.items.iter().find_map(|p| p.status.as_ref()?.pod_ip.clone()).expect("the crew's pod");
+    for (ns, scrapes) in [("bizosaas-monitoring", true), ("e2e-wall-elsewhere", false)] {
+        kubectl(&["create", "namespace", ns], None);
+        let _ = Api::<Pod>::namespaced(client.clone(), ns).delete("e2e-wall-scraper", &DeleteParams::default()).await;
+        wait_for("the old scraper pod to go", Duration::from_secs(60), || async {
+            Api::<Pod>::namespaced(client.clone(), ns).get_opt("e2e-wall-scraper").await.ok()?.is_none().then_some(())
+        })
+        .await;
+        toolbox_pod(&client, ns, "e2e-wall-scraper", serde_json::json!({})).await;
+        if scrapes {
+            let metrics = netcheck(ns, "e2e-wall-scraper", &["http", &format!("http://{crew_ip}:8080/metrics")])
+                .unwrap_or_else(|e| panic!("the scrape namespace could not read the runtime's metrics: {e}"));
+            assert!(metrics.contains("bizosaas_agent_build_info"), "{metrics}");
+        } else {
+            refused(ns, "e2e-wall-scraper", &format!("{crew_ip}:8080"), "a crew runtime");
+        }
+        refused(ns, "e2e-wall-scraper", &format!("{crm_ip}:8080"), "A's business service");
+        refused(ns, "e2e-wall-scraper", &format!("{plain_ip}:9099"), "another port of A");
+        Api::<Pod>::namespaced(client.clone(), ns).delete("e2e-wall-scraper", &DeleteParams::default()).await.unwrap();
+    }
+
     let tenants: Api<Tenant> = Api::all(client);
     for name in [A, B] {
         tenants.delete(name, &DeleteParams::default()).await.unwrap();

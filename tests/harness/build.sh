@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the pinned harness binaries into the cache, once.
 #
-# Usage: build.sh [cluster|node|openbao|helm|all]...   (default: cluster)
+# Usage: build.sh [cluster|node|openbao|helm|promtool|otelcol|all]...   (default: cluster)
+#        build.sh path helm|promtool|otelcol   (prints where that binary is cached; builds nothing)
 #
 #   cluster: the local control plane, from source (Go modules under go/)
 #     $BIZOSAAS_CACHE_DIR/bin/kubernetes-<ver>/{kube-apiserver,kube-controller-manager,kube-scheduler}
@@ -14,6 +15,12 @@
 #     harness-tools/{imagebuild,netcheck,pause,runc-oom-clamp}
 #   helm: the Helm CLI (from a PyPI package, see build_helm)
 #     helm-<ver>/helm
+#   promtool: Prometheus's rule checker and rule unit-test runner, from source
+#     (Go module go/promtool)
+#     promtool-<ver>/promtool
+#   otelcol: an OpenTelemetry Collector (OTLP receiver, batch processor, file
+#     exporter) for the trace tests, from source (Go module go/otelcol)
+#     otelcol-<ver>/otelcol
 #   openbao: the OpenBao server/CLI (the comment above build_openbao says why
 #     it is not built from source)
 #     $BIZOSAAS_CACHE_DIR/bin/openbao-<ver>/{bao,LICENSE,NOTICE}
@@ -319,6 +326,63 @@ build_node_set() {
   node_ensure tools harness-tools "$TOOLS_BIN_DIR" "$tools_flags" build_tools imagebuild netcheck pause runc-oom-clamp
 }
 
+# promtool with only the file and HTTP service discoveries (remove_all_sd, see the
+# plugins/ package of the prometheus module): the alert tests only check rules and run
+# rule unit tests. It reports the Prometheus release the module version stands for
+# (v0.316.0 is 3.16.0).
+promtool_release() {
+  local minor_patch=${PROMTOOL_VERSION#v0.}          # 316.0
+  local release=${minor_patch%%.*}                   # 316
+  printf '%d.%d.%s\n' $((release / 100)) $((release % 100)) "${minor_patch#*.}"
+}
+PROMTOOL_TAGS="remove_all_sd"
+PROMTOOL_LDFLAGS="-s -w -X github.com/prometheus/common/version.Version=$(promtool_release)"
+build_promtool() {
+  CGO_ENABLED=0 go build -C "$GO_DIR/promtool" -trimpath -buildvcs=false -tags "$PROMTOOL_TAGS" \
+    -ldflags "$PROMTOOL_LDFLAGS" -o "$1/promtool" github.com/prometheus/prometheus/cmd/promtool || return 1
+  local version
+  version=$("$1/promtool" --version 2>&1 | head -n 1) || return 1
+  echo "$version"
+  [[ $version == "promtool, version $(promtool_release) "* ]] ||
+    { echo "the built promtool reports '$version', expected $(promtool_release)"; return 1; }
+}
+
+build_promtool_set() {
+  require_pin promtool github.com/prometheus/prometheus "$PROMTOOL_VERSION"
+  command -v go >/dev/null || die "go is not on PATH"
+  ensure "promtool-$PROMTOOL_VERSION" "$PROMTOOL_BIN_DIR" "$PROMTOOL_TAGS $PROMTOOL_LDFLAGS" build_promtool promtool
+}
+
+# path NAME : where the cached binary NAME lives (whether or not it is built yet).
+cmd_path() {
+  case ${1:-} in
+    helm) echo "$HELM_BIN_DIR/helm" ;;
+    promtool) echo "$PROMTOOL_BIN_DIR/promtool" ;;
+    otelcol) echo "$OTELCOL_BIN_DIR/otelcol" ;;
+    *) echo "usage: $0 path helm|promtool|otelcol" >&2; exit 2 ;;
+  esac
+}
+
+# The collector's components all come from one release: the otelcol module and the
+# contrib file exporter at OTELCOL_VERSION (core v1.x modules follow from them).
+OTELCOL_LDFLAGS="-s -w -X main.version=$OTELCOL_VERSION"
+build_otelcol() {
+  CGO_ENABLED=0 go_build otelcol "$1" "$OTELCOL_LDFLAGS" . || return 1   # ./otelcol
+  local version
+  version=$("$1/otelcol" --version 2>&1) || return 1
+  echo "$version"
+  [[ $version == *" $OTELCOL_VERSION" ]] ||
+    { echo "the built otelcol reports '$version', expected $OTELCOL_VERSION"; return 1; }
+}
+
+build_otelcol_set() {
+  require_pin otelcol go.opentelemetry.io/collector/otelcol "$OTELCOL_VERSION"
+  require_pin otelcol github.com/open-telemetry/opentelemetry-collector-contrib/exporter/fileexporter "$OTELCOL_VERSION"
+  command -v go >/dev/null || die "go is not on PATH"
+  ensure "otelcol-$OTELCOL_VERSION" "$OTELCOL_BIN_DIR" "$OTELCOL_LDFLAGS $(sha256sum <"$GO_DIR/otelcol/main.go" | cut -d' ' -f1)" \
+    build_otelcol otelcol
+}
+
 build_openbao_set() {
   local stamp
   stamp=$(openbao_requirement | sha256sum | cut -d' ' -f1)
@@ -327,6 +391,7 @@ build_openbao_set() {
 
 main() {
   (($#)) || set -- cluster
+  if [[ $1 == path ]]; then shift; cmd_path "$@"; return; fi
   local target
   for target; do
     case $target in
@@ -334,8 +399,10 @@ main() {
       node) build_node_set ;;
       openbao) build_openbao_set ;;
       helm) build_helm_set ;;
-      all) build_cluster_set; build_node_set; build_openbao_set; build_helm_set ;;
-      *) echo "usage: $0 [cluster|node|openbao|helm|all]..." >&2; exit 2 ;;
+      promtool) build_promtool_set ;;
+      otelcol) build_otelcol_set ;;
+      all) build_cluster_set; build_node_set; build_openbao_set; build_helm_set; build_promtool_set; build_otelcol_set ;;
+      *) echo "usage: $0 [cluster|node|openbao|helm|promtool|otelcol|all]... | path helm|promtool|otelcol" >&2; exit 2 ;;
     esac
   done
 }

@@ -22,6 +22,8 @@ COREDNS_BIN_DIR="$CACHE_DIR/bin/coredns-$COREDNS_VERSION"
 # whenever their sources change.
 TOOLS_BIN_DIR="$CACHE_DIR/bin/harness-tools"
 HELM_BIN_DIR="$CACHE_DIR/bin/helm-$HELM_VERSION"
+PROMTOOL_BIN_DIR="$CACHE_DIR/bin/promtool-$PROMTOOL_VERSION"
+OTELCOL_BIN_DIR="$CACHE_DIR/bin/otelcol-$OTELCOL_VERSION"
 
 log() { printf '[%s] %s\n' "${LOG_PREFIX:-harness}" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

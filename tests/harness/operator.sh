@@ -3,13 +3,14 @@
 # the locally built images (images/build.sh --import), the harness's PostgreSQL and
 # OpenBao, under the chart's own ServiceAccount and ClusterRole.
 #
-# Usage: operator.sh install [HELM ARGS...]|template [HELM ARGS...]|notes [HELM ARGS...]|uninstall|status|logs
+# Usage: operator.sh install [HELM ARGS...]|template [HELM ARGS...]|notes [HELM ARGS...]|test|uninstall|status|logs
 #   install    helm upgrade --install the release `bizosaas` in bizosaas-system and wait
 #              until the operator Deployment is rolled out; extra arguments go to helm
 #              (e.g. --set replicaCount=2). Settings: BIZOSAAS_OPERATOR_REPLICAS (2).
 #   template   helm template the chart from this checkout (no cluster needed); extra
 #              arguments go to helm
 #   notes      the chart's NOTES as an install would print them (no cluster needed)
+#   test       helm test the release, printing the test Pod's log
 #   uninstall  helm uninstall (Tenants, their finalizers and their data stay)
 #   logs       the logs of every operator pod
 set -euo pipefail
@@ -102,8 +103,9 @@ case "${1:-}" in
   template) shift; "$HARNESS_DIR/build.sh" helm; "$HELM" template "$RELEASE" "$ROOT/charts/bizosaas" -n "$NAMESPACE" "$@" ;;
   notes) shift; "$HARNESS_DIR/build.sh" helm
     "$HELM" install "$RELEASE" "$ROOT/charts/bizosaas" -n "$NAMESPACE" --dry-run=client "$@" | sed -n '/^NOTES:$/,$p' ;;
+  test) "$HARNESS_DIR/build.sh" helm; "$HELM" test "$RELEASE" -n "$NAMESPACE" --logs --timeout 120s ;;
   uninstall) cmd_uninstall ;;
   status) "$HELM" status "$RELEASE" -n "$NAMESPACE"; kubectl -n "$NAMESPACE" get pods -o wide ;;
   logs) cmd_logs ;;
-  *) echo "usage: $0 install [HELM ARGS...]|template [HELM ARGS...]|notes [HELM ARGS...]|uninstall|status|logs" >&2; exit 2 ;;
+  *) echo "usage: $0 install [HELM ARGS...]|template [HELM ARGS...]|notes [HELM ARGS...]|test|uninstall|status|logs" >&2; exit 2 ;;
 esac

@@ -15,6 +15,7 @@ use crate::usage::{BudgetError, TokenUsage, estimate_tokens};
 use bizosaas_crds::crew_config::AgentConfig;
 use futures::future::BoxFuture;
 use std::time::Instant;
+use tracing::Instrument as _;
 
 /// Where an agent works: the run, its plan, the task index and the delegation depth.
 #[derive(Clone, Copy)]
@@ -80,7 +81,18 @@ impl Engine {
         expected_output: &'a str,
         context: &'a str,
     ) -> BoxFuture<'a, Result<String, RunError>> {
-        Box::pin(async move {
+        // One agent's work on a task (delegated work nests under the delegating tool call).
+        let span = tracing::info_span!(
+            "agent",
+            otel.name = %format!("invoke_agent {}", agent.name),
+            gen_ai.operation.name = "invoke_agent",
+            gen_ai.agent.name = %agent.name,
+            bizosaas.task.index = crate::telemetry::int(ctx.task),
+            bizosaas.delegation.depth = i64::from(ctx.depth),
+            error.type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let work = async move {
             let tools = self.toolset(ctx, agent);
             let mut messages = vec![
                 Message::system(prompt::system(agent, !tools.defs.is_empty())),
@@ -114,6 +126,14 @@ impl Engine {
                 }
             }
             Err(RunError::MaxIterations { agent: agent.name.clone(), max })
+        };
+        Box::pin(async move {
+            let result = work.instrument(span.clone()).await;
+            if let Err(e) = &result {
+                span.record("error.type", e.category());
+                span.record("otel.status_code", "ERROR");
+            }
+            result
         })
     }
 
@@ -151,7 +171,7 @@ impl Engine {
         let total = ctx.run.add_usage(&agent.name, &completion.usage);
         let u = completion.usage;
         if let Some(m) = &self.accounting.metrics {
-            m.tokens(&agent.name, client.model(), u.prompt_tokens, u.completion_tokens);
+            m.usage(&agent.name, client.model(), &u);
         }
         if let Some(monthly) = &self.accounting.monthly {
             monthly.add(u.prompt_tokens + u.completion_tokens);
@@ -200,6 +220,41 @@ impl Engine {
         call: &ToolCall,
     ) -> Result<String, RunError> {
         let name = call.function.name.as_str();
+        // The tool's name and call id only: arguments and results may carry data and
+        // credentials, and stay out of the trace.
+        let span = tracing::info_span!(
+            "tool",
+            otel.name = %format!("execute_tool {name}"),
+            gen_ai.operation.name = "execute_tool",
+            gen_ai.tool.name = %name,
+            gen_ai.tool.call.id = %call.id,
+            gen_ai.tool.type = "function",
+            error.type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let outcome = self.call_tool_in_span(ctx, agent, tools, call).instrument(span.clone()).await;
+        match &outcome {
+            Ok((false, _)) => {
+                span.record("error.type", "tool_error");
+                span.record("otel.status_code", "ERROR");
+            }
+            Err(e) => {
+                span.record("error.type", e.category());
+                span.record("otel.status_code", "ERROR");
+            }
+            Ok(_) => {}
+        }
+        outcome.map(|(_, text)| text)
+    }
+
+    async fn call_tool_in_span(
+        &self,
+        ctx: &Ctx<'_>,
+        agent: &AgentConfig,
+        tools: &Toolset,
+        call: &ToolCall,
+    ) -> Result<(bool, String), RunError> {
+        let name = call.function.name.as_str();
         let parsed = parse_arguments(&call.function.arguments);
         ctx.run.emit(EventKind::ToolStarted {
             task: ctx.task,
@@ -247,7 +302,7 @@ impl Engine {
             ok,
             output: clip(&text, self.options.event_text_chars),
         });
-        Ok(text)
+        Ok((ok, text))
     }
 
     /// Runs the coworker of a delegation one level deeper.

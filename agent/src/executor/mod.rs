@@ -93,6 +93,7 @@ impl Executor {
         if let Some(m) = &self.metrics {
             m.runs_active.inc();
         }
+        let (engine, slots, records) = (self.engine.clone(), self.slots.clone(), self.records.clone());
         let guard = RunGuard {
             run: run.clone(),
             active: self.active.clone(),
@@ -101,8 +102,23 @@ impl Executor {
             records: self.records.clone(),
             started: Instant::now(),
         };
-        let (engine, slots, records) = (self.engine.clone(), self.slots.clone(), self.records.clone());
-        let span = tracing::info_span!("run", id = %run.id);
+        let crew = engine.crew();
+        // The crew run; a child of the request's span, when there is one.
+        let span = tracing::info_span!(
+            "run",
+            id = %run.id,
+            otel.name = %format!("crew_run {}", crew.name),
+            bizosaas.run.id = %run.id,
+            bizosaas.crew.name = %crew.name,
+            bizosaas.crew.namespace = %crew.namespace,
+            bizosaas.crew.process = ?crew.process,
+            bizosaas.run.tasks = crate::telemetry::int(plan.steps.len()),
+            bizosaas.run.status = tracing::field::Empty,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
         let task = async move {
             let work = async {
                 let _permit = slots.acquire_owned().await;
@@ -130,6 +146,15 @@ impl Executor {
                 Outcome::Stopped(reason) => tracing::info!(run = %run.id, ?reason, "run stopped"),
             }
             let (status, error) = outcome.status_and_error();
+            let span = tracing::Span::current();
+            let usage = run.total_usage();
+            span.record("bizosaas.run.status", status.as_str());
+            span.record("gen_ai.usage.input_tokens", crate::telemetry::int(usage.prompt_tokens));
+            span.record("gen_ai.usage.output_tokens", crate::telemetry::int(usage.completion_tokens));
+            if let Some(e) = &error {
+                span.record("error.type", e.category.as_str());
+                span.record("otel.status_code", "ERROR");
+            }
             guard.finish(status, error).await;
         };
         tokio::spawn(tracing::Instrument::instrument(task, span));

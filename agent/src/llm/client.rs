@@ -12,6 +12,7 @@ use futures::StreamExt;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+use tracing::Instrument as _;
 
 /// How failed requests are retried.
 #[derive(Clone, Debug)]
@@ -115,6 +116,8 @@ pub struct ChatClient {
     options: ClientOptions,
     redactor: Redactor,
     metrics: Option<Arc<Metrics>>,
+    /// `server.address` / `server.port` of the endpoint, for the model call spans.
+    server: (String, Option<u16>),
 }
 
 impl std::fmt::Debug for ChatClient {
@@ -156,7 +159,6 @@ impl ChatClient {
         candidates.extend(config.fallbacks.iter().filter(|f| **f != config.model).cloned());
         Ok(Self {
             http,
-            endpoint,
             headers,
             model: config.model.clone(),
             candidates,
@@ -166,6 +168,8 @@ impl ChatClient {
             options,
             redactor: Redactor::new(api_key),
             metrics,
+            server: crate::telemetry::server_of(&endpoint),
+            endpoint,
         })
     }
 
@@ -204,11 +208,60 @@ impl ChatClient {
         Err(last.expect("at least one model is tried"))
     }
 
+    /// One model's chat completion with its retries, as a client span following the GenAI
+    /// semantic conventions: model, server, token usage and finish reason; never the
+    /// messages, the completion or a header.
     async fn chat_with_retries(
         &self,
         model: &str,
         input: &ChatInput<'_>,
         attempts: &mut u32,
+    ) -> Result<Completion, LlmError> {
+        let span = tracing::info_span!(
+            "llm",
+            otel.name = %format!("chat {model}"),
+            otel.kind = "client",
+            gen_ai.operation.name = "chat",
+            gen_ai.provider.name = if self.openrouter { "openrouter" } else { "openai" },
+            gen_ai.request.model = %model,
+            gen_ai.request.temperature = self.temperature,
+            gen_ai.request.max_tokens = tracing::field::Empty,
+            server.address = %self.server.0,
+            server.port = self.server.1.map(i64::from),
+            gen_ai.response.model = tracing::field::Empty,
+            gen_ai.response.finish_reasons = tracing::field::Empty,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            bizosaas.llm.attempts = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let before = *attempts;
+        let result = self.chat_with_retries_in_span(model, input, attempts, &span).instrument(span.clone()).await;
+        span.record("bizosaas.llm.attempts", i64::from(*attempts - before));
+        match &result {
+            Ok(c) => {
+                span.record("gen_ai.response.model", c.model.as_str());
+                span.record("gen_ai.usage.input_tokens", crate::telemetry::int(c.usage.prompt_tokens));
+                span.record("gen_ai.usage.output_tokens", crate::telemetry::int(c.usage.completion_tokens));
+                if let Some(reason) = &c.finish_reason {
+                    span.record("gen_ai.response.finish_reasons", reason.as_str());
+                }
+            }
+            Err(e) => {
+                span.record("error.type", e.category());
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        result
+    }
+
+    async fn chat_with_retries_in_span(
+        &self,
+        model: &str,
+        input: &ChatInput<'_>,
+        attempts: &mut u32,
+        span: &tracing::Span,
     ) -> Result<Completion, LlmError> {
         let max_tokens = match (self.max_tokens, input.max_tokens_cap) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -226,6 +279,9 @@ impl ChatClient {
             stream: self.options.stream,
             stream_options: self.options.stream.then_some(StreamOptions { include_usage: true }),
         };
+        if let Some(max) = max_tokens {
+            span.record("gen_ai.request.max_tokens", i64::from(max));
+        }
         let body = serde_json::to_vec(&request).map_err(|e| LlmError::InvalidResponse {
             model: model.into(),
             message: format!("request encoding: {e}"),
@@ -270,7 +326,10 @@ impl ChatClient {
 
     async fn send_once(&self, model: &str, body: Vec<u8>, prompt_chars: usize) -> Result<Completion, LlmError> {
         let timeout = self.options.request_timeout;
-        let mut request = self.http.post(&self.endpoint).headers(self.headers.clone()).body(body);
+        let mut headers = self.headers.clone();
+        // W3C trace context of the model call's span, so the gateway's spans join the trace.
+        crate::telemetry::inject_from(&tracing::Span::current(), &mut headers);
+        let mut request = self.http.post(&self.endpoint).headers(headers).body(body);
         if !self.options.stream {
             request = request.timeout(timeout);
         }
@@ -434,7 +493,7 @@ fn estimate(prompt_chars: usize, content: &str, calls: &[super::types::ToolCall]
     let completion_chars = content.len() + calls.iter().map(|c| c.function.arguments.len()).sum::<usize>();
     let prompt_tokens = prompt_chars.div_ceil(4) as u64;
     let completion_tokens = completion_chars.div_ceil(4) as u64;
-    Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens }
+    Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens, cost: None }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -41,6 +41,11 @@ fn status_message(status: u16, model: &str, message: &str) -> String {
     }
 }
 
+/// The categories of the errors a request is retried after (see [`LlmError::is_retryable`]):
+/// the label values of `bizosaas_agent_llm_retries_total`.
+pub const RETRYABLE_CATEGORIES: [&str; 6] =
+    ["llm_timeout", "llm_client_error", "llm_rate_limited", "llm_server_error", "llm_unreachable", "llm_stream_error"];
+
 fn is_retryable_status(status: u16) -> bool {
     matches!(status, 408 | 409 | 425 | 429) || status >= 500
 }
@@ -110,6 +115,19 @@ mod tests {
         }
         assert!(!status(402).allows_fallback());
         assert!(status(404).allows_fallback());
+    }
+
+    #[test]
+    fn every_retried_error_has_a_listed_category() {
+        let transport = [
+            LlmError::Timeout { model: "m".into(), after: Duration::from_secs(1) },
+            LlmError::Unreachable { model: "m".into(), message: "x".into() },
+            LlmError::Stream { model: "m".into(), message: "x".into() },
+        ];
+        let retried = (100..600).map(status).chain(transport).filter(LlmError::is_retryable);
+        for error in retried {
+            assert!(RETRYABLE_CATEGORIES.contains(&error.category()), "{} is missing", error.category());
+        }
     }
 
     #[test]

@@ -138,8 +138,9 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
-/// Token counts as the server reports them.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Token counts as the server reports them, and the cost when the gateway reports one
+/// (OpenRouter's `usage.cost`, in US dollars).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
 pub struct Usage {
     #[serde(default)]
     pub prompt_tokens: u64,
@@ -147,6 +148,8 @@ pub struct Usage {
     pub completion_tokens: u64,
     #[serde(default)]
     pub total_tokens: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
 }
 
 /// A non-streaming response (also the shape of an error body with `error`).

@@ -46,6 +46,27 @@ pub struct CrewObjects {
     pub config_hash: String,
 }
 
+/// Points the runtime's traces at an OTLP/HTTP endpoint (the operator's
+/// `BIZOSAAS_CREW_OTLP_ENDPOINT`): `OTEL_EXPORTER_OTLP_ENDPOINT`, and resource attributes
+/// naming the crew, so that traces tell the crews apart. Without an endpoint the runtime gets
+/// neither and exports nothing.
+pub fn with_traces(objects: &mut CrewObjects, crew: &AgentCrew, endpoint: Option<&str>) {
+    let Some(endpoint) = endpoint.map(str::trim).filter(|e| !e.is_empty()) else { return };
+    let attributes = format!(
+        "k8s.namespace.name={},k8s.deployment.name={},bizosaas.crew.name={}",
+        crew.namespace().unwrap_or_default(),
+        object_name(&crew.name_any()),
+        crew.name_any()
+    );
+    let pod = objects.deployment.spec.as_mut().and_then(|s| s.template.spec.as_mut());
+    for container in pod.into_iter().flat_map(|p| p.containers.iter_mut()) {
+        let env = container.env.get_or_insert_with(Vec::new);
+        env.retain(|e| e.name != "OTEL_EXPORTER_OTLP_ENDPOINT" && e.name != "OTEL_RESOURCE_ATTRIBUTES");
+        env.push(EnvVar { name: "OTEL_EXPORTER_OTLP_ENDPOINT".into(), value: Some(endpoint.into()), value_from: None });
+        env.push(EnvVar { name: "OTEL_RESOURCE_ATTRIBUTES".into(), value: Some(attributes.clone()), value_from: None });
+    }
+}
+
 /// Labels on every object of a crew.
 pub fn labels(crew: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -313,6 +334,31 @@ mod tests {
         let hashes =
             BTreeMap::from([("openrouter".to_string(), hash.to_string()), ("wagtail".to_string(), "w1".to_string())]);
         objects(&crew, &config, &hashes, "bizosaas/bizosaas-agent:0.1.0", Some("bizosaas-system/bizosaas-operator"))
+    }
+
+    #[test]
+    fn crews_export_traces_only_to_the_configured_endpoint() {
+        let env_of = |o: &CrewObjects| -> BTreeMap<String, Option<String>> {
+            let pod = o.deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+            pod.containers[0].env.as_ref().unwrap().iter().map(|e| (e.name.clone(), e.value.clone())).collect()
+        };
+        let mut o = build(1, "h1");
+        let before = env_of(&o);
+        for none in [None, Some(""), Some("  ")] {
+            with_traces(&mut o, &crew(), none);
+            assert_eq!(env_of(&o), before, "no endpoint, no OTEL_ variables");
+        }
+        assert!(!before.keys().any(|k| k.starts_with("OTEL_")));
+        let mut c = crew();
+        c.metadata.namespace = Some("tenant-acme".into());
+        with_traces(&mut o, &c, Some("http://otel-collector.observability:4318"));
+        with_traces(&mut o, &c, Some("http://otel-collector.observability:4318"));
+        let env = env_of(&o);
+        assert_eq!(env["OTEL_EXPORTER_OTLP_ENDPOINT"].as_deref(), Some("http://otel-collector.observability:4318"));
+        let attributes = env["OTEL_RESOURCE_ATTRIBUTES"].as_deref().unwrap();
+        assert!(attributes.contains("k8s.namespace.name=tenant-acme"), "{attributes}");
+        assert!(attributes.contains(&format!("bizosaas.crew.name={}", c.name_any())), "{attributes}");
+        assert_eq!(env.len(), before.len() + 2, "set once, whatever the number of reconciles");
     }
 
     #[test]

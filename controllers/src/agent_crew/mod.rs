@@ -67,6 +67,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         wanted_by(events, |crew: &DeserializeGuard<AgentCrew>| crew.meta().namespace.clone());
     let controller = Controller::for_stream(events.applied_objects(), reader);
     let crews = controller.store();
+    let _census = crate::census::spawn(crews.clone(), CONTROLLER, ctx.metrics.clone(), |_| {});
     let tenant_crews = crews.clone();
     let services = Arc::new(triggers::ServiceDependencies::default());
     let dependents = services.clone();
@@ -202,6 +203,7 @@ async fn apply(crew: &AgentCrew, cctx: &CrewContext) -> Result<Action, Error> {
     }
     let operator = ctx.config.operator_service_account.as_deref();
     let mut objects = build::objects(crew, &config, &hashes, &ctx.config.agent_image, operator);
+    build::with_traces(&mut objects, crew, ctx.config.crew_otlp_endpoint.as_deref());
     if suspended {
         build::scale_to_zero(&mut objects);
     }

@@ -65,7 +65,10 @@ impl IntegrationContext {
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let client = ctx.client.clone();
     let ours = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
-    Controller::new(Api::<DeserializeGuard<Integration>>::all(client.clone()), watcher::Config::default())
+    let controller =
+        Controller::new(Api::<DeserializeGuard<Integration>>::all(client.clone()), watcher::Config::default());
+    let _census = crate::census::spawn(controller.store(), CONTROLLER, ctx.metrics.clone(), |_| {});
+    controller
         .owns_stream(ctx.tenant_namespaces.watch::<Secret>(ours, None))
         .with_config(crate::scaffold::controller_config())
         .graceful_shutdown_on(shutdown)

@@ -5,9 +5,10 @@ use super::build::BuildError;
 use super::child_stores::{ChildStores, reflect};
 use super::finalize::{self, FINALIZER};
 use super::{CONTROLLER, apply, claims, database_egress};
+use crate::census;
 use crate::context::Context;
 use crate::egress::resolve::SERVICE_NAME_LABEL;
-use crate::metrics::Categorized;
+use crate::metrics::{Categorized, TenantLabels};
 use crate::postgres::DatabaseError;
 use crate::scaffold::{ReconcileError, Scaffold};
 use crate::seen::Seen;
@@ -83,6 +84,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let store = reader.clone();
     let every_tenant = reader.clone();
     let claimants = reader.clone();
+    let _census = census::spawn(reader.clone(), CONTROLLER, ctx.metrics.clone(), token_budgets(&ctx));
     let events =
         reflector(writer, watcher(Api::<DeserializeGuard<Tenant>>::all(client.clone()), watcher::Config::default()))
             .default_backoff();
@@ -141,6 +143,28 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         )
         .for_each(|_| futures::future::ready(()))
         .await;
+}
+
+/// Publishes each Tenant's monthly token budget (its plan's, or its override) and drops the
+/// series of Tenants that are gone.
+fn token_budgets(ctx: &Arc<Context>) -> impl Fn(&[Arc<DeserializeGuard<Tenant>>]) + Send + 'static {
+    let (ctx, published) = (ctx.clone(), std::sync::Mutex::new(std::collections::BTreeSet::<String>::new()));
+    move |tenants| {
+        let mut now = std::collections::BTreeSet::new();
+        for tenant in tenants.iter().filter_map(|guard| guard.0.as_ref().ok()) {
+            let budget = ctx.config.plans.effective(tenant.spec.plan, tenant.spec.quota.as_ref()).monthly_tokens;
+            if budget > 0 {
+                let name = tenant.name_any();
+                ctx.metrics.token_budgets.get_or_create(&TenantLabels { tenant: name.clone() }).set(budget);
+                now.insert(name);
+            }
+        }
+        let mut published = published.lock().expect("budgets lock");
+        for gone in published.difference(&now) {
+            ctx.metrics.token_budgets.remove(&TenantLabels { tenant: gone.clone() });
+        }
+        *published = now;
+    }
 }
 
 /// Hash of what a user changes on a Tenant: generation (spec and deletion), labels and

@@ -41,7 +41,10 @@ pub use crate::scaffold::Error;
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let client = ctx.client.clone();
     let ours = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
-    Controller::new(Api::<DeserializeGuard<Workflow>>::all(client.clone()), watcher::Config::default())
+    let controller =
+        Controller::new(Api::<DeserializeGuard<Workflow>>::all(client.clone()), watcher::Config::default());
+    let _census = crate::census::spawn(controller.store(), CONTROLLER, ctx.metrics.clone(), |_| {});
+    controller
         .owns(Api::<WorkflowRun>::all(client), ours)
         .with_config(crate::scaffold::controller_config())
         .graceful_shutdown_on(shutdown)

@@ -116,6 +116,18 @@ pub fn network_policies(
             None,
         ));
     }
+    if let Some(scraper) = &config.scrape_namespace {
+        policies.push(policy(
+            owner,
+            "allow-metrics-scrape",
+            agents.clone(),
+            Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![namespace_peer(scraper)]),
+                ports: Some(tcp(&[crate::agent_crew::build::PORT])),
+            }]),
+            None,
+        ));
+    }
     policies.push(policy(owner, "allow-agent-https-egress", agents, None, Some(vec![public_https()])));
     if isolation == NetworkIsolation::Open {
         policies.push(policy(owner, "allow-https-egress", all_pods, None, Some(vec![public_https()])));
@@ -268,6 +280,26 @@ mod tests {
         let platform = policies.iter().find(|p| p.metadata.name.as_deref() == Some("allow-platform")).unwrap();
         let rule = &platform.spec.as_ref().unwrap().ingress.as_ref().unwrap()[0];
         assert_eq!(rule.ports.as_deref().unwrap(), [port("TCP", crate::agent_crew::build::PORT)], "the agent API only");
+    }
+
+    #[test]
+    fn the_scraping_namespace_reaches_the_runtimes_port_and_nothing_else() {
+        let owner = Owner::of(&fixtures::tenant(fixtures::ACME)).unwrap();
+        let plain = network_policies(&owner, NetworkIsolation::Strict, &[3000], &Config::default());
+        assert!(!names(&plain).contains(&"allow-metrics-scrape".to_string()), "no scraper configured, no rule");
+        let config = Config { scrape_namespace: Some("monitoring".into()), ..Config::default() };
+        let policies = network_policies(&owner, NetworkIsolation::Strict, &[3000], &config);
+        let scrape = policies.iter().find(|p| p.metadata.name.as_deref() == Some("allow-metrics-scrape")).unwrap();
+        let spec = scrape.spec.as_ref().unwrap();
+        // The runtimes' pods only, not the business services.
+        assert_eq!(spec.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()[LABEL_COMPONENT], "agent");
+        assert!(spec.egress.is_none());
+        let [rule] = spec.ingress.as_deref().unwrap() else { panic!("one ingress rule") };
+        assert_eq!(rule.ports.as_deref().unwrap(), [port("TCP", crate::agent_crew::build::PORT)]);
+        let peer = &rule.from.as_ref().unwrap()[0];
+        assert!(peer.pod_selector.is_none());
+        let ns = peer.namespace_selector.as_ref().unwrap().match_labels.as_ref().unwrap();
+        assert_eq!(ns["kubernetes.io/metadata.name"], "monitoring");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Client, ResourceExt};
 use std::collections::BTreeMap;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 /// A step with its templates filled in, ready to start.
 pub enum Rendered {
@@ -98,6 +99,22 @@ pub async fn launch(
     rendered: Rendered,
 ) -> Result<(), kube::Error> {
     let client = rc.scaffold.ctx.client.clone();
+    // The step's span, a child of the reconcile that launches it; it lasts as long as the
+    // step's call, and a crew run the step starts joins its trace.
+    let kind = match &rendered {
+        Rendered::Container(_) => "container",
+        Rendered::Http(_) => "http",
+        Rendered::Agent(_) => "agentTask",
+    };
+    let span = tracing::info_span!(
+        "step",
+        otel.name = %format!("workflow_step {}", step.name),
+        bizosaas.workflow.run = %run.name_any(),
+        bizosaas.workflow.step = %step.name,
+        bizosaas.workflow.step.kind = kind,
+        bizosaas.workflow.attempt = %attempt.name,
+        k8s.namespace.name = run.namespace().as_deref(),
+    );
     let run_ref = ObjectRef::from_obj(run).erase();
     let run_ref = ObjectRef::new(&run_ref.name).within(run_ref.namespace.as_deref().unwrap_or_default());
     match rendered {
@@ -110,12 +127,14 @@ pub async fn launch(
         }
         Rendered::Http(call) => {
             let dialer = rc.dialer.clone();
-            rc.inflight.ensure(&attempt.idempotency_key, run_ref, |_| http::send(client, dialer, call));
+            rc.inflight
+                .ensure(&attempt.idempotency_key, run_ref, |_| http::send(client, dialer, call).instrument(span));
         }
         Rendered::Agent(task) => {
             let caller = rc.crews.clone();
-            rc.inflight
-                .ensure(&attempt.idempotency_key, run_ref, |reporter| agent::run(client, caller, task, reporter));
+            rc.inflight.ensure(&attempt.idempotency_key, run_ref, |reporter| {
+                agent::run(client, caller, task, reporter).instrument(span)
+            });
         }
     }
     Ok(())

@@ -78,6 +78,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     // A run's own status writes need no reconcile (the reconcile that wrote them already
     // planned the next one); a spec change (cancel) or deletion does.
     let (reader, writer) = reflector::store();
+    let metrics = rc.scaffold.ctx.metrics.clone();
+    let _census = crate::census::spawn(reader.clone(), CONTROLLER, metrics.clone(), move |runs| {
+        status::publish_phases(&metrics, runs)
+    });
     let events = reflector(
         writer,
         watcher(Api::<DeserializeGuard<WorkflowRun>>::all(client.clone()), watcher::Config::default()),
@@ -362,6 +366,11 @@ async fn write(
         Ok(written) => {
             rc.scaffold.ctx.metrics.write(CONTROLLER, "WorkflowRun", "status");
             let next = written.status.clone().unwrap_or_default();
+            if let Some(phase) =
+                next.phase.filter(|p| p.is_finished() && !previous.phase.is_some_and(RunPhase::is_finished))
+            {
+                rc.scaffold.ctx.metrics.workflow_runs_finished.get_or_create(&status::phase_labels(phase)).inc();
+            }
             rc.written.lock().expect("written lock").insert(run.uid().unwrap_or_default(), Arc::new(written.clone()));
             rc.scaffold.ctx.record_transitions(&written.object_ref(&()), &previous.conditions, &next.conditions).await;
             Ok(true)

@@ -3,8 +3,12 @@
 //! failed for a reason retrying cannot fix.
 
 use crate::conditions::Observed;
+use crate::metrics::{Metrics, PhaseLabels};
+use bizosaas_crds::WorkflowRun;
 use bizosaas_crds::common::READY;
 use bizosaas_crds::workflow::{RunPhase, WorkflowRunStatus};
+use kube::core::DeserializeGuard;
+use std::sync::Arc;
 
 pub use crate::conditions::{RECONCILING, STALLED};
 pub const SUCCEEDED: &str = "Succeeded";
@@ -27,6 +31,32 @@ pub fn observed(phase: RunPhase, reason: &str, message: &str, permanent: bool) -
             }
             c
         }
+    }
+}
+
+/// The phases a run as a whole can be in (`Skipped` is a step's).
+const RUN_PHASES: [RunPhase; 5] =
+    [RunPhase::Pending, RunPhase::Running, RunPhase::Succeeded, RunPhase::Failed, RunPhase::Cancelled];
+
+/// The metric labels of a phase.
+pub fn phase_labels(phase: RunPhase) -> PhaseLabels {
+    let phase = match phase {
+        RunPhase::Pending => "Pending",
+        RunPhase::Running => "Running",
+        RunPhase::Succeeded => "Succeeded",
+        RunPhase::Failed => "Failed",
+        RunPhase::Cancelled => "Cancelled",
+        RunPhase::Skipped => "Skipped",
+    };
+    PhaseLabels { phase }
+}
+
+/// Publishes how many runs are in each phase; a run without a status yet is `Pending`.
+pub fn publish_phases(metrics: &Metrics, runs: &[Arc<DeserializeGuard<WorkflowRun>>]) {
+    let phase_of = |run: &WorkflowRun| run.status.as_ref().and_then(|s| s.phase).unwrap_or(RunPhase::Pending);
+    for phase in RUN_PHASES {
+        let count = runs.iter().filter_map(|guard| guard.0.as_ref().ok()).filter(|run| phase_of(run) == phase).count();
+        metrics.workflow_runs.get_or_create(&phase_labels(phase)).set(count as i64);
     }
 }
 

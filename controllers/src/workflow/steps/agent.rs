@@ -84,6 +84,8 @@ pub async fn run(client: Client, caller: Caller, task: Task, reporter: Reporter)
     let created = match caller.request(reqwest::Method::POST, format!("{base}/v1/runs")).await {
         Ok(request) => {
             request
+                // The step's trace context: the crew run joins the workflow's trace.
+                .headers(crate::trace_context::current())
                 .header("Idempotency-Key", &task.idempotency_key)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body.to_string())
