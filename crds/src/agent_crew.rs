@@ -27,6 +27,8 @@ use serde::{Deserialize, Serialize};
 )]
 #[x_kube(validation = Rule::new("self.process != 'Hierarchical' || has(self.manager)")
     .message("a Hierarchical crew needs spec.manager: the manager model plans and delegates"))]
+#[x_kube(validation = Rule::new("self.process != 'Hierarchical' || self.agents.all(a, a.name != 'manager')")
+    .message("in a Hierarchical crew no agent may be named manager: the manager's usage and events go by that name"))]
 #[serde(rename_all = "camelCase")]
 pub struct AgentCrewSpec {
     /// `Sequential` runs tasks in order and passes each output forward as context;
@@ -86,6 +88,8 @@ pub enum Process {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[x_kube(validation = Rule::new("has(self.template) || (has(self.role) && has(self.goal))")
     .message("an agent needs either a catalog template or an inline role and goal"))]
+#[x_kube(validation = Rule::new("!has(self.tools) || self.tools.all(t, t in ['http_request', 'memory_search', 'memory_save'])")
+    .message("unknown tool: the runtime provides http_request, memory_search and memory_save"))]
 #[serde(rename_all = "camelCase")]
 pub struct Agent {
     /// Name of the agent within the crew; tasks address agents by it.
@@ -210,4 +214,18 @@ pub struct AgentCrewStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::CustomResourceExt;
+
+    /// The CRD's tool rule lists exactly the tools the runtime provides.
+    #[test]
+    fn the_tool_rule_names_every_runtime_tool() {
+        let crd = serde_json::to_string(&super::AgentCrew::crd()).unwrap();
+        let rule = crd.split("self.tools.all(t, t in [").nth(1).and_then(|r| r.split(']').next()).expect("the rule");
+        let listed: Vec<String> = rule.split(',').map(|t| t.trim().trim_matches('\'').to_string()).collect();
+        assert_eq!(listed, crate::catalog::TOOLS.map(String::from));
+    }
 }

@@ -133,7 +133,8 @@ pub struct HealthCheck {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048), regex(pattern = r"^/"))]
     pub path: Option<String>,
-    /// Turns the check off; `Reachable` is then `Unknown`.
+    /// Turns the check off; `Reachable` is then `True` with reason `CheckDisabled`: the endpoint
+    /// is taken on trust.
     #[serde(default)]
     pub disabled: bool,
 }

@@ -153,6 +153,17 @@ const INVALID: &[(&str, &str, &str)] = &[
         "apiVersion: bizosaas.io/v1alpha1\nkind: AgentCrew\nmetadata: {name: empty, namespace: NS}\nspec: {model: {integration: o, name: m}, agents: [{name: a}]}",
         "an agent needs either a catalog template or an inline role and goal",
     ),
+    // The runtime refuses these at start-up; the crew would otherwise sit in Reconciling.
+    (
+        "crew agent with a tool the runtime lacks",
+        "apiVersion: bizosaas.io/v1alpha1\nkind: AgentCrew\nmetadata: {name: shell, namespace: NS}\nspec: {model: {integration: o, name: m}, agents: [{name: a, template: copywriting, tools: [run_shell]}]}",
+        "unknown tool: the runtime provides http_request, memory_search and memory_save",
+    ),
+    (
+        "hierarchical crew with an agent named manager",
+        "apiVersion: bizosaas.io/v1alpha1\nkind: AgentCrew\nmetadata: {name: boss2, namespace: NS}\nspec: {process: Hierarchical, manager: {model: {integration: o, name: m}}, model: {integration: o, name: m}, agents: [{name: manager, template: copywriting}]}",
+        "in a Hierarchical crew no agent may be named manager",
+    ),
     (
         "service-account owner without namespace",
         "apiVersion: bizosaas.io/v1alpha1\nkind: Tenant\nmetadata: {name: sa-owner}\nspec: {displayName: Q, owners: [{kind: ServiceAccount, name: ci}]}",

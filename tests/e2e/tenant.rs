@@ -169,6 +169,8 @@ async fn a_dedicated_tenant_gets_every_child_and_follows_its_spec() {
             "allow-database",
             "allow-dns",
             "allow-ingress-controller",
+            // The harness names a namespace Prometheus scrapes from (metrics.scrapeNamespace).
+            "allow-metrics-scrape",
             "allow-platform",
             "allow-same-namespace",
             "default-deny"

@@ -21,7 +21,9 @@ pub const LABEL_RUN: &str = "bizosaas.io/workflow-run";
 pub const LABEL_STEP: &str = "bizosaas.io/workflow-step";
 /// Bytes of stdout kept as the output of a container that wrote no termination message.
 const MAX_LOG_BYTES: i64 = 64 * 1024;
-/// The unprivileged user a step runs as unless its image says otherwise.
+/// Lines of the log asked for: more than a step's output needs, few enough to read quickly.
+const TAIL_LINES: i64 = 2000;
+/// The unprivileged user every step runs as, whatever user its image names.
 const RUN_AS: i64 = 65532;
 
 /// The Job of one attempt: no retries of its own (the workflow retries), the step's timeout as
@@ -142,8 +144,20 @@ async fn output(pods: &Api<Pod>, job: &str) -> Result<String, kube::Error> {
         return Ok(message);
     }
     let Some(pod) = pod_of(pods, job).await? else { return Ok(String::new()) };
-    let params = LogParams { limit_bytes: Some(MAX_LOG_BYTES), ..Default::default() };
-    pods.logs(&pod.name_any(), &params).await
+    // The API server cuts `limitBytes` from the start of what it sends, so ask for the last
+    // lines (bounded in bytes too, against one endless line) and keep their end here.
+    let params =
+        LogParams { tail_lines: Some(TAIL_LINES), limit_bytes: Some(16 * MAX_LOG_BYTES), ..Default::default() };
+    Ok(tail(&pods.logs(&pod.name_any(), &params).await?, MAX_LOG_BYTES as usize).to_string())
+}
+
+/// The last `max` bytes of `text`, starting on a character boundary.
+fn tail(text: &str, max: usize) -> &str {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
 }
 
 /// Exit code and termination message of the Job's container.
@@ -161,6 +175,15 @@ async fn pod_of(pods: &Api<Pod>, job: &str) -> Result<Option<Pod>, kube::Error> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_output_is_the_end_of_the_log() {
+        assert_eq!(tail("first\nlast\n", 5), "last\n");
+        assert_eq!(tail("short", 64), "short");
+        // Never in the middle of a character.
+        assert_eq!(tail("aé", 1), "");
+        assert_eq!(tail("aéb", 2), "b");
+    }
 
     #[test]
     fn a_step_job_is_restricted_owned_and_retried_by_the_workflow() {
