@@ -1,10 +1,12 @@
 //! The AgentCrew controller: validates templates, models and Integrations, renders the crew
 //! into a ConfigMap and runs the `bizosaas-agent` runtime as a Deployment with a Service, behind
-//! an egress NetworkPolicy to the endpoints of its Integrations.
+//! an egress NetworkPolicy to the endpoints of its Integrations (and to the trace collector,
+//! when the operator passes the runtimes one).
 
 pub mod build;
 pub mod network;
 pub mod render;
+mod traces;
 mod triggers;
 
 use crate::apply::Applier;
@@ -38,6 +40,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+pub use traces::TRACES_ALLOWED;
+use traces::{resolve_collector, traces_condition};
 
 /// Controller name used in metrics, logs and events.
 pub const CONTROLLER: &str = "agentcrew";
@@ -183,17 +187,22 @@ async fn apply(crew: &AgentCrew, cctx: &CrewContext) -> Result<Action, Error> {
     let a = Applier { metrics: &ctx.metrics, controller: CONTROLLER, compare: true, known: None };
     let client = ctx.client.clone();
     let policies = Api::<NetworkPolicy>::namespaced(client.clone(), &namespace);
-    let egress = {
+    let (egress, traces) = {
         let on_behalf_of = OnBehalfOf { namespace: &namespace, tenant: &tenant };
         let mut resolved = resolve_endpoints(&referenced, &refs, on_behalf_of, ctx).await?;
+        // The collector the runtime sends its traces to, when there is one.
+        let collector = resolve_collector(ctx.config.crew_otlp_endpoint.as_deref(), ctx).await?;
+        resolved.services.extend(collector.as_ref().and_then(|c| c.service.clone()));
         cctx.services.record(crew_ref, resolved.services);
         // The runtime reviews its callers' tokens with the API server.
         resolved.endpoints.push(ResolvedEndpoint { name: "the API server".into(), sockets: api_server(ctx).await? });
-        let built = network::egress_policy(crew, &resolved.endpoints);
+        let collector_sockets = collector.as_ref().and_then(|c| c.resolved.as_ref().ok());
+        let built = network::egress_policy(crew, &resolved.endpoints, collector_sockets);
         a.ensure(&policies, &built.policy).await?;
         let mut problems = built.refused.iter().map(|r| r.to_string()).collect::<Vec<_>>();
         problems.extend(resolved.unresolved);
-        egress_condition(&name, &referenced, !built.refused.is_empty(), &problems)
+        let traces = collector.map(|c| traces_condition(&name, &c, &built.traces_refused));
+        (egress_condition(&name, &referenced, !built.refused.is_empty(), &problems), traces)
     };
 
     // Build and apply.
@@ -229,12 +238,15 @@ async fn apply(crew: &AgentCrew, cctx: &CrewContext) -> Result<Action, Error> {
     } else {
         availability(crew, live.as_ref())
     };
-    let observed = vec![
+    let mut observed = vec![
         Observed::ok(INTEGRATIONS_RESOLVED, "Resolved", format!("Integrations {} are resolved", referenced.join(", "))),
         egress,
         available,
     ];
-    let converged = observed.iter().all(|o| o.status);
+    observed.extend(traces);
+    // A refused collector changes only with the operator's configuration (a restart, which
+    // reconciles every crew) or its DNS answers: no reason to look again every 30 s.
+    let converged = observed.iter().all(|o| o.status || o.reason == "TracesEndpointRefused");
     write_status(crew, &cctx.scaffold, observed, agents, ready_replicas).await?;
     Ok(Action::requeue(Duration::from_secs(if converged { 600 } else { 30 })))
 }
@@ -362,15 +374,25 @@ fn is_permanent(reason: &str) -> bool {
     )
 }
 
+/// `observed` with the `Ready` summary (and `Reconciling` or `Stalled`) of every condition but
+/// `TracesAllowed`, which only reports.
+fn summarized(observed: Vec<Observed>) -> Vec<Observed> {
+    let ready = Observed::ok(READY, "Ready", "The crew's runtime is available");
+    let (mut observed, reported): (Vec<Observed>, Vec<Observed>) =
+        observed.into_iter().partition(|o| o.type_ != TRACES_ALLOWED);
+    conditions::summarize(&mut observed, ready, is_permanent, |reason| reason == "TenantSuspended");
+    observed.extend(reported);
+    observed
+}
+
 async fn write_status(
     crew: &AgentCrew,
     scaffold: &Scaffold,
-    mut observed: Vec<Observed>,
+    observed: Vec<Observed>,
     agents: Vec<String>,
     ready_replicas: Option<i32>,
 ) -> Result<(), Error> {
-    let ready = Observed::ok(READY, "Ready", "The crew's runtime is available");
-    conditions::summarize(&mut observed, ready, is_permanent, |reason| reason == "TenantSuspended");
+    let observed = summarized(observed);
     let previous = crew.status.clone().unwrap_or_default();
     let generation = crew.metadata.generation;
     let next = AgentCrewStatus {
@@ -392,6 +414,7 @@ async fn write_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use traces::Collector;
 
     #[test]
     fn memory_on_a_vault_backed_tenant_is_refused_with_the_way_out() {
@@ -407,5 +430,59 @@ mod tests {
         assert_eq!(memory_refusal(&spec, "acme", None), None, "no Tenant: the namespace check speaks");
         spec.memory = None;
         assert_eq!(memory_refusal(&spec, "acme", Some(SecretsBackend::Vault)), None);
+    }
+
+    fn collector(resolved: Result<&[&str], &str>) -> Collector {
+        Collector {
+            target: "otel-collector.observability:4318".into(),
+            service: None,
+            resolved: match resolved {
+                Ok(sockets) => {
+                    Ok(crate::egress::tests::endpoint("the trace collector otel-collector.observability:4318", sockets))
+                }
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
+    #[test]
+    fn the_trace_collector_is_reported_without_holding_the_crew_back() {
+        let allowed = traces_condition("growth-team", &collector(Ok(&["10.244.3.4:4318"])), &[]);
+        assert_eq!((allowed.status, allowed.reason.as_str()), (true, "Allowed"));
+        assert_eq!(
+            allowed.message,
+            "NetworkPolicy crew-growth-team-egress allows the trace collector otel-collector.observability:4318"
+        );
+
+        let metadata = collector(Ok(&["169.254.169.254:4318"]));
+        let refused = crate::egress::admit(std::slice::from_ref(metadata.resolved.as_ref().unwrap())).refused;
+        let refused = traces_condition("growth-team", &metadata, &refused);
+        assert_eq!((refused.status, refused.reason.as_str()), (false, "TracesEndpointRefused"));
+        assert!(refused.message.starts_with(
+            "the trace collector otel-collector.observability:4318 resolves to 169.254.169.254, which is link-local"
+        ));
+        assert!(refused.message.contains("traces are dropped") && refused.message.contains("otel.crewEndpoint"));
+
+        let unresolved = traces_condition(
+            "growth-team",
+            &collector(Err("Service observability/otel-collector has no endpoints")),
+            &[],
+        );
+        assert_eq!((unresolved.status, unresolved.reason.as_str()), (false, "TracesEndpointUnresolved"));
+        assert!(unresolved.message.contains("has no endpoints"), "{}", unresolved.message);
+
+        // Ready and kstatus follow the other conditions only.
+        let available = Observed::ok(AVAILABLE, "Available", "1/1 runtime pods are ready");
+        let status = summarized(vec![available.clone(), refused.clone()]);
+        let types: Vec<(&str, bool, &str)> = status.iter().map(|o| (o.type_, o.status, o.reason.as_str())).collect();
+        assert_eq!(
+            types,
+            [(AVAILABLE, true, "Available"), (READY, true, "Ready"), (TRACES_ALLOWED, false, "TracesEndpointRefused")]
+        );
+        let starting = Observed::failed(AVAILABLE, "Progressing", "0/1 runtime pods are ready");
+        let status = summarized(vec![starting, refused]);
+        let ready = status.iter().find(|o| o.type_ == READY).unwrap();
+        assert_eq!((ready.status, ready.reason.as_str()), (false, "Progressing"));
+        assert!(status.iter().any(|o| o.type_ == conditions::RECONCILING && o.reason == "Progressing"));
     }
 }

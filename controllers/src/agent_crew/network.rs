@@ -1,5 +1,6 @@
 //! The crew's egress NetworkPolicy `crew-<name>-egress`: the crew's pods may connect to the
-//! endpoints of the Integrations the crew uses. NetworkPolicies add up, so this one widens the
+//! endpoints of the Integrations the crew uses and, when the operator has one configured, to
+//! the trace collector their runtime exports to. NetworkPolicies add up, so this one widens the
 //! tenant's default deny for these pods by exactly those sockets; DNS, the platform and public
 //! HTTPS stay with the tenant's own policies.
 
@@ -19,15 +20,29 @@ pub fn policy_name(crew: &str) -> String {
 #[derive(Clone, Debug)]
 pub struct CrewEgress {
     pub policy: NetworkPolicy,
+    /// Refused addresses of the Integrations' endpoints (and the API server's).
     pub refused: Vec<Refused>,
+    /// Refused addresses of the trace collector: reported apart, since the crew runs without
+    /// its traces.
+    pub traces_refused: Vec<Refused>,
 }
 
-/// Builds the egress policy from the crew's resolved Integration endpoints. Link-local
-/// addresses (instance metadata) are refused whatever resolved to them. With nothing to allow
-/// the policy still exists, allowing nothing more than the tenant's policies do.
-pub fn egress_policy(crew: &AgentCrew, endpoints: &[ResolvedEndpoint]) -> CrewEgress {
+/// Builds the egress policy from the crew's resolved Integration endpoints and, when the
+/// operator passes the runtimes an OTLP endpoint, the collector's resolved sockets (`traces`).
+/// Link-local addresses (instance metadata) are refused whatever resolved to them, the
+/// collector's exactly as an Integration's. With nothing to allow the policy still exists,
+/// allowing nothing more than the tenant's policies do.
+pub fn egress_policy(
+    crew: &AgentCrew,
+    endpoints: &[ResolvedEndpoint],
+    traces: Option<&ResolvedEndpoint>,
+) -> CrewEgress {
     let name = crew.name_any();
-    let admitted = egress::admit(endpoints);
+    let mut admitted = egress::admit(endpoints);
+    let collector = egress::admit(&traces.into_iter().cloned().collect::<Vec<_>>());
+    for (port, addresses) in collector.by_port {
+        admitted.by_port.entry(port).or_default().extend(addresses);
+    }
     let policy = NetworkPolicy {
         metadata: ObjectMeta {
             name: Some(policy_name(&name)),
@@ -43,7 +58,7 @@ pub fn egress_policy(crew: &AgentCrew, endpoints: &[ResolvedEndpoint]) -> CrewEg
             ingress: None,
         }),
     };
-    CrewEgress { policy, refused: admitted.refused }
+    CrewEgress { policy, refused: admitted.refused, traces_refused: collector.refused }
 }
 
 #[cfg(test)]
@@ -81,7 +96,7 @@ mod tests {
         let crew = crew();
         let config = crew_config("growth-team", "tenant-acme", "acme", &crew.spec, &integrations()).unwrap();
         let objects = objects(&crew, &config, &BTreeMap::new(), "image", None);
-        let policy = egress_policy(&crew, &[]).policy;
+        let policy = egress_policy(&crew, &[], None).policy;
         assert_eq!(policy.metadata.name.as_deref(), Some("crew-growth-team-egress"));
         assert_eq!(policy.metadata.namespace.as_deref(), Some("tenant-acme"));
         assert_eq!(policy.metadata.labels, objects.deployment.metadata.labels);
@@ -109,7 +124,7 @@ mod tests {
             endpoint("Integration openrouter", &["104.18.3.115:443", "104.18.2.115:443", "[2606:4700::6812:273]:443"]),
             ResolvedEndpoint { name: "Integration wagtail".into(), sockets: cms_sockets },
         ];
-        let built = egress_policy(&crew(), &endpoints);
+        let built = egress_policy(&crew(), &endpoints, None);
         assert!(built.refused.is_empty());
         assert_eq!(
             rules(&built.policy),
@@ -127,7 +142,7 @@ mod tests {
             endpoint("Integration metadata", &["169.254.169.254:80"]),
             endpoint("Integration sneaky", &["10.20.0.5:8000", "[fe80::1]:8000"]),
         ];
-        let built = egress_policy(&crew(), &endpoints);
+        let built = egress_policy(&crew(), &endpoints, None);
         assert_eq!(rules(&built.policy), [(8000, vec!["10.20.0.5/32".to_string()])]);
         let refused: Vec<String> = built.refused.iter().map(|r| r.to_string()).collect();
         assert_eq!(
@@ -141,8 +156,50 @@ mod tests {
 
     #[test]
     fn the_same_answers_build_the_same_policy() {
-        let a = egress_policy(&crew(), &[endpoint("Integration x", &["10.0.0.2:80", "10.0.0.1:80"])]);
-        let b = egress_policy(&crew(), &[endpoint("Integration x", &["10.0.0.1:80", "10.0.0.2:80"])]);
+        let a = egress_policy(&crew(), &[endpoint("Integration x", &["10.0.0.2:80", "10.0.0.1:80"])], None);
+        let b = egress_policy(&crew(), &[endpoint("Integration x", &["10.0.0.1:80", "10.0.0.2:80"])], None);
         assert_eq!(a.policy, b.policy);
+    }
+
+    #[test]
+    fn the_trace_collector_is_allowed_exactly_when_configured() {
+        let integrations = [endpoint("Integration llm", &["10.20.0.5:8000"])];
+        let without = egress_policy(&crew(), &integrations, None);
+        assert_eq!(rules(&without.policy), [(8000, vec!["10.20.0.5/32".to_string()])]);
+        assert!(without.traces_refused.is_empty());
+
+        // Configured: one more rule, the collector's address on its port, and nothing else.
+        let collector = endpoint("the trace collector 10.96.7.8:4318", &["10.96.7.8:4318"]);
+        let with = egress_policy(&crew(), &integrations, Some(&collector));
+        assert_eq!(
+            rules(&with.policy),
+            [(4318, vec!["10.96.7.8/32".to_string()]), (8000, vec!["10.20.0.5/32".to_string()])]
+        );
+        assert!(with.refused.is_empty() && with.traces_refused.is_empty());
+        let mut only_integrations = with.policy.clone();
+        only_integrations.spec.as_mut().unwrap().egress.as_mut().unwrap().remove(0);
+        assert_eq!(only_integrations, without.policy, "the collector's rule is the only difference");
+
+        // On a port an Integration uses too, the collector's address joins that port's rule.
+        let shared = endpoint("the trace collector 10.20.0.9:8000", &["10.20.0.9:8000"]);
+        let built = egress_policy(&crew(), &integrations, Some(&shared));
+        assert_eq!(rules(&built.policy), [(8000, vec!["10.20.0.5/32".to_string(), "10.20.0.9/32".to_string()])]);
+    }
+
+    #[test]
+    fn a_refused_trace_collector_is_reported_apart_and_not_allowed() {
+        let integrations = [endpoint("Integration llm", &["10.20.0.5:8000"])];
+        let metadata = endpoint("the trace collector 169.254.169.254:4318", &["169.254.169.254:4318"]);
+        let built = egress_policy(&crew(), &integrations, Some(&metadata));
+        assert_eq!(rules(&built.policy), [(8000, vec!["10.20.0.5/32".to_string()])]);
+        assert_eq!(built.policy, egress_policy(&crew(), &integrations, None).policy);
+        assert!(built.refused.is_empty(), "the Integrations' endpoints are all allowed");
+        let refused: Vec<String> = built.traces_refused.iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            refused,
+            [
+                "the trace collector 169.254.169.254:4318 resolves to 169.254.169.254, which is link-local (instance metadata)"
+            ]
+        );
     }
 }
