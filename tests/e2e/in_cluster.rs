@@ -1,7 +1,8 @@
 //! The operator as the chart runs it: two replicas with leader election fail over within the
 //! Lease's duration without ever reconciling at the same time, `helm upgrade` with a changed
-//! value rolls the pods, `helm test` passes, and `helm uninstall` leaves Tenants and their data where their
-//! deletion policy says until the operator is back.
+//! value rolls the pods, `helm test` passes, and `helm uninstall` keeps the CRDs handed to the
+//! release and leaves Tenants and their data where their deletion policy says until the
+//! operator is back.
 
 mod support;
 
@@ -9,8 +10,9 @@ use bizosaas_crds::Tenant;
 use bizosaas_crds::common::is_ready;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Pod;
-use kube::Client;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use support::*;
@@ -177,8 +179,23 @@ async fn replicas_fail_over_upgrades_roll_and_uninstall_keeps_tenants() {
     assert!(out.status.success(), "helm test failed: {printed}");
     assert!(printed.contains("ready, metrics served") && printed.contains("Succeeded"), "{printed}");
 
-    // `helm uninstall`: the operator goes, the Tenant stays (with its finalizer) and so do its
-    // namespace and database, until an operator handles its deletion.
+    // The CRDs handed to the release as docs/installation.md says (the harness applied them
+    // with kubectl): the release then renders them, with the keep policy.
+    for crd in bizosaas_crds::generate::crds() {
+        let name = crd.metadata.name.unwrap();
+        let release = ["meta.helm.sh/release-name=bizosaas", "meta.helm.sh/release-namespace=bizosaas-system"];
+        kubectl_ok(&[&["annotate", "crd", name.as_str(), "--overwrite"][..], &release[..]].concat(), None);
+        kubectl_ok(&["label", "crd", &name, "--overwrite", "app.kubernetes.io/managed-by=Helm"], None);
+    }
+    InCluster::install(&["--set", "crds.enabled=true"]);
+    op.wait_ready().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let owned = crds.get("tenants.bizosaas.io").await.unwrap();
+    assert_eq!(owned.annotations().get("helm.sh/resource-policy").map(String::as_str), Some("keep"));
+    assert!(owned.labels().contains_key("helm.sh/chart"), "the release did not render the CRD");
+
+    // `helm uninstall`: the operator goes, the CRDs (kept) and the Tenant stay (with its
+    // finalizer) and so do its namespace and database, until an operator handles its deletion.
     let out = std::process::Command::new("bash")
         .arg(repo().join("tests/harness/operator.sh"))
         .arg("uninstall")
@@ -187,6 +204,10 @@ async fn replicas_fail_over_upgrades_roll_and_uninstall_keeps_tenants() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_for("the operator pods to go", TIMEOUT, || async { operator_pods(&client).await.is_empty().then_some(()) })
         .await;
+    for crd in bizosaas_crds::generate::crds() {
+        let name = crd.metadata.name.unwrap();
+        assert!(crds.get_opt(&name).await.unwrap().is_some(), "helm uninstall deleted {name}");
+    }
     let kept = tenants.get(TENANT).await.unwrap();
     assert!(kept.metadata.finalizers.unwrap_or_default().iter().any(|f| f.starts_with("bizosaas.io/")));
     assert!(kubectl(&["get", "namespace", "tenant-e2e-ha"], None).status.success());
