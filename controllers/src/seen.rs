@@ -40,7 +40,7 @@ impl Seen {
     }
 
     /// True when the child was last seen holding `desired` at `version`.
-    pub fn holds(&self, key: &ChildKey, version: &str, desired: u64) -> bool {
+    fn holds(&self, key: &ChildKey, version: &str, desired: u64) -> bool {
         let entries = self.entries.lock().expect("seen lock");
         entries.get(key).is_some_and(|(seen, digest)| seen == version && *digest == desired)
     }

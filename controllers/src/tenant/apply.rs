@@ -11,7 +11,6 @@ use crate::apply::{Applier, Known};
 use crate::conditions::Observed;
 use crate::context::Context;
 use crate::quantity;
-use crate::seen::{ChildKey, LiveVersions, desired_digest};
 use bizosaas_crds::{LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY, Tenant};
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -212,7 +211,7 @@ async fn apply_children(
     // Until the quota controller has recorded the quota, the API server refuses every counted
     // object (crews, workflows) with "status unknown for quota": not ready before that.
     let quota_written = written.first().copied().unwrap_or(false);
-    let quota = if enforced_quota(&quotas, &c.resource_quota, quota_written, t).await? {
+    let quota = if enforced_quota(&c.resource_quota, quota_written, t).await {
         Observed::ok(
             QUOTA_READY,
             "Enforced",
@@ -334,41 +333,19 @@ async fn granted(ns: &str, ctx: &Context) -> Result<(), Error> {
 const QUOTA_WAIT: Duration = Duration::from_secs(3);
 
 /// Whether the live quota is enforced; after a write, waits up to [`QUOTA_WAIT`] for it. The
-/// quota watch says when the quota has a new resourceVersion (the quota controller recording
-/// it), so the quota is read only then; and once it was seen enforced for the desired limits,
-/// it is not read again until the watch shows it changed.
-async fn enforced_quota(
-    quotas: &Api<ResourceQuota>,
-    desired: &ResourceQuota,
-    just_written: bool,
-    t: &TenantContext,
-) -> Result<bool, Error> {
-    let (namespace, name) = (desired.namespace(), desired.name_any());
-    let key = ChildKey { kind: "ResourceQuota/enforced".into(), namespace: namespace.clone(), name: name.clone() };
-    let limits = desired_digest(&serde_json::to_value(&desired.spec).unwrap_or_default());
-    let live_version = || t.children.live_version("ResourceQuota", namespace.as_deref(), &name);
+/// quota watch keeps the whole quota, status included, so this reads no quota from the API
+/// server: it looks at the watch's copy, and after a write polls that copy until the quota
+/// controller's status update arrives. Without a write, a quota not enforced yet is looked at
+/// again when its watch event reconciles the Tenant.
+async fn enforced_quota(desired: &ResourceQuota, just_written: bool, t: &TenantContext) -> bool {
+    let (namespace, name) = (desired.namespace().unwrap_or_default(), desired.name_any());
     let deadline = std::time::Instant::now() + QUOTA_WAIT;
-    let mut read_at: Option<String> = None;
     loop {
-        let live = live_version();
-        if let Some(version) = &live
-            && t.seen.holds(&key, version, limits)
-        {
-            return Ok(true);
-        }
-        // Read when the watch shows a version not read yet, or does not know the quota.
-        if live.is_none() || live != read_at {
-            t.scaffold.ctx.metrics.child_read(CONTROLLER, "ResourceQuota");
-            match quotas.get_opt(&name).await? {
-                Some(quota) if quota_enforced(&quota, desired) => {
-                    t.seen.record(key, quota.metadata.resource_version, limits);
-                    return Ok(true);
-                }
-                quota => read_at = quota.and_then(|q| q.metadata.resource_version),
-            }
+        if t.children.quota(&namespace, &name).is_some_and(|live| quota_enforced(&live, desired)) {
+            return true;
         }
         if !just_written || std::time::Instant::now() > deadline {
-            return Ok(false);
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }

@@ -1,7 +1,8 @@
 //! The metadata of every Tenant child the operator may watch cluster-wide, from the same
 //! watches that trigger reconciles: which resourceVersion of each child is live (so that a
 //! converged reconcile reads none of them) and which namespaces exist with which labels.
-//! Managed fields and annotations are dropped before they are stored.
+//! Managed fields and annotations are dropped before they are stored. ResourceQuotas are kept
+//! whole (they are small): whether the quota controller has recorded a quota is in its status.
 
 use crate::seen::LiveVersions;
 use futures::Stream;
@@ -20,7 +21,7 @@ use std::fmt::Debug;
 #[derive(Clone)]
 pub struct ChildStores {
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
-    pub quotas: Store<PartialObjectMeta<ResourceQuota>>,
+    pub quotas: Store<ResourceQuota>,
     pub limits: Store<PartialObjectMeta<LimitRange>>,
     pub policies: Store<PartialObjectMeta<NetworkPolicy>>,
     pub accounts: Store<PartialObjectMeta<ServiceAccount>>,
@@ -33,6 +34,11 @@ impl ChildStores {
     /// The metadata of namespace `name` as the watch last saw it.
     pub fn namespace(&self, name: &str) -> Option<ObjectMeta> {
         self.namespaces.get(&ObjectRef::new(name)).map(|ns| ns.metadata.clone())
+    }
+
+    /// ResourceQuota `name` in `namespace`, spec and status, as the watch last saw it.
+    pub fn quota(&self, namespace: &str, name: &str) -> Option<std::sync::Arc<ResourceQuota>> {
+        self.quotas.get(&ObjectRef::new(name).within(namespace))
     }
 }
 
@@ -65,7 +71,9 @@ impl LiveVersions for ChildStores {
         }
         match kind {
             "Namespace" => version(&self.namespaces, None, name),
-            "ResourceQuota" => version(&self.quotas, namespace, name),
+            "ResourceQuota" => {
+                namespace.and_then(|ns| self.quota(ns, name)).and_then(|q| q.metadata.resource_version.clone())
+            }
             "LimitRange" => version(&self.limits, namespace, name),
             "NetworkPolicy" => version(&self.policies, namespace, name),
             "ServiceAccount" => version(&self.accounts, namespace, name),
@@ -75,6 +83,23 @@ impl LiveVersions for ChildStores {
             _ => None,
         }
     }
+}
+
+/// A watch of whole objects of kind `K` matching `config`, without their managed fields and
+/// annotations, feeding `writer` before it yields each changed object.
+pub fn reflect_whole<K>(
+    client: &Client,
+    config: &watcher::Config,
+    writer: reflector::store::Writer<K>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let changes = watcher(Api::<K>::all(client.clone()), config.clone()).default_backoff().modify(|object| {
+        object.meta_mut().managed_fields = None;
+        object.meta_mut().annotations = None;
+    });
+    reflector::reflector(writer, changes).touched_objects()
 }
 
 /// A metadata watch of kind `K` matching `config`, feeding `writer` before it yields each

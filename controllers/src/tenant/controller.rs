@@ -2,7 +2,7 @@
 //! finalizer dispatch into `apply` or `finalize`.
 
 use super::build::BuildError;
-use super::child_stores::{ChildStores, reflect};
+use super::child_stores::{ChildStores, reflect, reflect_whole};
 use super::finalize::{self, FINALIZER};
 use super::{CONTROLLER, apply, claims, database_egress};
 use crate::census;
@@ -107,7 +107,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let children = ChildStores { namespaces, quotas, limits, policies, accounts, bindings, services, ingresses };
     let mut controller = Controller::for_stream(tenants, reader)
         .watches_stream(reflect::<Namespace>(&client, &ours, namespaces_writer), tenant_of)
-        .watches_stream(reflect::<ResourceQuota>(&client, &ours, quotas_writer), tenant_of)
+        .watches_stream(reflect_whole::<ResourceQuota>(&client, &ours, quotas_writer), tenant_of)
         .watches_stream(reflect::<LimitRange>(&client, &ours, limits_writer), tenant_of)
         .watches_stream(reflect::<NetworkPolicy>(&client, &ours, policies_writer), tenant_of)
         .watches_stream(reflect::<ServiceAccount>(&client, &ours, accounts_writer), tenant_of)
