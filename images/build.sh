@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the OCI images of bizosaas-operator and bizosaas-agent without a container
+# Builds the OCI images of bizosaas-operator, bizosaas-agent and bizosaas-gateway without a container
 # daemon or a registry: the Rust binaries, the shared libraries they link (glibc,
 # libgcc) and the CA bundle, in one layer, run as uid 65532. The same commit, toolchain
 # and profile give the same bytes (sorted entries, root-owned, stamped with the commit
@@ -27,7 +27,7 @@ while (($#)); do
     *) echo "usage: $0 [--profile release|dev] [--import]" >&2; exit 2 ;;
   esac
 done
-BINARIES=(bizosaas-operator bizosaas-agent)
+BINARIES=(bizosaas-operator bizosaas-agent bizosaas-gateway)
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE_DIR/target}"
 "$HARNESS_DIR/build.sh" node   # the image writer
@@ -79,6 +79,6 @@ mv -f "$env_file" "$images/images.env"
 if $import; then
   # shellcheck disable=SC1091
   source "$images/images.env"
-  bash "$HARNESS_DIR/node.sh" import "$OPERATOR_ARCHIVE" "$AGENT_ARCHIVE"
+  bash "$HARNESS_DIR/node.sh" import "$OPERATOR_ARCHIVE" "$AGENT_ARCHIVE" "$GATEWAY_ARCHIVE"
   log "imported into the node's containerd"
 fi

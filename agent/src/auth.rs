@@ -5,8 +5,9 @@
 //! token or one from the TokenRequest API. The runtime asks the API server with a TokenReview
 //! whether the token is valid for that audience, and then admits exactly:
 //!
-//! - the operator's ServiceAccount (`BIZOSAAS_API_OPERATOR`, `namespace/name`), which runs the
-//!   tenant's workflow steps on this crew;
+//! - the platform's ServiceAccounts (`BIZOSAAS_API_PLATFORM`, `namespace/name`, comma-separated):
+//!   the operator's, which runs the tenant's workflow steps on this crew, and the gateway's,
+//!   which has asked RBAC about its own caller before it calls;
 //! - any ServiceAccount of the crew's own namespace: the tenant's own workloads. Tenant owners
 //!   cannot create ServiceAccounts or tokens there; the ones that exist are the operator's.
 //!
@@ -68,8 +69,8 @@ impl std::fmt::Display for ServiceAccountRef {
 pub struct Policy {
     /// The crew's namespace: its ServiceAccounts are admitted.
     pub namespace: String,
-    /// The operator's ServiceAccount.
-    pub operator: Option<ServiceAccountRef>,
+    /// The platform's ServiceAccounts: the operator's, and the gateway's when there is one.
+    pub platform: Vec<ServiceAccountRef>,
 }
 
 /// Why a request was refused.
@@ -82,7 +83,7 @@ pub enum AuthError {
     #[error("the token is not valid for audience {audience:?}")]
     Invalid { audience: String },
     #[error(
-        "{user} may not use this crew's runtime: only ServiceAccounts of namespace {namespace} and the operator may"
+        "{user} may not use this crew's runtime: only ServiceAccounts of namespace {namespace} and the platform's may"
     )]
     Forbidden { user: String, namespace: String },
     #[error("the token could not be reviewed: {0}")]
@@ -134,8 +135,8 @@ pub fn decide(policy: &Policy, user: &str) -> Result<(), AuthError> {
     let Some((namespace, name)) = user.strip_prefix(SERVICE_ACCOUNT_PREFIX).and_then(|r| r.split_once(':')) else {
         return forbidden();
     };
-    let operator = policy.operator.as_ref().is_some_and(|o| o.namespace == namespace && o.name == name);
-    if operator || (namespace == policy.namespace && !name.is_empty()) { Ok(()) } else { forbidden() }
+    let platform = policy.platform.iter().any(|o| o.namespace == namespace && o.name == name);
+    if platform || (namespace == policy.namespace && !name.is_empty()) { Ok(()) } else { forbidden() }
 }
 
 /// Usernames of recently reviewed tokens, by the tokens' SHA-256.
@@ -272,15 +273,19 @@ mod tests {
     fn policy() -> Policy {
         Policy {
             namespace: "tenant-acme".into(),
-            operator: Some(ServiceAccountRef { namespace: "bizosaas-system".into(), name: "bizosaas-operator".into() }),
+            platform: vec![
+                ServiceAccountRef { namespace: "bizosaas-system".into(), name: "bizosaas-operator".into() },
+                ServiceAccountRef { namespace: "bizosaas-system".into(), name: "bizosaas-gateway".into() },
+            ],
         }
     }
 
     #[test]
-    fn the_operator_and_the_crews_namespace_are_admitted_nobody_else() {
+    fn the_platform_and_the_crews_namespace_are_admitted_nobody_else() {
         let p = policy();
         for ok in [
             "system:serviceaccount:bizosaas-system:bizosaas-operator",
+            "system:serviceaccount:bizosaas-system:bizosaas-gateway",
             "system:serviceaccount:tenant-acme:tenant-workload",
             "system:serviceaccount:tenant-acme:default",
         ] {
@@ -299,7 +304,7 @@ mod tests {
             let err = decide(&p, refused).unwrap_err();
             assert_eq!((err.category(), err.status()), ("forbidden", StatusCode::FORBIDDEN), "{refused}");
         }
-        let without_operator = Policy { operator: None, ..policy() };
+        let without_operator = Policy { platform: Vec::new(), ..policy() };
         assert!(decide(&without_operator, "system:serviceaccount:bizosaas-system:bizosaas-operator").is_err());
     }
 

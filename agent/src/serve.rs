@@ -81,10 +81,10 @@ pub struct ServeArgs {
     /// Audience the callers' ServiceAccount tokens must be issued for.
     #[arg(long, env = "BIZOSAAS_API_AUDIENCE", default_value = crate::auth::DEFAULT_AUDIENCE)]
     pub api_audience: String,
-    /// The operator's ServiceAccount (`namespace/name`), admitted besides the ServiceAccounts
-    /// of the crew's namespace.
-    #[arg(long, env = "BIZOSAAS_API_OPERATOR")]
-    pub api_operator: Option<crate::auth::ServiceAccountRef>,
+    /// The platform's ServiceAccounts (`namespace/name`, comma-separated: the operator's, the
+    /// gateway's), admitted besides the ServiceAccounts of the crew's namespace.
+    #[arg(long, env = "BIZOSAAS_API_PLATFORM", value_delimiter = ',')]
+    pub api_platform: Vec<crate::auth::ServiceAccountRef>,
 }
 
 /// Settings of a runtime, independent of the command line.
@@ -288,9 +288,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await.map_err(|e| {
         anyhow::anyhow!("the run API reviews its callers' tokens with the API server, which is not configured: {e}")
     })?;
-    let policy = Policy { namespace: namespace.clone(), operator: args.api_operator.clone() };
-    if policy.operator.is_none() {
-        tracing::warn!("no BIZOSAAS_API_OPERATOR: only ServiceAccounts of the crew's namespace may start runs");
+    let policy = Policy { namespace: namespace.clone(), platform: args.api_platform.clone() };
+    if policy.platform.is_empty() {
+        tracing::warn!("no BIZOSAAS_API_PLATFORM: only ServiceAccounts of the crew's namespace may start runs");
     }
     options.auth = Some(Arc::new(Authenticator::new(client, args.api_audience.clone(), policy)));
     let Runtime { state, usage_writer, run_watch, .. } = build(crew, &|k| std::env::var(k).ok(), options)?;

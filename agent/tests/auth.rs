@@ -35,7 +35,7 @@ async fn only_the_crews_namespace_and_the_operator_may_use_the_run_api() {
     let mut options = support::options();
     let policy = Policy {
         namespace: CREW_NS.into(),
-        operator: Some(ServiceAccountRef { namespace: PLATFORM_NS.into(), name: "operator".into() }),
+        platform: vec![ServiceAccountRef { namespace: PLATFORM_NS.into(), name: "operator".into() }],
     };
     options.auth = Some(Arc::new(Authenticator::new(client.clone(), DEFAULT_AUDIENCE.into(), policy)));
     let crew = support::crew(&stub.base_url(), json!({"namespace": CREW_NS}));

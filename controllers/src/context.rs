@@ -42,6 +42,8 @@ pub struct Config {
     pub agent_image: String,
     /// The operator's ServiceAccount (`namespace/name`): the crews' runtimes admit it.
     pub operator_service_account: Option<String>,
+    /// The gateway's ServiceAccount (`namespace/name`): the crews' runtimes admit it too.
+    pub gateway_service_account: Option<String>,
     /// Projected token file with the runtime audience; without it the operator asks the
     /// TokenRequest API for a token of `operator_service_account`.
     pub runtime_token_file: Option<std::path::PathBuf>,
@@ -50,6 +52,12 @@ pub struct Config {
 }
 
 impl Config {
+    /// The ServiceAccounts a crew's runtime admits besides its own namespace's: the operator's
+    /// and the gateway's, where configured.
+    pub fn platform_callers(&self) -> Vec<String> {
+        self.operator_service_account.iter().chain(&self.gateway_service_account).cloned().collect()
+    }
+
     /// The operator's ServiceAccount as (namespace, name): `operator_service_account`, or
     /// `bizosaas-operator` in the platform namespace. Each tenant namespace binds it.
     pub fn operator_account(&self) -> (String, String) {
@@ -75,6 +83,7 @@ impl Default for Config {
             vault_kv_mount: "secret".into(),
             agent_image: concat!("bizosaas/bizosaas-agent:", env!("CARGO_PKG_VERSION")).into(),
             operator_service_account: None,
+            gateway_service_account: None,
             runtime_token_file: None,
             crew_otlp_endpoint: None,
         }

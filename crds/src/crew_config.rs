@@ -10,9 +10,10 @@ pub const CREW_FILE: &str = "crew.json";
 
 /// Audience of the ServiceAccount tokens that callers of a crew's run API present.
 pub const RUNTIME_AUDIENCE: &str = "bizosaas-agent";
-/// Environment variable naming the operator's ServiceAccount (`namespace/name`) to a runtime,
-/// which admits it besides the ServiceAccounts of the crew's namespace.
-pub const API_OPERATOR_ENV: &str = "BIZOSAAS_API_OPERATOR";
+/// Environment variable naming the platform's ServiceAccounts (`namespace/name`,
+/// comma-separated: the operator's, the gateway's) to a runtime, which admits them besides the
+/// ServiceAccounts of the crew's namespace.
+pub const API_PLATFORM_ENV: &str = "BIZOSAAS_API_PLATFORM";
 
 /// A crew ready to run.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

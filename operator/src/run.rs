@@ -87,6 +87,10 @@ pub struct RunArgs {
     /// file the operator asks the TokenRequest API for its tokens.
     #[arg(long, env = "BIZOSAAS_OPERATOR_SERVICE_ACCOUNT")]
     operator_service_account: Option<String>,
+    /// The gateway's ServiceAccount (`namespace/name`), which crews' runtimes admit on their
+    /// run API besides the operator's.
+    #[arg(long, env = "BIZOSAAS_GATEWAY_SERVICE_ACCOUNT")]
+    gateway_service_account: Option<String>,
     /// Projected ServiceAccount token with the runtime audience (`bizosaas-agent`), sent to
     /// crews' run API; the kubelet rotates it.
     #[arg(long, env = "BIZOSAAS_RUNTIME_TOKEN_FILE")]
@@ -267,6 +271,12 @@ fn config(args: &RunArgs) -> anyhow::Result<Config> {
         ),
         None => warn!("no BIZOSAAS_OPERATOR_SERVICE_ACCOUNT: crews refuse the operator, so agentTask steps fail"),
     }
+    if let Some(account) = &args.gateway_service_account {
+        anyhow::ensure!(
+            bizosaas_controllers::runtime_auth::service_account(account).is_some(),
+            "BIZOSAAS_GATEWAY_SERVICE_ACCOUNT must be namespace/name, not {account:?}"
+        );
+    }
     let missing = services.missing();
     if !missing.is_empty() {
         let names: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
@@ -285,6 +295,7 @@ fn config(args: &RunArgs) -> anyhow::Result<Config> {
         vault_kv_mount: args.vault_kv_mount.clone(),
         agent_image: args.agent_image.clone(),
         operator_service_account: args.operator_service_account.clone(),
+        gateway_service_account: args.gateway_service_account.clone().filter(|a| !a.is_empty()),
         runtime_token_file: args.runtime_token_file.clone(),
         crew_otlp_endpoint: args.crew_otlp_endpoint.clone().filter(|e| !e.trim().is_empty()),
     })

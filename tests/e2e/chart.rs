@@ -115,6 +115,13 @@ fn of_kind<'a>(objects: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_js
     objects.iter().filter(|o| o["kind"] == kind).collect()
 }
 
+/// The one object of `kind` named `name`.
+fn named<'a>(objects: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
+    let found: Vec<_> = of_kind(objects, kind).into_iter().filter(|o| o["metadata"]["name"] == name).collect();
+    let [object] = found[..] else { panic!("{} {kind} named {name}", found.len()) };
+    object
+}
+
 /// `value` with every number as a float, so that `1` and `1.0` compare equal.
 fn numbers_as_floats(value: serde_json::Value) -> serde_json::Value {
     use serde_json::Value;
@@ -164,7 +171,7 @@ fn operator_env_names() -> std::collections::BTreeSet<String> {
 
 /// The env names the operator container gets in a rendering.
 fn deployment_env(objects: &[serde_json::Value]) -> std::collections::BTreeSet<String> {
-    let [deployment] = of_kind(objects, "Deployment")[..] else { panic!("one Deployment") };
+    let deployment = named(objects, "Deployment", "bizosaas-operator");
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     container["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_string()).collect()
 }
@@ -213,7 +220,7 @@ fn extra_args_volumes_and_mounts_reach_the_operator() {
         "--set",
         "extraVolumeMounts[0].mountPath=/spool",
     ]);
-    let [deployment] = of_kind(&rendered, "Deployment")[..] else { panic!("one Deployment") };
+    let deployment = named(&rendered, "Deployment", "bizosaas-operator");
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(pod["containers"][0]["args"], serde_json::json!(["run", "--lease-duration=30"]));
     assert!(
@@ -259,4 +266,78 @@ fn the_chart_metadata_is_complete() {
     assert!(chart["annotations"]["artifacthub.io/license"].is_string(), "Chart.yaml names no license");
     let version = env!("CARGO_PKG_VERSION");
     assert_eq!(chart["appVersion"], version, "appVersion follows the workspace version");
+}
+
+#[test]
+fn the_gateway_runs_restricted_replicated_and_reviews_its_callers() {
+    let rendered = objects(&[
+        "--set",
+        "gateway.oidc.issuer=https://sso.example.com/realms/bizosaas",
+        "--set",
+        "gateway.oidc.caPEM=-----BEGIN CERTIFICATE-----",
+    ]);
+    let deployment = named(&rendered, "Deployment", "bizosaas-gateway");
+    assert_eq!(deployment["spec"]["replicas"], 2, "stateless, and more than one");
+    let pod = &deployment["spec"]["template"];
+    assert_eq!(pod["metadata"]["labels"]["bizosaas.io/tenant-facing"], "true", "tenant workloads may call it");
+    assert_eq!(pod["metadata"]["labels"]["app.kubernetes.io/component"], "gateway");
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(container["securityContext"]["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    let env: std::collections::BTreeMap<String, String> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_string(), e["value"].as_str().unwrap_or_default().to_string()))
+        .collect();
+    assert_eq!(env["BIZOSAAS_OIDC_ISSUER"], "https://sso.example.com/realms/bizosaas");
+    assert_eq!(env["BIZOSAAS_OIDC_CA_FILE"], "/etc/bizosaas/oidc-ca/ca.crt");
+    let pdb = named(&rendered, "PodDisruptionBudget", "bizosaas-gateway");
+    assert_eq!(pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"], "gateway");
+    // The operator's own Service and PDB do not select the gateway's pods.
+    let operator = named(&rendered, "Deployment", "bizosaas-operator");
+    assert_eq!(operator["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"], "operator");
+    let operator_env = deployment_env(&rendered);
+    assert!(
+        operator_env.contains("BIZOSAAS_GATEWAY_SERVICE_ACCOUNT"),
+        "crews must admit the gateway: {operator_env:?}"
+    );
+
+    // What it may do: review tokens and access, and impersonate; no Secret, no workload.
+    let role = named(&rendered, "ClusterRole", "bizosaas-gateway");
+    let mut granted: Vec<String> = Vec::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for group in rule["apiGroups"].as_array().unwrap() {
+            for resource in rule["resources"].as_array().unwrap() {
+                for verb in rule["verbs"].as_array().unwrap() {
+                    granted.push(format!(
+                        "{}/{} {}",
+                        group.as_str().unwrap(),
+                        resource.as_str().unwrap(),
+                        verb.as_str().unwrap()
+                    ));
+                }
+            }
+        }
+    }
+    granted.sort();
+    assert_eq!(
+        granted,
+        [
+            "/groups impersonate",
+            "/serviceaccounts impersonate",
+            "/users impersonate",
+            "authentication.k8s.io/tokenreviews create",
+            "authentication.k8s.io/uids impersonate",
+            "authorization.k8s.io/subjectaccessreviews create",
+        ]
+    );
+
+    // Keys are fetched from the issuer: plain http is refused before anything is installed.
+    let error = template(&["--set", "gateway.oidc.issuer=http://sso.example.com"]).expect_err("an http issuer");
+    assert!(error.contains("issuer"), "{error}");
+    let off = objects(&["--set", "gateway.enabled=false"]);
+    assert!(of_kind(&off, "Deployment").len() == 1, "gateway.enabled=false renders no gateway");
+    assert!(!deployment_env(&off).contains("BIZOSAAS_GATEWAY_SERVICE_ACCOUNT"));
 }

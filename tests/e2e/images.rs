@@ -33,7 +33,7 @@ fn blob(archive: &Path, digest: &str) -> Vec<u8> {
 #[test]
 fn images_are_minimal_non_root_annotated_and_reproducible() {
     let env = built();
-    for key in ["OPERATOR", "AGENT"] {
+    for key in ["OPERATOR", "AGENT", "GATEWAY"] {
         let archive = PathBuf::from(&env[&format!("{key}_ARCHIVE")]);
         let digest = &env[&format!("{key}_DIGEST")];
         let binary = format!("bizosaas-{}", key.to_lowercase());
@@ -78,7 +78,7 @@ fn images_are_minimal_non_root_annotated_and_reproducible() {
     let out = Command::new("bash").arg(repo().join("images/build.sh")).args(["--profile", "dev"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let again = built();
-    for key in ["OPERATOR_DIGEST", "AGENT_DIGEST"] {
+    for key in ["OPERATOR_DIGEST", "AGENT_DIGEST", "GATEWAY_DIGEST"] {
         assert_eq!(again[key], env[key], "{key} changed on a rebuild of the same commit");
     }
 }

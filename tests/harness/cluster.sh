@@ -270,9 +270,13 @@ start_etcd() {
 }
 
 start_apiserver() {
+  # Users of the harness's OIDC provider (sso.sh) authenticate with its tokens too: the
+  # structured authentication configuration names the issuer, its CA and claim mappings.
+  bash "$HARNESS_DIR/sso.sh" prepare
   # The `kubernetes` Service's endpoint is the node's bridge address, where pods
   # (the operator, CoreDNS) reach the API server.
   start kube-apiserver \
+    --authentication-config="$(bash "$HARNESS_DIR/sso.sh" auth-config)" \
     --bind-address="$NODE_IP" \
     --advertise-address="$NODE_IP" \
     --secure-port="$APISERVER_PORT" \

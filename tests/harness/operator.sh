@@ -39,7 +39,7 @@ cmd_install() {
   # shellcheck disable=SC1090
   source "$IMAGES_ENV"
   # The images of the last build, whatever the node held before.
-  bash "$HARNESS_DIR/node.sh" import "$OPERATOR_ARCHIVE" "$AGENT_ARCHIVE"
+  bash "$HARNESS_DIR/node.sh" import "$OPERATOR_ARCHIVE" "$AGENT_ARCHIVE" "$GATEWAY_ARCHIVE"
   local db_url db_ca vault_addr vault_token
   # verify-full against the harness's CA: the operator's TLS path is exercised by every test.
   db_url=$(bash "$HARNESS_DIR/postgres.sh" tls-url) || die "PostgreSQL is not up (tests/harness/postgres.sh up)"
@@ -67,6 +67,12 @@ cmd_install() {
     fi
   done
 
+  # The gateway trusts the harness's OIDC provider (sso.sh) when it has been prepared.
+  local sso_args=()
+  if [[ -s $(bash "$HARNESS_DIR/sso.sh" ca) ]]; then
+    sso_args=(--set gateway.oidc.issuer="$(bash "$HARNESS_DIR/sso.sh" issuer)"
+      --set-file gateway.oidc.caPEM="$(bash "$HARNESS_DIR/sso.sh" ca)")
+  fi
   local t0=$EPOCHREALTIME
   "$HELM" upgrade --install "$RELEASE" "$ROOT/charts/bizosaas" -n "$NAMESPACE" \
     -f "$HARNESS_DIR/chart-values.yaml" \
@@ -75,6 +81,9 @@ cmd_install() {
     --set image.digest="$OPERATOR_DIGEST" --set image.pullPolicy=IfNotPresent \
     --set agent.image.repository="${AGENT_IMAGE%:*}" --set agent.image.tag="${AGENT_IMAGE##*:}" \
     --set agent.image.digest="$AGENT_DIGEST" \
+    --set gateway.image.repository="${GATEWAY_IMAGE%:*}" --set gateway.image.tag="${GATEWAY_IMAGE##*:}" \
+    --set gateway.image.digest="$GATEWAY_DIGEST" \
+    "${sso_args[@]}" \
     --set database.existingSecret=bizosaas-database --set database.caConfigMap=bizosaas-database-ca \
     --set vault.enabled=true --set vault.address="$vault_addr" --set vault.auth=token \
     --set vault.tokenSecret.name=bizosaas-vault-token \

@@ -140,3 +140,31 @@ Validate values that the templates cannot express with `required` alone. Renders
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+Name of the gateway's objects (Deployment, Service, ServiceAccount, ClusterRole, ...).
+*/}}
+{{- define "bizosaas.gatewayName" -}}
+{{- printf "%s-gateway" (include "bizosaas.fullname" .) }}
+{{- end }}
+
+{{- define "bizosaas.gatewayImage" -}}
+{{- include "bizosaas.imageRef" (list .Values.gateway.image .Chart.AppVersion) }}
+{{- end }}
+
+{{/*
+Selector labels of the gateway pods.
+*/}}
+{{- define "bizosaas.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: {{ include "bizosaas.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{- define "bizosaas.gatewayLabels" -}}
+helm.sh/chart: {{ include "bizosaas.chart" . }}
+{{ include "bizosaas.gatewaySelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: bizosaas
+{{- end }}

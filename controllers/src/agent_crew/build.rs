@@ -7,7 +7,7 @@ use crate::tenant::build::{
     DATABASE_SECRET, LABEL_COMPONENT, LABEL_DATABASE_CLIENT, WORKLOAD_SERVICE_ACCOUNT, http_service,
     restricted_container, restricted_pod, tmp_mount, tmp_volume,
 };
-use bizosaas_crds::crew_config::{API_OPERATOR_ENV, CREW_FILE, CrewConfig, credential_env};
+use bizosaas_crds::crew_config::{API_PLATFORM_ENV, CREW_FILE, CrewConfig, credential_env};
 use bizosaas_crds::{AgentCrew, LABEL_MANAGED_BY, MANAGED_BY};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::Namespace;
@@ -141,13 +141,14 @@ pub fn token_review_binding(namespace: &Namespace) -> ClusterRoleBinding {
 }
 
 /// Builds the objects. `credential_hashes` are the content hashes of the Integrations used;
-/// `operator` is the operator's ServiceAccount (`namespace/name`), which the runtime admits.
+/// `platform` are the platform's ServiceAccounts (`namespace/name`: the operator's, the
+/// gateway's), which the runtime admits on its run API.
 pub fn objects(
     crew: &AgentCrew,
     config: &CrewConfig,
     credential_hashes: &BTreeMap<String, String>,
     image: &str,
-    operator: Option<&str>,
+    platform: &[String],
 ) -> CrewObjects {
     let name = crew.name_any();
     let object = object_name(&name);
@@ -198,8 +199,8 @@ pub fn objects(
     // with memory on, its memories. Optional: a Vault-backed tenant has no such Secret.
     env.push(secret_env("DATABASE_URL".into(), DATABASE_SECRET.into(), "url", true));
     env.push(EnvVar { name: "RUST_LOG".into(), value: Some("info".into()), value_from: None });
-    if let Some(operator) = operator {
-        env.push(EnvVar { name: API_OPERATOR_ENV.into(), value: Some(operator.into()), value_from: None });
+    if !platform.is_empty() {
+        env.push(EnvVar { name: API_PLATFORM_ENV.into(), value: Some(platform.join(",")), value_from: None });
     }
 
     let probe = |path: &str| Probe {
@@ -333,7 +334,13 @@ mod tests {
         let config = crew_config("growth-team", "tenant-acme", "acme", &crew.spec, &integrations()).unwrap();
         let hashes =
             BTreeMap::from([("openrouter".to_string(), hash.to_string()), ("wagtail".to_string(), "w1".to_string())]);
-        objects(&crew, &config, &hashes, "bizosaas/bizosaas-agent:0.1.0", Some("bizosaas-system/bizosaas-operator"))
+        objects(
+            &crew,
+            &config,
+            &hashes,
+            "bizosaas/bizosaas-agent:0.1.0",
+            &["bizosaas-system/bizosaas-operator".into(), "bizosaas-system/bizosaas-gateway".into()],
+        )
     }
 
     #[test]
@@ -382,7 +389,10 @@ mod tests {
         assert!(o.config_map.data.as_ref().unwrap()[CREW_FILE].contains("Senior SEO strategist"));
         assert_eq!(pod.service_account_name.as_deref(), Some("tenant-workload"));
         assert_eq!(pod.automount_service_account_token, Some(true), "the runtime reviews tokens");
-        assert_eq!(env[API_OPERATOR_ENV].value.as_deref(), Some("bizosaas-system/bizosaas-operator"));
+        assert_eq!(
+            env[API_PLATFORM_ENV].value.as_deref(),
+            Some("bizosaas-system/bizosaas-operator,bizosaas-system/bizosaas-gateway")
+        );
         let labels = o.deployment.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
         assert_eq!(labels[LABEL_COMPONENT], "agent", "the agent egress NetworkPolicy selects this label");
         assert_eq!(labels[LABEL_DATABASE_CLIENT], "true", "the database egress policy selects the runtime");
@@ -394,7 +404,7 @@ mod tests {
         crew.spec.memory = None;
         let config = crew_config("growth-team", "tenant-acme", "acme", &crew.spec, &integrations()).unwrap();
         assert!(!config.memory);
-        let o = objects(&crew, &config, &BTreeMap::new(), "ghcr.io/bizosaas/bizosaas-agent:0.1.0", None);
+        let o = objects(&crew, &config, &BTreeMap::new(), "ghcr.io/bizosaas/bizosaas-agent:0.1.0", &[]);
         let template = &o.deployment.spec.as_ref().unwrap().template;
         assert_eq!(template.metadata.as_ref().unwrap().labels.as_ref().unwrap()[LABEL_DATABASE_CLIENT], "true");
         let env = template.spec.as_ref().unwrap().containers[0].env.as_ref().unwrap();

@@ -210,8 +210,8 @@ async fn apply(crew: &AgentCrew, cctx: &CrewContext) -> Result<Action, Error> {
         let bindings = Api::<ClusterRoleBinding>::all(client.clone());
         a.ensure(&bindings, &build::token_review_binding(ns)).await?;
     }
-    let operator = ctx.config.operator_service_account.as_deref();
-    let mut objects = build::objects(crew, &config, &hashes, &ctx.config.agent_image, operator);
+    let platform = ctx.config.platform_callers();
+    let mut objects = build::objects(crew, &config, &hashes, &ctx.config.agent_image, &platform);
     build::with_traces(&mut objects, crew, ctx.config.crew_otlp_endpoint.as_deref());
     if suspended {
         build::scale_to_zero(&mut objects);

@@ -95,7 +95,7 @@ mod tests {
     fn the_policy_selects_exactly_the_crews_pods_and_is_owned_like_its_other_children() {
         let crew = crew();
         let config = crew_config("growth-team", "tenant-acme", "acme", &crew.spec, &integrations()).unwrap();
-        let objects = objects(&crew, &config, &BTreeMap::new(), "image", None);
+        let objects = objects(&crew, &config, &BTreeMap::new(), "image", &[]);
         let policy = egress_policy(&crew, &[], None).policy;
         assert_eq!(policy.metadata.name.as_deref(), Some("crew-growth-team-egress"));
         assert_eq!(policy.metadata.namespace.as_deref(), Some("tenant-acme"));

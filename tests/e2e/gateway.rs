@@ -1,0 +1,398 @@
+//! The gateway as tenants use it, against the real parts: the chart's gateway pods on the
+//! node, the harness's OIDC provider (Keycloak, `tests/harness/sso.sh`) whose tokens the API
+//! server also trusts, a crew running against the llama.cpp server, and WorkflowRuns created
+//! through impersonation.
+//!
+//! Real users log in with the password grant: alice (group `acme-admins`, a Group owner of the
+//! acme tenant), bob (`globex-admins`, owner of globex) and carol (no group). alice starts and
+//! reads acme's crew runs through the gateway and lists acme's AgentCrews with kubectl with the
+//! same token; she is refused at both for globex. The front door is attacked as a tenant owner
+//! or an outsider would: no token, a made-up one, a token of the same issuer for another
+//! client, a token whose claims were edited, a ServiceAccount token for the crews' audience,
+//! a caller without rights, an oversized body, a flood of requests. No token appears in the
+//! gateway's logs.
+
+mod support;
+
+use bizosaas_crds::common::is_ready;
+use bizosaas_crds::{AgentCrew, Integration, Workflow, WorkflowRun};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::Api;
+use serde_json::{Value, json};
+use std::time::Duration;
+use support::*;
+
+#[path = "../common/token_request.rs"]
+mod token_request;
+use token_request::token;
+
+const ACME: &str = "e2e-gw-acme";
+const ACME_NS: &str = "tenant-e2e-gw-acme";
+const GLOBEX: &str = "e2e-gw-globex";
+const TIMEOUT: Duration = Duration::from_secs(180);
+
+fn sso_issuer() -> String {
+    std::env::var("BIZOSAAS_TEST_SSO_ISSUER")
+        .expect("no OIDC provider: start it with `tests/harness/sso.sh up` (or run `./dev test`)")
+}
+
+fn sso_http() -> reqwest::Client {
+    let ca = std::env::var("BIZOSAAS_TEST_SSO_CA")
+        .expect("BIZOSAAS_TEST_SSO_CA names the OIDC provider's CA (tests/harness/sso.sh ca)");
+    let pem = std::fs::read(&ca).unwrap_or_else(|e| panic!("reading {ca}: {e}"));
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// An access token of `user` for `client_id`, by logging in with the user's password.
+async fn login(user: &str, client_id: &str) -> String {
+    let response = sso_http()
+        .post(format!("{}/protocol/openid-connect/token", sso_issuer()))
+        .form(&[
+            ("grant_type", "password"),
+            ("client_id", client_id),
+            ("username", user),
+            ("password", &format!("{user}-password")),
+            ("scope", "openid"),
+        ])
+        .send()
+        .await
+        .expect("the OIDC provider answers");
+    assert!(response.status().is_success(), "logging in as {user} failed: {}", response.status());
+    let body: Value = response.json().await.unwrap();
+    body["access_token"].as_str().expect("an access token").to_string()
+}
+
+/// The gateway's Service address, as the host reaches ClusterIPs.
+async fn gateway_url(client: &kube::Client) -> String {
+    let service = Api::<Service>::namespaced(client.clone(), OPERATOR_NAMESPACE)
+        .get("bizosaas-gateway")
+        .await
+        .expect("the chart installs the gateway Service bizosaas-gateway");
+    let spec = service.spec.unwrap();
+    format!("http://{}:{}", spec.cluster_ip.unwrap(), spec.ports.unwrap()[0].port)
+}
+
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+impl Answer {
+    fn category(&self) -> &str {
+        self.body["error"]["category"].as_str().unwrap_or_default()
+    }
+}
+
+async fn call(
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> Answer {
+    let mut request = http().request(method, url).timeout(Duration::from_secs(150));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap_or_else(|e| panic!("the gateway does not answer {url}: {e}"));
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap_or_default();
+    Answer { status, headers, body: serde_json::from_str(&text).unwrap_or(Value::String(text)) }
+}
+
+fn refused(what: &str, answer: &Answer, status: u16, category: &str) {
+    assert_eq!((answer.status, answer.category()), (status, category), "{what}: {}", answer.body);
+}
+
+/// A kubeconfig for the API server that carries only `token`: no client certificate that
+/// would authenticate first.
+fn token_kubeconfig(token: &str) -> std::path::PathBuf {
+    let admin = kube::config::Kubeconfig::read_from(kubeconfig()).unwrap();
+    let cluster = admin.clusters[0].cluster.clone().unwrap();
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "local", "cluster": {"server": cluster.server, "certificate-authority-data": cluster.certificate_authority_data}}],
+        "users": [{"name": "sso", "user": {"token": token}}],
+        "contexts": [{"name": "sso", "context": {"cluster": "local", "user": "sso"}}],
+        "current-context": "sso",
+    });
+    let path = std::env::temp_dir().join(format!("bizosaas-e2e-gateway-{}.kubeconfig", std::process::id()));
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+fn kubectl_as(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("kubectl").arg("--kubeconfig").arg(kubeconfig).args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+async fn ready_crew(client: &kube::Client) {
+    let (llm, model) = llm_server();
+    kubectl_ok(
+        &["create", "secret", "generic", "llm-key", "-n", ACME_NS, "--from-literal=apiKey=gateway-test-key"],
+        None,
+    );
+    let _: Integration = create_in(client, ACME_NS, json!({
+        "apiVersion": "bizosaas.io/v1alpha1", "kind": "Integration", "metadata": {"name": "llm", "namespace": ACME_NS},
+        "spec": {"type": "OpenAI", "endpoint": llm,
+                 "credentials": {"secretRef": {"name": "llm-key", "key": "apiKey"}},
+                 "healthCheck": {"interval": "5s", "timeout": "2s"}},
+    }))
+    .await;
+    let _: AgentCrew = create_in(client, ACME_NS, json!({
+        "apiVersion": "bizosaas.io/v1alpha1", "kind": "AgentCrew", "metadata": {"name": "writers", "namespace": ACME_NS},
+        "spec": {"process": "Sequential", "model": {"integration": "llm", "name": model, "maxTokens": 16},
+                 "agents": [{"name": "writer", "template": "copywriting", "maxIterations": 1}]},
+    }))
+    .await;
+    let crews: Api<AgentCrew> = Api::namespaced(client.clone(), ACME_NS);
+    wait_for("the crew Ready", TIMEOUT, || async {
+        is_ready(&crews.get("writers").await.ok()?.status?.conditions).then_some(())
+    })
+    .await;
+}
+
+// Multi-threaded: requests run concurrently in the flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_use_their_crews_and_workflows_through_the_gateway_with_single_sign_on() {
+    let issuer = sso_issuer();
+    operator().wait_ready().await;
+    let client = client().await;
+    let database = json!({"isolation": "Shared", "deletionPolicy": "Delete"});
+    fresh_tenant(
+        &client,
+        ACME,
+        json!({"displayName": "Acme", "database": database,
+        "owners": [{"kind": "Group", "name": "oidc:acme-admins"}]}),
+    )
+    .await;
+    fresh_tenant(
+        &client,
+        GLOBEX,
+        json!({"displayName": "Globex", "database": database,
+        "owners": [{"kind": "Group", "name": "oidc:globex-admins"}]}),
+    )
+    .await;
+    ready_crew(&client).await;
+    let gateway = gateway_url(&client).await;
+    wait_for("the gateway ready", TIMEOUT, || async {
+        http().get(format!("{gateway}/readyz")).send().await.ok()?.status().is_success().then_some(())
+    })
+    .await;
+
+    let alice = login("alice", "bizosaas").await;
+    let bob = login("bob", "bizosaas").await;
+    let carol = login("carol", "bizosaas").await;
+    let runs = format!("{gateway}/v1/tenants/{ACME}/crews/writers/runs");
+    let task = json!({"description": "Write one short line about spring.", "agent": "writer"});
+    use reqwest::Method as M;
+
+    // Refused before anything happens: who is calling is not established.
+    refused("no token", &call(M::POST, &runs, None, None, Some(task.clone())).await, 401, "unauthenticated");
+    refused(
+        "a made-up token",
+        &call(M::POST, &runs, Some("not-a-token"), None, Some(task.clone())).await,
+        401,
+        "unauthenticated",
+    );
+    let other_app = login("alice", "other-app").await;
+    refused(
+        "the issuer's token for another client",
+        &call(M::POST, &runs, Some(&other_app), None, Some(task.clone())).await,
+        401,
+        "unauthenticated",
+    );
+    // alice's token with bob's name in it: the signature no longer verifies.
+    let forged = {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+        let parts: Vec<&str> = alice.split('.').collect();
+        let mut claims: Value = serde_json::from_slice(&B64.decode(parts[1]).unwrap()).unwrap();
+        assert_eq!(claims["iss"], issuer.as_str());
+        claims["preferred_username"] = json!("bob");
+        claims["groups"] = json!(["globex-admins", "acme-admins"]);
+        format!("{}.{}.{}", parts[0], B64.encode(claims.to_string()), parts[2])
+    };
+    refused(
+        "edited claims",
+        &call(M::POST, &runs, Some(&forged), None, Some(task.clone())).await,
+        401,
+        "unauthenticated",
+    );
+    // A ServiceAccount token for the crews' audience is not one for the gateway.
+    let crew_audience = token(&client, ACME_NS, "tenant-workload", "bizosaas-agent").await;
+    refused(
+        "a token for the crews' audience",
+        &call(M::POST, &runs, Some(&crew_audience), None, Some(task.clone())).await,
+        401,
+        "unauthenticated",
+    );
+    // Authenticated, but RBAC gives them nothing here.
+    refused("carol (no group)", &call(M::POST, &runs, Some(&carol), None, Some(task.clone())).await, 403, "forbidden");
+    refused(
+        "bob (globex) on acme",
+        &call(M::POST, &runs, Some(&bob), None, Some(task.clone())).await,
+        403,
+        "forbidden",
+    );
+    let workload = token(&client, ACME_NS, "tenant-workload", "bizosaas-gateway").await;
+    refused(
+        "acme's workload ServiceAccount",
+        &call(M::POST, &runs, Some(&workload), None, Some(task.clone())).await,
+        403,
+        "forbidden",
+    );
+    let globex_runs = format!("{gateway}/v1/tenants/{GLOBEX}/crews/writers/runs");
+    refused(
+        "alice on globex",
+        &call(M::POST, &globex_runs, Some(&alice), None, Some(task.clone())).await,
+        403,
+        "forbidden",
+    );
+    let big = json!({"description": "x".repeat(100 * 1024)});
+    assert_eq!(call(M::POST, &runs, Some(&alice), None, Some(big)).await.status, 413, "a body over 64 KiB");
+
+    // alice runs acme's crew: the run really completes on the crew's pod against the model.
+    let started = call(M::POST, &format!("{runs}?wait=25"), Some(&alice), Some("spring-1"), Some(task.clone())).await;
+    assert!(matches!(started.status, 200 | 201), "starting a run: {} {}", started.status, started.body);
+    let id = started.body["id"].as_str().expect("a run id").to_string();
+    let run = wait_for("the crew run to finish", TIMEOUT, || async {
+        let answer = call(M::GET, &format!("{runs}/{id}?wait=20"), Some(&alice), None, None).await;
+        assert_eq!(answer.status, 200, "reading the run: {}", answer.body);
+        matches!(answer.body["status"].as_str(), Some("succeeded" | "failed")).then_some(answer.body)
+    })
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert!(run["usage"]["totalTokens"].as_u64().unwrap_or(0) > 0, "the model was called: {run}");
+    // The same key again: the same run, not a second one.
+    let again = call(M::POST, &runs, Some(&alice), Some("spring-1"), Some(task.clone())).await;
+    assert_eq!((again.status, again.body["id"].as_str()), (200, Some(id.as_str())), "{}", again.body);
+    assert_eq!(again.headers.get("idempotent-replayed").and_then(|v| v.to_str().ok()), Some("true"));
+    // Reading it is RBAC's call too.
+    refused(
+        "bob reads acme's run",
+        &call(M::GET, &format!("{runs}/{id}"), Some(&bob), None, None).await,
+        403,
+        "forbidden",
+    );
+    // The run's events stream through the gateway (or, from a replica that did not run it,
+    // the runtime's events_unavailable).
+    let events = http().get(format!("{runs}/{id}/events")).bearer_auth(&alice).send().await.unwrap();
+    let ct = events.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    assert!(
+        (events.status() == 200 && ct.starts_with("text/event-stream")) || events.status() == 404,
+        "events: {} {ct}",
+        events.status()
+    );
+
+    // The same identity at the API server: kubectl with alice's token.
+    let alice_kubeconfig = token_kubeconfig(&alice);
+    let (ok, out) = kubectl_as(&alice_kubeconfig, &["get", "agentcrews", "-n", ACME_NS, "-o", "name"]);
+    assert!(ok && out.contains("agentcrew.bizosaas.io/writers"), "alice lists acme's crews: {out}");
+    let (ok, out) = kubectl_as(&alice_kubeconfig, &["get", "agentcrews", "-n", &format!("tenant-{GLOBEX}")]);
+    assert!(!ok && out.contains("Forbidden"), "alice is refused globex's crews: {out}");
+    let (ok, out) = kubectl_as(&alice_kubeconfig, &["auth", "whoami", "-o", "json"]);
+    assert!(ok && out.contains("\"oidc:alice\"") && out.contains("\"oidc:acme-admins\""), "{out}");
+    let _ = std::fs::remove_file(&alice_kubeconfig);
+
+    // A workflow run started through the gateway is created as alice: the gateway's own
+    // ServiceAccount may not create WorkflowRuns at all.
+    let (ok, out) = kubectl_as(
+        &kubeconfig(),
+        &[
+            "auth",
+            "can-i",
+            "create",
+            "workflowruns.bizosaas.io",
+            "-n",
+            ACME_NS,
+            &format!("--as=system:serviceaccount:{OPERATOR_NAMESPACE}:bizosaas-gateway"),
+        ],
+    );
+    assert!(!ok && out.trim() == "no", "the gateway itself must not create WorkflowRuns: {out}");
+    let _: Workflow = create_in(&client, ACME_NS, json!({
+        "apiVersion": "bizosaas.io/v1alpha1", "kind": "Workflow", "metadata": {"name": "hello", "namespace": ACME_NS},
+        "spec": {"parameters": [{"name": "who", "value": "world"}],
+                 "steps": [{"name": "greet", "container": {"image": "docker.io/bizosaas/toolbox:harness",
+                            "command": ["/bin/echo"], "args": ["hello {{ params.who }}"]}}]},
+    }))
+    .await;
+    let start = format!("{gateway}/v1/tenants/{ACME}/workflows/hello/runs");
+    let body = json!({"parameters": [{"name": "who", "value": "gateway"}]});
+    refused(
+        "bob starts acme's workflow",
+        &call(M::POST, &start, Some(&bob), None, Some(body.clone())).await,
+        403,
+        "forbidden",
+    );
+    let created = call(M::POST, &start, Some(&alice), Some("hello-1"), Some(body.clone())).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let name = created.body["name"].as_str().unwrap().to_string();
+    assert_eq!(created.body["requestedBy"], "oidc:alice");
+    let replay = call(M::POST, &start, Some(&alice), Some("hello-1"), Some(body.clone())).await;
+    assert_eq!((replay.status, replay.body["name"].as_str()), (200, Some(name.as_str())), "{}", replay.body);
+    let all: Api<WorkflowRun> = Api::namespaced(client.clone(), ACME_NS);
+    assert_eq!(all.list(&Default::default()).await.unwrap().items.len(), 1, "a replay starts nothing");
+    let bad =
+        call(M::POST, &start, Some(&alice), None, Some(json!({"paramters": [{"name": "who", "value": "x"}]}))).await;
+    assert_eq!((bad.status, bad.category()), (400, "invalid_request"), "a misspelt run request: {}", bad.body);
+    assert_eq!(all.list(&Default::default()).await.unwrap().items.len(), 1, "a refused request starts nothing");
+    let read = format!("{gateway}/v1/tenants/{ACME}/workflowruns/{name}");
+    refused("bob reads acme's workflow run", &call(M::GET, &read, Some(&bob), None, None).await, 403, "forbidden");
+    let finished = wait_for("the workflow run to succeed", TIMEOUT, || async {
+        let answer = call(M::GET, &read, Some(&alice), None, None).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        matches!(answer.body["status"]["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(answer.body)
+    })
+    .await;
+    assert_eq!(finished["status"]["phase"], "Succeeded", "{finished}");
+
+    // A flood from one tenant meets its rate limit with Retry-After; another tenant's owner
+    // is not slowed by it.
+    let flood: Vec<_> = (0..240)
+        .map(|_| {
+            let (url, alice) = (format!("{runs}/{id}"), alice.clone());
+            tokio::spawn(async move { call(M::GET, &url, Some(&alice), None, None).await })
+        })
+        .collect();
+    let mut limited = 0;
+    for answer in flood {
+        let answer = answer.await.unwrap();
+        if answer.status == 429 {
+            assert_eq!(answer.category(), "rate_limited");
+            assert!(answer.headers.get("retry-after").is_some(), "429 without Retry-After");
+            limited += 1;
+        } else {
+            assert_eq!(answer.status, 200, "{}", answer.body);
+        }
+    }
+    assert!(limited > 0, "240 requests at once met no rate limit");
+    let globex_read = format!("{gateway}/v1/tenants/{GLOBEX}/crews/writers/runs/{id}");
+    // Bob may read globex's runs; globex has no crew, so the gateway says the crew is not there.
+    let other = call(M::GET, &globex_read, Some(&bob), None, None).await;
+    refused("bob on globex during acme's flood", &other, 502, "upstream_unavailable");
+
+    // Never a token in the gateway's logs.
+    let logs = kubectl_ok(
+        &["logs", "-n", OPERATOR_NAMESPACE, "-l", "app.kubernetes.io/component=gateway", "--tail=-1", "--prefix"],
+        None,
+    );
+    for (who, secret) in [("alice", &alice), ("bob", &bob), ("the workload", &workload), ("the forged", &forged)] {
+        let signature = secret.rsplit('.').next().unwrap();
+        assert!(!logs.contains(signature), "{who}'s token is in the gateway's logs");
+    }
+    assert!(!logs.to_lowercase().contains("bearer "), "a bearer header is in the gateway's logs");
+}
