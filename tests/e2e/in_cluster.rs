@@ -22,7 +22,10 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 
 async fn operator_pods(client: &Client) -> Vec<Pod> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    let list = pods.list(&ListParams::default().labels("app.kubernetes.io/instance=bizosaas")).await.unwrap();
+    let list = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/instance=bizosaas,app.kubernetes.io/component=operator"))
+        .await
+        .unwrap();
     list.items.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect()
 }
 

@@ -102,7 +102,7 @@ cmd_uninstall() {
 
 cmd_logs() {
   local pod
-  for pod in $(kubectl -n "$NAMESPACE" get pods -l app.kubernetes.io/instance="$RELEASE" -o name 2>/dev/null); do
+  for pod in $(kubectl -n "$NAMESPACE" get pods -l app.kubernetes.io/instance="$RELEASE",app.kubernetes.io/component=operator -o name 2>/dev/null); do
     kubectl -n "$NAMESPACE" logs "$pod" --all-containers --prefix 2>/dev/null || true
   done
 }
