@@ -23,8 +23,9 @@ use crate::db::Db;
 use crate::engine::task::RunRequest;
 use crate::engine::{Engine, RunError};
 use crate::executor::Executor;
+use crate::ledger::TokenLedger;
 use crate::store::{Admitted, CancelOutcome, Found, RunHandle, Runs, RunsError, StoreError};
-use crate::usage::MonthlyLedger;
+use crate::usage::{BudgetError, MonthlyLedger};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{MatchedPath, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -55,6 +56,9 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// The tenant database, checked by `/readyz` when set (memory and durable runs need it).
     pub db: Option<Arc<Db>>,
+    /// The tenant's and the crew's monthly budgets in the tenant database.
+    pub ledger: Option<Arc<TokenLedger>>,
+    /// The crew's month without a tenant database.
     pub monthly: Option<Arc<MonthlyLedger>>,
     /// Set on shutdown: `/readyz` fails and new runs are refused.
     pub shutting_down: AtomicBool,
@@ -169,6 +173,10 @@ async fn create_run(
     if state.shutting_down.load(Ordering::Relaxed) {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the runtime is shutting down"));
     }
+    // A run the budgets already refuse is not started (a replayed key still finds its run).
+    if key.is_none() {
+        budget_left(&state).await?;
+    }
     let plan = state.engine.plan(&request).map_err(|e| match e {
         RunError::InvalidTask(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", m),
         e @ RunError::UnknownAgent { .. } => {
@@ -215,6 +223,23 @@ async fn create_run(
 }
 
 /// Honours `?wait=<seconds>` (up to `max_wait`).
+/// Refuses a new run when the tenant's or the crew's month is used up: 429 with the budget's
+/// category (503 when the budget cannot be read).
+async fn budget_left(state: &AppState) -> Result<(), ApiError> {
+    let refused = match (&state.ledger, &state.monthly) {
+        (Some(ledger), _) => ledger.check().await.err(),
+        (None, Some(monthly)) => monthly.check().err(),
+        (None, None) => None,
+    };
+    let Some(refused) = refused else { return Ok(()) };
+    let status = match refused {
+        BudgetError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::TOO_MANY_REQUESTS,
+    };
+    let message = refused.to_string().replacen("stopped: ", "refused: ", 1);
+    Err(ApiError::new(status, refused.category(), message))
+}
+
 async fn wait(state: &AppState, found: Found, wait: Option<f64>) -> Result<Found, ApiError> {
     match wait.filter(|w| w.is_finite() && *w > 0.0) {
         Some(w) => state.runs.wait(found, Duration::from_secs_f64(w).min(state.max_wait)).await.map_err(runs_error),
@@ -362,7 +387,16 @@ async fn crew(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
         "budget": {
             "maxTokensPerRun": crew.max_tokens_per_run,
             "monthlyTokens": crew.monthly_tokens,
-            "monthlyUsed": state.monthly.as_ref().map(|m| m.used()),
+            "monthlyUsed": match (&state.ledger, &state.monthly) {
+                (Some(ledger), _) => ledger.spent().await.ok().map(|(_, crew)| crew.used),
+                (None, Some(monthly)) => Some(monthly.used()),
+                (None, None) => None,
+            },
+            "tenantMonthlyTokens": crew.tenant_monthly_tokens,
+            "tenantMonthlyUsed": match &state.ledger {
+                Some(ledger) => ledger.spent().await.ok().map(|(tenant, _)| tenant.used),
+                None => None,
+            },
         },
     }))
 }

@@ -12,7 +12,8 @@
 //! | [`usage`] | token accounting per run and agent; run and monthly budgets |
 //! | [`engine`] | agents' tool loops, sequential and hierarchical processes, delegation |
 //! | [`tools`] | `http_request` through an Integration, `memory_save` / `memory_search` |
-//! | [`db`] | the tenant's PostgreSQL (app role): connection and usage events |
+//! | [`db`] | the tenant's PostgreSQL (app role): the connection |
+//! | [`ledger`] | usage events and the tenant's and crew's monthly budgets, shared by every replica |
 //! | [`store`] | runs: live in memory, durable in the tenant database's `agent_runs` when there is one |
 //! | [`executor`] | runs in the background: concurrency, cancel, heartbeat, interrupted runs |
 //! | [`events`] | the run events streamed as server-sent events |
@@ -31,6 +32,7 @@ pub mod db;
 pub mod engine;
 pub mod events;
 pub mod executor;
+pub mod ledger;
 pub mod llm;
 pub mod metrics;
 pub mod secret;

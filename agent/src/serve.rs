@@ -6,9 +6,10 @@
 use crate::api::AppState;
 use crate::auth::{Authenticator, Policy};
 use crate::config::{self, ConfigError, DATABASE_URL_ENV};
-use crate::db::{Db, UsageRecorder};
+use crate::db::Db;
 use crate::engine::{Accounting, Engine, EngineOptions};
 use crate::executor::{Executor, watch::WatchTask};
+use crate::ledger::{Limits, TokenLedger};
 use crate::llm::{Attribution, ChatClient, ClientOptions, RetryPolicy};
 use crate::metrics::{Metrics, Owner};
 use crate::secret::{Redactor, Secret};
@@ -161,7 +162,6 @@ impl ServeArgs {
 pub struct Runtime {
     pub state: Arc<AppState>,
     pub metrics: Arc<Metrics>,
-    pub usage_writer: Option<tokio::task::JoinHandle<()>>,
     /// Heartbeats and cancel polling of the runs in the tenant database; stops when dropped.
     pub run_watch: Option<WatchTask>,
 }
@@ -231,21 +231,26 @@ pub fn build(
         (Some(db), true) => Some(Memory::new(db.clone(), &crew.tenant, &crew.name)),
         _ => None,
     };
-    let monthly = crew.monthly_tokens.and_then(|t| u64::try_from(t).ok()).map(|t| Arc::new(MonthlyLedger::new(t)));
-    let (recorder, usage_writer) = match &db {
-        Some(db) => {
-            let (r, task) = UsageRecorder::start(
-                db.clone(),
-                crew.tenant.clone(),
-                crew.name.clone(),
-                monthly.clone(),
-                Some(metrics.clone()),
-            );
-            (Some(r), Some(task))
+    let positive = |t: Option<i64>| t.and_then(|t| u64::try_from(t).ok());
+    let limits = Limits { tenant: positive(crew.tenant_monthly_tokens), crew: positive(crew.monthly_tokens) };
+    // With a tenant database every replica of every crew spends from the same months; without
+    // one the crew counts its own month here, and the tenant's budget cannot be shared.
+    let ledger = match &database_url {
+        Some(url) => Some(Arc::new(
+            TokenLedger::new(url, &crew.tenant, &crew.name, limits).map_err(|e| ConfigError::Invalid(e.to_string()))?,
+        )),
+        None => {
+            if limits.tenant.is_some() {
+                tracing::warn!("the tenant's monthly token budget needs the tenant database; this crew has none");
+            }
+            None
         }
-        None => (None, None),
     };
-    let accounting = Accounting { metrics: Some(metrics.clone()), recorder, monthly: monthly.clone() };
+    let monthly = match (&ledger, limits.crew) {
+        (None, Some(limit)) => Some(Arc::new(MonthlyLedger::new(limit))),
+        _ => None,
+    };
+    let accounting = Accounting { metrics: Some(metrics.clone()), ledger: ledger.clone(), monthly: monthly.clone() };
     // With a tenant database runs are durable; without one they live in memory only.
     let records = db
         .as_ref()
@@ -269,12 +274,13 @@ pub fn build(
         executor,
         registry: Arc::new(registry),
         db,
+        ledger,
         monthly,
         shutting_down: Default::default(),
         max_wait: options.max_wait,
         auth: options.auth.clone(),
     });
-    Ok(Runtime { state, metrics, usage_writer, run_watch })
+    Ok(Runtime { state, metrics, run_watch })
 }
 
 /// `bizosaas-agent serve`.
@@ -293,7 +299,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("no BIZOSAAS_API_PLATFORM: only ServiceAccounts of the crew's namespace may start runs");
     }
     options.auth = Some(Arc::new(Authenticator::new(client, args.api_audience.clone(), policy)));
-    let Runtime { state, usage_writer, run_watch, .. } = build(crew, &|k| std::env::var(k).ok(), options)?;
+    let Runtime { state, run_watch, .. } = build(crew, &|k| std::env::var(k).ok(), options)?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(crew = %name, %namespace, ?process, agents, listen = %args.listen, "serving the agent runtime");
     let grace = Duration::from_secs_f64(args.shutdown_grace.max(0.0));
@@ -324,14 +330,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             server.abort();
         }
     }
-    // With the last reference to the engine gone, the usage writer drains its queue and ends.
     drop(run_watch);
     drop(state);
-    if let Some(writer) = usage_writer
-        && tokio::time::timeout(Duration::from_secs(5), writer).await.is_err()
-    {
-        tracing::warn!("usage events still unwritten at exit");
-    }
     tracing::info!("stopped");
     Ok(())
 }

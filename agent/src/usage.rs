@@ -1,5 +1,6 @@
-//! Token accounting per run and per agent, and the budgets: `maxTokensPerRun` for one run and
-//! `monthlyTokens` for the crew's calendar month (UTC).
+//! Token accounting per run and per agent, and the budgets: `maxTokensPerRun` for one run, and
+//! the monthly budgets of the crew and the tenant (kept in the tenant database by
+//! [`crate::ledger`]; a crew without a database counts its own month in [`MonthlyLedger`]).
 
 use crate::llm::Usage;
 use serde::{Deserialize, Serialize};
@@ -69,6 +70,12 @@ pub enum BudgetError {
     RunCutOff { limit: u64, used: u64 },
     #[error("stopped: the crew's monthly token budget (monthlyTokens {limit}) is used up: {used} tokens this month")]
     Monthly { limit: u64, used: u64 },
+    #[error(
+        "stopped: the tenant's monthly token budget (quota.monthlyTokens {limit}) is used up: {used} tokens this month across its crews"
+    )]
+    TenantMonthly { limit: u64, used: u64 },
+    #[error("the token budget cannot be checked: {0}")]
+    Unavailable(String),
 }
 
 impl BudgetError {
@@ -76,6 +83,8 @@ impl BudgetError {
         match self {
             Self::RunWouldExceed { .. } | Self::RunExceeded { .. } | Self::RunCutOff { .. } => "budget_exceeded",
             Self::Monthly { .. } => "monthly_budget_exceeded",
+            Self::TenantMonthly { .. } => "tenant_budget_exhausted",
+            Self::Unavailable(_) => "budget_unavailable",
         }
     }
 }
@@ -118,8 +127,7 @@ struct Month {
     used: u64,
 }
 
-/// Tokens the crew used this calendar month: counted by this process, plus (with a tenant
-/// database) what `usage_events` held for the month before this process wrote to it.
+/// Tokens a crew without a tenant database used this calendar month, counted by this process.
 #[derive(Debug)]
 pub struct MonthlyLedger {
     limit: u64,
@@ -146,12 +154,6 @@ impl MonthlyLedger {
 
     pub fn add(&self, tokens: u64) {
         self.with_month(|m| m.used += tokens);
-    }
-
-    /// Adds the month's usage recorded in the database before this process wrote any (the
-    /// usage writer seeds before its first insert, so nothing is counted twice).
-    pub fn seed(&self, recorded: u64) {
-        self.with_month(|m| m.used += recorded);
     }
 
     pub fn check(&self) -> Result<(), BudgetError> {
@@ -191,13 +193,13 @@ mod tests {
     }
 
     #[test]
-    fn monthly_ledger_limits_and_seeds() {
+    fn monthly_ledger_limits() {
         let l = MonthlyLedger::new(10);
         l.add(4);
         assert!(l.check().is_ok());
-        l.seed(3);
+        l.add(3);
         assert_eq!(l.used(), 7);
-        l.seed(5);
+        l.add(5);
         assert_eq!(l.check().unwrap_err().category(), "monthly_budget_exceeded");
     }
 }

@@ -13,7 +13,6 @@ use bizosaas_crds::tenant::DatabaseIsolation;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::time::Duration;
 use support::{app_with, crew, messages, options};
 
 #[tokio::test]
@@ -27,8 +26,8 @@ async fn memory_and_usage_in_the_tenant_database_under_row_level_security() {
         db_admin
             .batch_execute(&format!(
                 "INSERT INTO agent_memory (tenant_id, crew, agent, content) VALUES ('globex', 'growth-team', 'spy', 'globex garden sofas plan');
-                 INSERT INTO usage_events (tenant_id, crew, model, prompt_tokens, completion_tokens) VALUES ('globex', 'growth-team', 'm', 999, 999);
-                 INSERT INTO usage_events (tenant_id, crew, model, prompt_tokens, completion_tokens) VALUES ('{acme}', 'growth-team', 'm', 100, 50);",
+                 INSERT INTO token_budgets (tenant_id, scope, month, used) VALUES ('globex', 'growth-team', date_trunc('month', now() AT TIME ZONE 'UTC')::date, 1998);
+                 INSERT INTO token_budgets (tenant_id, scope, month, used) VALUES ('{acme}', 'growth-team', date_trunc('month', now() AT TIME ZONE 'UTC')::date, 150);",
             ))
             .await
             .unwrap();
@@ -69,8 +68,11 @@ async fn memory_and_usage_in_the_tenant_database_under_row_level_security() {
         let app = tenant.app().await;
         let visible: i64 = app.query_one("SELECT count(*) FROM agent_memory", &[]).await.unwrap().get(0);
         assert_eq!(visible, 2);
-        // This month's usage as the app role counts only the tenant's own rows.
-        assert_eq!(db.month_usage("growth-team").await.unwrap(), 150);
+        // Usage is append-only for the app role: what is billed cannot be rewritten.
+        let refused = app.execute("DELETE FROM usage_events", &[]).await.unwrap_err();
+        assert_eq!(refused.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{refused:?}");
+        let refused = app.execute("UPDATE audit_log SET action = 'nothing'", &[]).await.unwrap_err();
+        assert_eq!(refused.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{refused:?}");
 
         // ---- Through the runtime: tool calls, usage events, readiness, the monthly seed.
         let stub = StubServer::with_script([
@@ -106,42 +108,26 @@ async fn memory_and_usage_in_the_tenant_database_under_row_level_security() {
             assert!(!r.body.to_string().contains(&password));
         }
 
-        // Usage events are written in the background: wait for the three calls.
-        let mut rows = Vec::new();
-        for _ in 0..100 {
-            rows = db_admin
-                .query(
-                    "SELECT tenant_id, crew, model, prompt_tokens, completion_tokens FROM usage_events \
-                     WHERE tenant_id = $1 AND model = 'stub-model' ORDER BY id",
-                    &[&acme],
-                )
-                .await
-                .unwrap();
-            if rows.len() == 3 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let rows: Vec<(String, String, String, i64, i64)> =
-            rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect();
-        assert_eq!(
-            rows,
-            [
-                (acme.into(), "growth-team".into(), "stub-model".into(), 40, 10),
-                (acme.into(), "growth-team".into(), "stub-model".into(), 60, 8),
-                (acme.into(), "growth-team".into(), "stub-model".into(), 80, 9),
-            ]
-        );
-        // The monthly ledger was seeded from the database (150 before the run) and counts on.
-        let mut used = Value::Null;
-        for _ in 0..100 {
-            used = app_runtime.get("/v1/crew").await.1["budget"]["monthlyUsed"].clone();
-            if used == 357 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(used, 357, "150 from the database + 207 of the run");
+        // Each call's usage event is written before the run goes on: by the time it succeeded,
+        // all three are there, with the agent and the run.
+        let rows = db_admin
+            .query(
+                "SELECT tenant_id, crew, agent, model, run_id, prompt_tokens, completion_tokens FROM usage_events \
+                 WHERE tenant_id = $1 AND model = 'stub-model' ORDER BY id",
+                &[&acme],
+            )
+            .await
+            .unwrap();
+        let run_id = run["id"].as_str().unwrap().to_string();
+        let rows: Vec<(String, String, String, String, String, i64, i64)> =
+            rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6))).collect();
+        let row = |p, c| (acme.into(), "growth-team".into(), "writer".into(), "stub-model".into(), run_id.clone(), p, c);
+        assert_eq!(rows, [row(40, 10), row(60, 8), row(80, 9)]);
+        // The crew's month in the database (150 before the run) counts on; another tenant's
+        // row of the same crew name is never counted.
+        let budget = app_runtime.get("/v1/crew").await.1["budget"].clone();
+        assert_eq!(budget["monthlyUsed"], 357, "150 from the database + 207 of the run: {budget}");
+        assert_eq!(budget["tenantMonthlyUsed"], 207, "{budget}");
     })
     .await;
 }

@@ -39,6 +39,10 @@ pub struct CrewConfig {
     /// Tokens the crew may spend per calendar month.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monthly_tokens: Option<i64>,
+    /// Tokens the tenant's crews together may spend per calendar month (the Tenant's
+    /// `quota.monthlyTokens`, from its plan or its override).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_monthly_tokens: Option<i64>,
     /// Long-term memory in the tenant database (`DATABASE_URL`).
     #[serde(default)]
     pub memory: bool,

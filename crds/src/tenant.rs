@@ -315,11 +315,29 @@ pub struct TenantStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// LLM tokens the tenant's crews spent this calendar month (UTC), read from its database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<TenantUsage>,
     /// `NamespaceReady`, `QuotaReady`, `NetworkReady`, `RBACReady`, `DatabaseReady`,
-    /// `SecretsReady`, `ServicesReady` and `Ready`.
+    /// `SecretsReady`, `ServicesReady` and `Ready`; `BudgetExhausted` once the month's token
+    /// budget is spent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// The tenant's token usage in one calendar month (UTC).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantUsage {
+    /// The month, `YYYY-MM`.
+    pub month: String,
+    /// Prompt and completion tokens of every model call of the tenant's crews in the month.
+    pub tokens_used: i64,
+    /// The month's budget (`quota.monthlyTokens`, from the plan or the override); absent when
+    /// unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_tokens: Option<i64>,
 }
 
 /// Lifecycle phase of a Tenant.

@@ -7,6 +7,7 @@
 //! | `GET /v1/tenants/{tenant}/crews/{crew}/runs/{id}/events` | `get agentcrews/runs` on the crew |
 //! | `POST /v1/tenants/{tenant}/workflows/{workflow}/runs` | `create workflowruns` (as the caller) |
 //! | `GET /v1/tenants/{tenant}/workflowruns/{name}` | `get workflowruns` (as the caller) |
+//! | `GET /v1/tenants/{tenant}/usage` | `get usage` (a name for RBAC only) |
 //!
 //! Every `/v1/` request is authenticated first (401), then rate limited per tenant (429 with
 //! `Retry-After`), then authorized (403), then passed on. Bodies are at most [`MAX_BODY`].
@@ -24,7 +25,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bizosaas_crds::WorkflowRun;
+use bizosaas_crds::tenant::TenantUsage;
+use bizosaas_crds::{Tenant, WorkflowRun};
 use kube::Resource;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
@@ -37,12 +39,13 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("../openapi.json");
 /// The routes under `/v1`, as the router and the OpenAPI document name them.
-pub const ROUTES: [(&str, &str); 5] = [
+pub const ROUTES: [(&str, &str); 6] = [
     ("post", "/v1/tenants/{tenant}/crews/{crew}/runs"),
     ("get", "/v1/tenants/{tenant}/crews/{crew}/runs/{id}"),
     ("get", "/v1/tenants/{tenant}/crews/{crew}/runs/{id}/events"),
     ("post", "/v1/tenants/{tenant}/workflows/{workflow}/runs"),
     ("get", "/v1/tenants/{tenant}/workflowruns/{name}"),
+    ("get", "/v1/tenants/{tenant}/usage"),
 ];
 
 pub struct AppState {
@@ -64,6 +67,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(ROUTES[2].1, get(crew_run_events))
         .route(ROUTES[3].1, post(start_workflow_run))
         .route(ROUTES[4].1, get(get_workflow_run))
+        .route(ROUTES[5].1, get(tenant_usage))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), measure));
     api.route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
@@ -236,6 +240,36 @@ async fn crew_run_events(
         stream: true,
     };
     Ok(state.crews.forward(call).await?)
+}
+
+/// The tenant's token usage this month, from the Tenant's status (which the operator reads
+/// from the tenant database): what its crews spent, its budget and whether it is used up.
+async fn tenant_usage(
+    State(state): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Refused> {
+    let (namespace, who) = admit(&state, &headers, &tenant).await?;
+    state.authz.check(&who, &Access::new("get", "usage", None, &namespace, "")).await?;
+    let found = kube::Api::<Tenant>::all(state.kube.clone()).get_opt(&tenant).await.map_err(|e| {
+        tracing::warn!(error = %e, "cannot read a Tenant");
+        ApiError::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", "the API server did not answer")
+    })?;
+    let Some(found) = found else {
+        return Err(ApiError::not_found(format!("no Tenant {tenant}")).into());
+    };
+    let status = found.status.unwrap_or_default();
+    let month = k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m").to_string();
+    let usage = status.usage.filter(|u| u.month == month).unwrap_or(TenantUsage { month, ..Default::default() });
+    let exhausted = status.conditions.iter().any(|c| c.type_ == "BudgetExhausted" && c.status == "True");
+    let body = serde_json::json!({
+        "tenant": tenant,
+        "month": usage.month,
+        "tokensUsed": usage.tokens_used,
+        "monthlyTokens": usage.monthly_tokens,
+        "budgetExhausted": exhausted,
+    });
+    Ok(Json(body).into_response())
 }
 
 /// Sends `request` to the API server as the caller.

@@ -304,7 +304,8 @@ fn the_gateway_runs_restricted_replicated_and_reviews_its_callers() {
         "crews must admit the gateway: {operator_env:?}"
     );
 
-    // What it may do: review tokens and access, and impersonate; no Secret, no workload.
+    // What it may do: review tokens and access, impersonate, and read Tenants (their usage);
+    // no Secret, no workload.
     let role = named(&rendered, "ClusterRole", "bizosaas-gateway");
     let mut granted: Vec<String> = Vec::new();
     for rule in role["rules"].as_array().unwrap() {
@@ -331,6 +332,7 @@ fn the_gateway_runs_restricted_replicated_and_reviews_its_callers() {
             "authentication.k8s.io/tokenreviews create",
             "authentication.k8s.io/uids impersonate",
             "authorization.k8s.io/subjectaccessreviews create",
+            "bizosaas.io/tenants get",
         ]
     );
 

@@ -288,6 +288,21 @@ async fn tenants_use_their_crews_and_workflows_through_the_gateway_with_single_s
         403,
         "forbidden",
     );
+    // The tenant's usage this month: what the crew spent is on the Tenant (the operator reads
+    // it from the tenant database), readable by acme's owners only.
+    let usage_url = format!("{gateway}/v1/tenants/{ACME}/usage");
+    let spent = run["usage"]["totalTokens"].as_i64().unwrap();
+    let usage = wait_for("acme's usage through the gateway", Duration::from_secs(60), || async {
+        let answer = call(M::GET, &usage_url, Some(&alice), None, None).await;
+        assert_eq!(answer.status, 200, "reading the usage: {}", answer.body);
+        (answer.body["tokensUsed"].as_i64() >= Some(spent)).then_some(answer.body)
+    })
+    .await;
+    assert_eq!((usage["tenant"].as_str(), usage["budgetExhausted"].as_bool()), (Some(ACME), Some(false)), "{usage}");
+    assert_eq!(usage["month"].as_str().map(str::len), Some(7), "{usage}");
+    assert!(usage["monthlyTokens"].as_i64().is_some_and(|b| b > 0), "the plan's budget: {usage}");
+    refused("bob reads acme's usage", &call(M::GET, &usage_url, Some(&bob), None, None).await, 403, "forbidden");
+    refused("carol reads acme's usage", &call(M::GET, &usage_url, Some(&carol), None, None).await, 403, "forbidden");
     // The run's events stream through the gateway (or, from a replica that did not run it,
     // the runtime's events_unavailable).
     let events = http().get(format!("{runs}/{id}/events")).bearer_auth(&alice).send().await.unwrap();

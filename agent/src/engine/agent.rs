@@ -3,8 +3,8 @@
 
 use super::{Engine, Plan, RunError, prompt};
 use crate::config::tool_names::{ASK_QUESTION, DELEGATE_WORK, HTTP_REQUEST, MEMORY_SAVE, MEMORY_SEARCH};
-use crate::db::UsageEvent;
 use crate::events::EventKind;
+use crate::ledger::{CallUsage, DEFAULT_COMPLETION_RESERVE};
 use crate::llm::client::clip;
 use crate::llm::{ChatInput, Completion, Message, ToolCall, ToolChoice, ToolDef};
 use crate::store::RunHandle;
@@ -152,12 +152,32 @@ impl Engine {
         }
         let prompt_chars = messages.iter().map(Message::text_len).sum::<usize>() + tools.json_len;
         let used = ctx.run.total_usage().total_tokens;
-        let cap = self.budget.before_call(used, estimate_tokens(prompt_chars))?;
+        let prompt_estimate = estimate_tokens(prompt_chars);
+        let cap = self.budget.before_call(used, prompt_estimate)?;
         let client = self.client_for(agent);
+        // The most this call can spend is held against the tenant's and the crew's months.
+        let completion_bound = match (client.max_tokens(), cap) {
+            (Some(model), Some(cap)) => Some(model.min(cap)),
+            (model, cap) => model.or(cap),
+        };
+        let reservation = match &self.accounting.ledger {
+            Some(ledger) => {
+                let most = prompt_estimate + completion_bound.map(u64::from).unwrap_or(DEFAULT_COMPLETION_RESERVE);
+                ledger.reserve(most).await?
+            }
+            None => None,
+        };
         let started = Instant::now();
         let input = ChatInput { messages, tools: &tools.defs, tool_choice: Some(choice), max_tokens_cap: cap };
-        let completion =
-            client.chat(input).await.map_err(|source| RunError::Llm { agent: agent.name.clone(), source })?;
+        let completion = match client.chat(input).await {
+            Ok(completion) => completion,
+            Err(source) => {
+                if let (Some(ledger), Some(reservation)) = (&self.accounting.ledger, reservation) {
+                    ledger.release(reservation).await;
+                }
+                return Err(RunError::Llm { agent: agent.name.clone(), source });
+            }
+        };
         tracing::debug!(
             agent = %agent.name,
             task = ctx.task,
@@ -176,12 +196,15 @@ impl Engine {
         if let Some(monthly) = &self.accounting.monthly {
             monthly.add(u.prompt_tokens + u.completion_tokens);
         }
-        if let Some(recorder) = &self.accounting.recorder {
-            recorder.record(UsageEvent {
-                model: completion.model.clone(),
-                prompt_tokens: u.prompt_tokens,
-                completion_tokens: u.completion_tokens,
-            });
+        if let Some(ledger) = &self.accounting.ledger {
+            let call = CallUsage { agent: &agent.name, model: &completion.model, run_id: &ctx.run.id, usage: &u };
+            if let Err(e) = ledger.settle(reservation, call).await {
+                // The call happened and its answer is used; its reservation expires on its own.
+                tracing::warn!(error = %e, "could not record a model call's usage");
+                if let Some(m) = &self.accounting.metrics {
+                    m.usage_write_errors.inc();
+                }
+            }
         }
         let mut call_usage = TokenUsage::default();
         call_usage.add(&u);

@@ -15,7 +15,7 @@ pub mod prompt;
 pub mod task;
 
 use crate::config::MANAGER;
-use crate::db::UsageRecorder;
+use crate::ledger::TokenLedger;
 use crate::llm::{ChatClient, LlmError};
 use crate::metrics::Metrics;
 use crate::secret::Redactor;
@@ -107,8 +107,9 @@ impl Plan {
 #[derive(Clone, Default)]
 pub struct Accounting {
     pub metrics: Option<Arc<Metrics>>,
-    /// `usage_events` in the tenant database.
-    pub recorder: Option<UsageRecorder>,
+    /// The tenant database's budgets and `usage_events`, shared by every replica.
+    pub ledger: Option<Arc<TokenLedger>>,
+    /// The crew's month, counted in this process: only for a crew without a database.
     pub monthly: Option<Arc<MonthlyLedger>>,
 }
 

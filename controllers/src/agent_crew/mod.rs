@@ -86,8 +86,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .watches_stream(triggers::integration_changes(client.clone()), move |integration: Integration| {
             triggers::crews_using(&crews, &integration)
         })
-        // Its tenant being suspended or resumed.
-        .watches_stream(triggers::tenant_suspensions(client.clone()), move |tenant| {
+        // Its tenant being suspended or resumed, or changing plan or token budget.
+        .watches_stream(triggers::tenant_changes(client.clone()), move |tenant| {
             triggers::crews_of(&tenant_crews, &tenant)
         })
         // And the endpoints of the Services its egress policy allows.
@@ -164,7 +164,7 @@ async fn apply(crew: &AgentCrew, cctx: &CrewContext) -> Result<Action, Error> {
     }
 
     // Validate and render.
-    let config = match render::crew_config(&name, &namespace, &tenant, &crew.spec, &refs) {
+    let mut config = match render::crew_config(&name, &namespace, &tenant, &crew.spec, &refs) {
         Ok(config) => config,
         Err(e) => {
             let observed = vec![Observed::failed(INTEGRATIONS_RESOLVED, "IntegrationNotFound", e.to_string())];
@@ -172,6 +172,11 @@ async fn apply(crew: &AgentCrew, cctx: &CrewContext) -> Result<Action, Error> {
             return Ok(Action::requeue(Duration::from_secs(300)));
         }
     };
+    // The tenant's month, which every crew of the tenant spends from (0 is unlimited).
+    config.tenant_monthly_tokens = tenant_object
+        .as_ref()
+        .map(|t| ctx.config.plans.effective(t.spec.plan, t.spec.quota.as_ref()).monthly_tokens)
+        .filter(|budget| *budget > 0);
     let unresolved: Vec<&String> = referenced.iter().filter(|r| !hashes.contains_key(*r)).collect();
     if !unresolved.is_empty() {
         let message = format!(

@@ -88,6 +88,8 @@ pub fn crew_config(
         manager: spec.manager.as_ref().map(|m| model(&m.model, integrations)).transpose()?,
         max_tokens_per_run: spec.budget.as_ref().and_then(|b| b.max_tokens_per_run),
         monthly_tokens: spec.budget.as_ref().and_then(|b| b.monthly_tokens),
+        // The Tenant's, filled in by the controller.
+        tenant_monthly_tokens: None,
         memory: spec.memory.as_ref().is_some_and(|m| m.enabled),
         integrations: integration_configs,
     })

@@ -66,15 +66,22 @@ pub fn crews_using(crews: &Store<DeserializeGuard<AgentCrew>>, integration: &Int
         .collect()
 }
 
-/// Tenants whose `suspended` flag flipped (or that appeared or went): only that decides
-/// whether a crew runs, so plan or status changes trigger nothing.
-pub fn tenant_suspensions(client: Client) -> impl Stream<Item = Result<Tenant, watcher::Error>> + Send + 'static {
-    let mut seen: HashMap<String, bool> = HashMap::new();
+/// What of a Tenant its crews follow: whether it is suspended (whether they run) and its plan
+/// and token override (the month they spend from).
+fn crews_follow(t: &Tenant) -> (bool, bizosaas_crds::tenant::Plan, Option<i64>) {
+    (t.spec.suspended, t.spec.plan, t.spec.quota.as_ref().and_then(|q| q.monthly_tokens))
+}
+
+/// Tenants that were suspended or resumed, changed plan or token budget, appeared or went:
+/// status changes and the rest of the spec trigger nothing.
+pub fn tenant_changes(client: Client) -> impl Stream<Item = Result<Tenant, watcher::Error>> + Send + 'static {
+    let mut seen = HashMap::new();
     watcher(Api::<Tenant>::all(client), watcher::Config::default()).default_backoff().try_filter_map(move |event| {
         let changed = match event {
             watcher::Event::Apply(t) | watcher::Event::InitApply(t) => {
-                let before = seen.insert(t.name_any(), t.spec.suspended);
-                (before != Some(t.spec.suspended)).then_some(t)
+                let now = crews_follow(&t);
+                let before = seen.insert(t.name_any(), now);
+                (before != Some(now)).then_some(t)
             }
             watcher::Event::Delete(t) => {
                 seen.remove(&t.name_any());

@@ -6,6 +6,7 @@ use super::ident::{TenantNames, quote_ident, quote_literal};
 use super::{DatabaseError, TenantCredentials, schema, tls};
 use bizosaas_crds::tenant::{DatabaseIsolation, DeletionPolicy};
 use rand::RngExt;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{Mutex, OnceCell, Semaphore, SemaphorePermit};
@@ -212,6 +213,7 @@ impl Admin {
                 .await?;
                 let tenant_db = self.connect(Some(&names.database)).await?;
                 run(&tenant_db, "tenant tables", &schema::tables(&names.owner_role)).await?;
+                run(&tenant_db, "operator policies", &schema::operator_access()).await?;
                 run(&tenant_db, "tenant policies", &schema::tenant_access(names)?).await?;
             }
             DatabaseIsolation::Shared => {
@@ -233,6 +235,32 @@ impl Admin {
             }
         }
         Ok(self.credentials(names, isolation, password))
+    }
+
+    /// The current month (`YYYY-MM`, UTC) and the tokens each tenant spent in it, from
+    /// `token_budgets` in the tenant's database (`Some`, Dedicated) or in the platform
+    /// database (`None`, every Shared tenant).
+    pub async fn month_usage(
+        &self,
+        tenant: Option<&TenantNames>,
+    ) -> Result<(String, BTreeMap<String, i64>), DatabaseError> {
+        let _slot = self.slot().await;
+        let database = tenant.map_or(self.platform_database.as_str(), |n| n.database.as_str());
+        let client = self.connect(Some(database)).await?;
+        let month: String = client
+            .query_one("SELECT to_char(date_trunc('month', now() AT TIME ZONE 'UTC'), 'YYYY-MM')", &[])
+            .await
+            .map_err(DatabaseError::statement("reading the month"))?
+            .get(0);
+        let rows = client
+            .query(
+                "SELECT tenant_id, used FROM token_budgets \
+                 WHERE scope = '' AND month = date_trunc('month', now() AT TIME ZONE 'UTC')::date",
+                &[],
+            )
+            .await
+            .map_err(DatabaseError::statement("reading token usage"))?;
+        Ok((month, rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
     }
 
     /// The credentials of a tenant whose database is known to be in place.
@@ -311,7 +339,8 @@ impl Admin {
         )
         .await?;
         let platform = self.connect(Some(&self.platform_database)).await?;
-        run(&platform, "platform tables", &schema::tables(PLATFORM_OWNER)).await
+        run(&platform, "platform tables", &schema::tables(PLATFORM_OWNER)).await?;
+        run(&platform, "operator policies", &schema::operator_access()).await
     }
 
     /// [`Admin::retire_tenant`] for a Tenant object: when a database or role of its name is

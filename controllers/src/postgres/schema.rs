@@ -7,7 +7,28 @@ use super::DatabaseError;
 use super::ident::{TenantNames, quote_ident, quote_literal};
 
 /// Tables holding tenant rows.
-pub const TABLES: [&str; 4] = ["agent_memory", "usage_events", "audit_log", "agent_runs"];
+pub const TABLES: [&str; 6] =
+    ["agent_memory", "usage_events", "audit_log", "agent_runs", "token_budgets", "token_reservations"];
+
+/// What a tenant's app role may do to each table. Usage events and the audit log are
+/// append-only (what is billed and what was done cannot be rewritten from inside the tenant);
+/// budgets are counted up, reservations taken and given back.
+const APP_PRIVILEGES: [(&str, &str); 6] = [
+    ("agent_memory", "SELECT, INSERT, UPDATE, DELETE"),
+    ("usage_events", "SELECT, INSERT"),
+    ("audit_log", "SELECT, INSERT"),
+    ("agent_runs", "SELECT, INSERT, UPDATE, DELETE"),
+    ("token_budgets", "SELECT, INSERT, UPDATE"),
+    ("token_reservations", "SELECT, INSERT, DELETE"),
+];
+
+/// What the operator itself does in tenant data: reads usage and budgets (the Tenant's status)
+/// and appends to the audit log (its own actions on the tenant's data).
+const OPERATOR_PRIVILEGES: [(&str, &str); 3] =
+    [("usage_events", "SELECT"), ("token_budgets", "SELECT"), ("audit_log", "INSERT")];
+
+/// Name of the policies that admit the operator's own role.
+const OPERATOR_POLICY: &str = "bizosaas_operator";
 
 /// DDL that creates the tables (idempotent), owned by `owner`, with RLS forced.
 pub fn tables(owner: &str) -> String {
@@ -34,6 +55,10 @@ CREATE TABLE IF NOT EXISTS usage_events (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS usage_events_tenant_time ON usage_events (tenant_id, created_at);
+ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS agent text;
+ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS run_id text;
+-- What the model gateway charged for the call, when it says (OpenRouter's usage.cost).
+ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS cost_usd numeric;
 CREATE TABLE IF NOT EXISTS audit_log (
     id bigserial PRIMARY KEY,
     tenant_id text NOT NULL,
@@ -67,6 +92,28 @@ CREATE TABLE IF NOT EXISTS agent_runs (
 CREATE UNIQUE INDEX IF NOT EXISTS agent_runs_tenant_run ON agent_runs (tenant_id, run_id);
 CREATE UNIQUE INDEX IF NOT EXISTS agent_runs_tenant_crew_key ON agent_runs (tenant_id, crew, idempotency_key);
 CREATE INDEX IF NOT EXISTS agent_runs_tenant_crew_time ON agent_runs (tenant_id, crew, created_at);
+-- Tokens spent per calendar month (UTC): scope '' is the whole tenant, any other scope the
+-- crew of that name. Every replica of every crew counts here, in the same transaction that
+-- records the usage event.
+CREATE TABLE IF NOT EXISTS token_budgets (
+    id bigserial PRIMARY KEY,
+    tenant_id text NOT NULL,
+    scope text NOT NULL,
+    month date NOT NULL,
+    used bigint NOT NULL DEFAULT 0,
+    UNIQUE (tenant_id, scope, month)
+);
+-- Tokens that model calls in flight may still spend. A call is admitted only while used plus
+-- reserved is under the budget, which bounds the overshoot of concurrent calls by one call;
+-- a reservation its replica never gave back (it crashed) stops counting when it expires.
+CREATE TABLE IF NOT EXISTS token_reservations (
+    id bigserial PRIMARY KEY,
+    tenant_id text NOT NULL,
+    crew text NOT NULL,
+    tokens bigint NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS token_reservations_tenant_expiry ON token_reservations (tenant_id, expires_at);
 ",
     );
     sql.push_str(&format!("ALTER SCHEMA public OWNER TO {owner};\n"));
@@ -89,9 +136,10 @@ pub fn tenant_access(names: &TenantNames) -> Result<String, DatabaseError> {
     let policy = quote_ident(&names.policy);
     let tenant = quote_literal(&names.tenant_id)?;
     let mut sql = format!("GRANT USAGE ON SCHEMA public TO {app};\n");
-    for table in TABLES {
+    for (table, privileges) in APP_PRIVILEGES {
         sql.push_str(&format!(
-            "GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {app};
+            "REVOKE ALL ON {table} FROM {app};
+GRANT {privileges} ON {table} TO {app};
 GRANT USAGE ON SEQUENCE {table}_id_seq TO {app};
 DROP POLICY IF EXISTS {policy} ON {table};
 CREATE POLICY {policy} ON {table} AS PERMISSIVE FOR ALL TO {app}
@@ -100,6 +148,27 @@ CREATE POLICY {policy} ON {table} AS PERMISSIVE FOR ALL TO {app}
         ));
     }
     Ok(sql)
+}
+
+/// Grants and policies for the operator's own role (the one running this SQL) on every
+/// tenant's rows of the tables it reads or appends to; replaced as a whole, like the tenants'.
+pub fn operator_access() -> String {
+    let policy = quote_ident(OPERATOR_POLICY);
+    let mut sql = String::new();
+    for (table, privilege) in OPERATOR_PRIVILEGES {
+        let (command, clause) = match privilege {
+            "INSERT" => ("INSERT", "WITH CHECK (true)"),
+            _ => ("SELECT", "USING (true)"),
+        };
+        sql.push_str(&format!(
+            "GRANT {privilege} ON {table} TO CURRENT_USER;
+DROP POLICY IF EXISTS {policy} ON {table};
+CREATE POLICY {policy} ON {table} AS PERMISSIVE FOR {command} TO CURRENT_USER {clause};
+"
+        ));
+    }
+    sql.push_str("GRANT USAGE ON SEQUENCE audit_log_id_seq TO CURRENT_USER;\n");
+    sql
 }
 
 /// Removes a tenant's rows from the shared platform database and, while its role still
@@ -166,6 +235,21 @@ mod tests {
         assert!(sql.contains("DELETE FROM audit_log WHERE tenant_id = 'acme';"));
         assert!(!sql.contains("tenant_acme_app"));
         assert!(remove_tenant(&names, true).unwrap().contains("DROP OWNED BY \"tenant_acme_app\";"));
+    }
+
+    #[test]
+    fn usage_and_audit_rows_are_append_only_for_the_tenant() {
+        let access = tenant_access(&TenantNames::new("acme").unwrap()).unwrap();
+        for table in ["usage_events", "audit_log"] {
+            assert!(access.contains(&format!("REVOKE ALL ON {table} FROM \"tenant_acme_app\";")));
+            assert!(access.contains(&format!("GRANT SELECT, INSERT ON {table} TO \"tenant_acme_app\";")));
+        }
+        assert!(access.contains("GRANT SELECT, INSERT, DELETE ON token_reservations TO \"tenant_acme_app\";"));
+        assert_eq!(APP_PRIVILEGES.map(|(t, _)| t), TABLES, "every table has its privileges");
+        let operator = operator_access();
+        assert!(operator.contains("CREATE POLICY \"bizosaas_operator\" ON token_budgets AS PERMISSIVE FOR SELECT TO CURRENT_USER USING (true);"));
+        assert!(operator.contains("CREATE POLICY \"bizosaas_operator\" ON audit_log AS PERMISSIVE FOR INSERT TO CURRENT_USER WITH CHECK (true);"));
+        assert!(!operator.contains("agent_memory"), "the operator never reads the tenant's memory");
     }
 
     #[test]

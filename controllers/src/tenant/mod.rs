@@ -12,6 +12,7 @@ mod finalize;
 pub mod plans;
 pub mod service_catalog;
 mod status;
+pub mod usage;
 
 pub use controller::{Error, run};
 pub use finalize::FINALIZER;

@@ -44,12 +44,17 @@ pub fn next(tenant: &Tenant, observed: Vec<Observed>, database: Option<String>) 
     let mut all = observed;
     conditions::summarize(&mut all, ready, is_permanent, |_| false);
     let generation = tenant.metadata.generation;
+    let mut conditions = conditions::merge(&previous.conditions, &all, generation);
+    // The usage reporter's condition, which this reconcile does not observe.
+    conditions.extend(previous.conditions.iter().filter(|c| c.type_ == super::usage::BUDGET_EXHAUSTED).cloned());
     TenantStatus {
         phase: Some(phase),
         namespace: Some(super::build::namespace_name(&tenant.metadata.name.clone().unwrap_or_default())),
         database: database.or(previous.database),
         observed_generation: generation,
-        conditions: conditions::merge(&previous.conditions, &all, generation),
+        // Written by the usage reporter; carried so that an idle reconcile changes nothing.
+        usage: previous.usage,
+        conditions,
     }
 }
 
