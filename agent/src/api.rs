@@ -222,7 +222,6 @@ async fn create_run(
     Ok(response)
 }
 
-/// Honours `?wait=<seconds>` (up to `max_wait`).
 /// Refuses a new run when the tenant's or the crew's month is used up: 429 with the budget's
 /// category (503 when the budget cannot be read).
 async fn budget_left(state: &AppState) -> Result<(), ApiError> {
@@ -240,6 +239,7 @@ async fn budget_left(state: &AppState) -> Result<(), ApiError> {
     Err(ApiError::new(status, refused.category(), message))
 }
 
+/// Honours `?wait=<seconds>` (up to `max_wait`).
 async fn wait(state: &AppState, found: Found, wait: Option<f64>) -> Result<Found, ApiError> {
     match wait.filter(|w| w.is_finite() && *w > 0.0) {
         Some(w) => state.runs.wait(found, Duration::from_secs_f64(w).min(state.max_wait)).await.map_err(runs_error),
@@ -374,6 +374,14 @@ async fn crew(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
             })
         })
         .collect();
+    let (tenant_used, crew_used) = match (&state.ledger, &state.monthly) {
+        (Some(ledger), _) => match ledger.spent().await {
+            Ok((tenant, crew)) => (Some(tenant.used), Some(crew.used)),
+            Err(_) => (None, None),
+        },
+        (None, Some(monthly)) => (None, Some(monthly.used())),
+        (None, None) => (None, None),
+    };
     Json(json!({
         "name": crew.name,
         "namespace": crew.namespace,
@@ -387,16 +395,9 @@ async fn crew(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
         "budget": {
             "maxTokensPerRun": crew.max_tokens_per_run,
             "monthlyTokens": crew.monthly_tokens,
-            "monthlyUsed": match (&state.ledger, &state.monthly) {
-                (Some(ledger), _) => ledger.spent().await.ok().map(|(_, crew)| crew.used),
-                (None, Some(monthly)) => Some(monthly.used()),
-                (None, None) => None,
-            },
+            "monthlyUsed": crew_used,
             "tenantMonthlyTokens": crew.tenant_monthly_tokens,
-            "tenantMonthlyUsed": match &state.ledger {
-                Some(ledger) => ledger.spent().await.ok().map(|(tenant, _)| tenant.used),
-                None => None,
-            },
+            "tenantMonthlyUsed": tenant_used,
         },
     }))
 }

@@ -101,10 +101,6 @@ impl TokenLedger {
         Ok(Self { db: Db::new(url)?, lock: Mutex::new(()), tenant: tenant.to_string(), crew: crew.to_string(), limits })
     }
 
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
     /// Runs `f`'s statements as one transaction on the ledger's connection.
     async fn transaction<T, F, Fut>(&self, f: F) -> Result<T, DbError>
     where
@@ -139,18 +135,7 @@ impl TokenLedger {
         let (tenant, crew) = (self.tenant.clone(), self.crew.clone());
         self.db
             .with(|c| async move {
-                let row = c
-                    .query_one(
-                        &format!(
-                            "SELECT \
-                               COALESCE((SELECT used FROM token_budgets WHERE tenant_id = $1 AND scope = '' AND month = ({THIS_MONTH})::date), 0)::bigint, \
-                               COALESCE((SELECT used FROM token_budgets WHERE tenant_id = $1 AND scope = $2 AND month = ({THIS_MONTH})::date), 0)::bigint, \
-                               COALESCE((SELECT SUM(tokens) FROM token_reservations WHERE tenant_id = $1 AND expires_at > now()), 0)::bigint, \
-                               COALESCE((SELECT SUM(tokens) FROM token_reservations WHERE tenant_id = $1 AND crew = $2 AND expires_at > now()), 0)::bigint"
-                        ),
-                        &[&tenant, &crew],
-                    )
-                    .await?;
+                let row = c.query_one(&spent_query(&format!("({THIS_MONTH})::date")), &[&tenant, &crew]).await?;
                 Ok(spent_of(&row))
             })
             .await
@@ -191,16 +176,7 @@ impl TokenLedger {
                 .await?;
                 c.execute("DELETE FROM token_reservations WHERE tenant_id = $1 AND expires_at < now()", &[&tenant])
                     .await?;
-                let row = c
-                    .query_one(
-                        "SELECT \
-                           COALESCE((SELECT used FROM token_budgets WHERE tenant_id = $1 AND scope = '' AND month = $3::text::date), 0)::bigint, \
-                           COALESCE((SELECT used FROM token_budgets WHERE tenant_id = $1 AND scope = $2 AND month = $3::text::date), 0)::bigint, \
-                           COALESCE((SELECT SUM(tokens) FROM token_reservations WHERE tenant_id = $1), 0)::bigint, \
-                           COALESCE((SELECT SUM(tokens) FROM token_reservations WHERE tenant_id = $1 AND crew = $2), 0)::bigint",
-                        &[&tenant, &crew, &month],
-                    )
-                    .await?;
+                let row = c.query_one(&spent_query("$3::text::date"), &[&tenant, &crew, &month]).await?;
                 let (tenant_spent, crew_spent) = spent_of(&row);
                 if let Err(refused) = admit(limits, tenant_spent, crew_spent) {
                     return Ok(Err(refused));
@@ -270,6 +246,18 @@ impl TokenLedger {
         })
         .await
     }
+}
+
+/// The month's tokens of the tenant (`$1`) and of the crew (`$2`), and what their calls in flight
+/// have reserved, in the order [`spent_of`] reads them.
+fn spent_query(month: &str) -> String {
+    format!(
+        "SELECT \
+           COALESCE((SELECT used FROM token_budgets WHERE tenant_id = $1 AND scope = '' AND month = {month}), 0)::bigint, \
+           COALESCE((SELECT used FROM token_budgets WHERE tenant_id = $1 AND scope = $2 AND month = {month}), 0)::bigint, \
+           COALESCE((SELECT SUM(tokens) FROM token_reservations WHERE tenant_id = $1 AND expires_at > now()), 0)::bigint, \
+           COALESCE((SELECT SUM(tokens) FROM token_reservations WHERE tenant_id = $1 AND crew = $2 AND expires_at > now()), 0)::bigint"
+    )
 }
 
 fn clamp(tokens: u64) -> i64 {

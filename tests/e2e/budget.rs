@@ -8,7 +8,7 @@
 mod support;
 
 use bizosaas_crds::common::{find_condition, is_ready};
-use bizosaas_crds::{AgentCrew, Integration, Tenant};
+use bizosaas_crds::{AgentCrew, Tenant};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
@@ -103,18 +103,7 @@ async fn the_tenant_budget_holds_across_replicas_and_is_reported_on_the_tenant()
                "database": {"isolation": "Shared", "deletionPolicy": "Delete"}}),
     )
     .await;
-    kubectl_ok(&["create", "secret", "generic", "llm-key", "-n", NS, "--from-literal=apiKey=budget-key"], None);
-    let _: Integration = create_in(
-        &client,
-        NS,
-        json!({
-            "apiVersion": "bizosaas.io/v1alpha1", "kind": "Integration", "metadata": {"name": "llm", "namespace": NS},
-            "spec": {"type": "OpenAI", "endpoint": llm,
-                     "credentials": {"secretRef": {"name": "llm-key", "key": "apiKey"}},
-                     "healthCheck": {"interval": "5s", "timeout": "2s"}},
-        }),
-    )
-    .await;
+    llm_integration(&client, NS, &llm, "budget-key").await;
     let _: AgentCrew = create_in(
         &client,
         NS,
@@ -126,11 +115,7 @@ async fn the_tenant_budget_holds_across_replicas_and_is_reported_on_the_tenant()
         }),
     )
     .await;
-    let crews: Api<AgentCrew> = Api::namespaced(client.clone(), NS);
-    wait_for("the crew Ready", TIMEOUT, || async {
-        is_ready(&crews.get("writers").await.ok()?.status?.conditions).then_some(())
-    })
-    .await;
+    wait_crew_ready(&client, NS, "writers", TIMEOUT).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     wait_for("three Ready runtime pods", TIMEOUT, || ready_pods(&pods, 3)).await;
     toolbox_pod(&client, NS, "caller", json!({})).await;

@@ -12,8 +12,8 @@
 
 mod support;
 
-use bizosaas_crds::common::{find_condition, is_ready};
-use bizosaas_crds::{AgentCrew, Integration, Tenant};
+use bizosaas_crds::common::find_condition;
+use bizosaas_crds::{AgentCrew, Tenant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -147,15 +147,7 @@ async fn a_crew_pod_runs_against_the_llm_remembers_and_rotates_its_key() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let port = recording_gateway(llm, seen.clone()).await;
 
-    kubectl_ok(&["create", "secret", "generic", "llm-key", "-n", NS, "--from-literal=apiKey=first-key"], None);
-    let integration: Integration = serde_json::from_value(serde_json::json!({
-        "apiVersion": "bizosaas.io/v1alpha1", "kind": "Integration", "metadata": {"name": "llm", "namespace": NS},
-        "spec": {"type": "OpenAI", "endpoint": format!("http://{}:{port}/v1", node_ip()),
-                 "credentials": {"secretRef": {"name": "llm-key", "key": "apiKey"}},
-                 "healthCheck": {"interval": "2s", "timeout": "2s"}},
-    }))
-    .unwrap();
-    Api::<Integration>::namespaced(client.clone(), NS).create(&PostParams::default(), &integration).await.unwrap();
+    llm_integration(&client, NS, &format!("http://{}:{port}/v1", node_ip()), "first-key").await;
     let crew: AgentCrew = serde_json::from_value(serde_json::json!({
         "apiVersion": "bizosaas.io/v1alpha1", "kind": "AgentCrew", "metadata": {"name": "writers", "namespace": NS},
         "spec": {"process": "Sequential", "model": {"integration": "llm", "name": model, "maxTokens": 24},
@@ -167,10 +159,7 @@ async fn a_crew_pod_runs_against_the_llm_remembers_and_rotates_its_key() {
     crews.create(&PostParams::default(), &crew).await.unwrap();
 
     // Ready only once the runtime pod really is (its readiness probe passes on the node).
-    wait_for("the crew Ready", TIMEOUT, || async {
-        is_ready(&crews.get("writers").await.ok()?.status?.conditions).then_some(())
-    })
-    .await;
+    wait_crew_ready(&client, NS, "writers", TIMEOUT).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let first_pod = wait_for("one Ready runtime pod", TIMEOUT, || runtime_pod(&pods)).await;
     assert_eq!(first_pod.spec.as_ref().unwrap().node_name.as_deref(), Some("bizosaas-node"));

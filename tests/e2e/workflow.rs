@@ -116,7 +116,6 @@ async fn setup(client: &kube::Client, port: u16) {
     )
     .await;
     kubectl_ok(&["create", "secret", "generic", "hook-token", "-n", NS, "--from-literal=token=s3cret-hook"], None);
-    kubectl_ok(&["create", "secret", "generic", "llm-key", "-n", NS, "--from-literal=apiKey=llm-key"], None);
     let _: Integration = create_in(
         client,
         NS,
@@ -127,11 +126,7 @@ async fn setup(client: &kube::Client, port: u16) {
         }),
     )
     .await;
-    let _: Integration = create_in(client, NS, serde_json::json!({
-        "apiVersion": "bizosaas.io/v1alpha1", "kind": "Integration", "metadata": {"name": "llm", "namespace": NS},
-        "spec": {"type": "OpenAI", "endpoint": llm, "credentials": {"secretRef": {"name": "llm-key", "key": "apiKey"}}},
-    }))
-    .await;
+    llm_integration(client, NS, &llm, "llm-key").await;
     let _: AgentCrew = create_in(
         client,
         NS,
@@ -142,11 +137,7 @@ async fn setup(client: &kube::Client, port: u16) {
         }),
     )
     .await;
-    let crews: Api<AgentCrew> = Api::namespaced(client.clone(), NS);
-    wait_for("the crew Ready", TIMEOUT, || async {
-        is_ready(&crews.get("writers").await.ok()?.status?.conditions).then_some(())
-    })
-    .await;
+    wait_crew_ready(client, NS, "writers", TIMEOUT).await;
 }
 
 fn toolbox_step(name: &str, deps: &[&str], command: &[&str], args: &[&str]) -> serde_json::Value {

@@ -6,7 +6,6 @@
 
 mod support;
 
-use bizosaas_crds::common::is_ready;
 use bizosaas_crds::workflow::RunPhase;
 use bizosaas_crds::{AgentCrew, Integration, Workflow, WorkflowRun};
 use k8s_openapi::api::batch::v1::Job;
@@ -139,7 +138,6 @@ async fn runs_survive_sigkills_of_the_operator_and_an_api_server_restart() {
     let endpoint = Arc::new(Mutex::new(Endpoint::default()));
     let port = start_endpoint(endpoint.clone());
     kubectl_ok(&["create", "secret", "generic", "hook-token", "-n", NS, "--from-literal=token=t"], None);
-    kubectl_ok(&["create", "secret", "generic", "llm-key", "-n", NS, "--from-literal=apiKey=k"], None);
     let _: Integration = create_in(
         &client,
         NS,
@@ -150,11 +148,7 @@ async fn runs_survive_sigkills_of_the_operator_and_an_api_server_restart() {
         }),
     )
     .await;
-    let _: Integration = create_in(&client, NS, serde_json::json!({
-        "apiVersion": "bizosaas.io/v1alpha1", "kind": "Integration", "metadata": {"name": "llm", "namespace": NS},
-        "spec": {"type": "OpenAI", "endpoint": llm, "credentials": {"secretRef": {"name": "llm-key", "key": "apiKey"}}},
-    }))
-    .await;
+    llm_integration(&client, NS, &llm, "k").await;
     // Memory on: the crew keeps its runs in the tenant database, where the test counts them.
     let _: AgentCrew = create_in(
         &client,
@@ -167,11 +161,7 @@ async fn runs_survive_sigkills_of_the_operator_and_an_api_server_restart() {
         }),
     )
     .await;
-    let crews: Api<AgentCrew> = Api::namespaced(client.clone(), NS);
-    wait_for("the crew Ready", TIMEOUT, || async {
-        is_ready(&crews.get("writers").await.ok()?.status?.conditions).then_some(())
-    })
-    .await;
+    wait_crew_ready(&client, NS, "writers", TIMEOUT).await;
     let _: Workflow = create_in(&client, NS, serde_json::json!({
         "apiVersion": "bizosaas.io/v1alpha1", "kind": "Workflow", "metadata": {"name": "durable", "namespace": NS},
         "spec": {

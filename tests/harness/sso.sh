@@ -139,13 +139,14 @@ cmd_up() {
     --https-port="$PORT" --https-certificate-file="$PKI/server.crt" --https-certificate-key-file="$PKI/server.key" \
     --http-host="$NODE_IP" --http-port="$HTTP_PORT" --hostname="https://$NODE_IP:$PORT" \
     --log-level=warn,org.keycloak.services:info,io.quarkus:info >"$LOG" 2>&1 </dev/null &
-  # kc.sh execs the JVM: record the pid with the JVM's argv0 once it is there (on a first
-  # start kc.sh builds the server first, which takes a while; recording the shell's argv0
-  # instead would leave a JVM that `down` does not recognise).
+  # kc.sh either execs the JVM or waits on it as its child (a first start builds the server
+  # first). Record the session leader's pid with what it runs once the JVM is there: `down`
+  # signals the whole process group, and checks that argv0 to know the pid is still ours.
   local pid=$! argv0=""
   for _ in $(seq 1 $((UP_TIMEOUT * 5))); do
     { IFS= read -r -d '' argv0 <"/proc/$pid/cmdline"; } 2>/dev/null || true
     [[ $argv0 == */bin/java ]] && break
+    pgrep -P "$pid" -f 'bin/java' >/dev/null 2>&1 && break
     kill -0 "$pid" 2>/dev/null || { tail -30 "$LOG" >&2; die "Keycloak exited at start"; }
     sleep 0.2
   done

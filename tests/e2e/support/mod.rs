@@ -39,6 +39,13 @@ pub fn kubeconfig() -> PathBuf {
     .clone()
 }
 
+/// The local API server's audit log (JSON lines, under the chart's audit policy).
+pub fn api_server_audit_log() -> PathBuf {
+    harness("cluster.sh", "audit-log")
+        .map(PathBuf::from)
+        .expect("no local control plane: start it with `tests/harness/cluster.sh up` (or run `./dev test`)")
+}
+
 /// Admin URL of the test PostgreSQL (`BIZOSAAS_TEST_DATABASE_URL` overrides).
 pub fn database_url() -> String {
     static URL: OnceLock<String> = OnceLock::new();
@@ -502,6 +509,35 @@ pub fn llm_server() -> (String, String) {
         .expect("no LLM server: start it with `tests/harness/llm.sh up` (or run `./dev test`)");
     let model = std::env::var("BIZOSAAS_TEST_LLM_MODEL").unwrap_or_else(|_| "gemma3-270m".into());
     (url, model)
+}
+
+/// Gives the crews of `ns` a model: the `llm-key` Secret holding `api_key` and the `llm`
+/// Integration of type OpenAI that points at `endpoint`.
+pub async fn llm_integration(client: &Client, ns: &str, endpoint: &str, api_key: &str) {
+    kubectl_ok(
+        &["create", "secret", "generic", "llm-key", "-n", ns, &format!("--from-literal=apiKey={api_key}")],
+        None,
+    );
+    let _: bizosaas_crds::Integration = create_in(
+        client,
+        ns,
+        serde_json::json!({
+            "apiVersion": "bizosaas.io/v1alpha1", "kind": "Integration", "metadata": {"name": "llm", "namespace": ns},
+            "spec": {"type": "OpenAI", "endpoint": endpoint,
+                     "credentials": {"secretRef": {"name": "llm-key", "key": "apiKey"}},
+                     "healthCheck": {"interval": "5s", "timeout": "2s"}},
+        }),
+    )
+    .await;
+}
+
+/// Waits until the AgentCrew `name` in `ns` is Ready, which it is once its runtime pods are.
+pub async fn wait_crew_ready(client: &Client, ns: &str, name: &str, timeout: Duration) {
+    let crews: kube::Api<bizosaas_crds::AgentCrew> = kube::Api::namespaced(client.clone(), ns);
+    wait_for(&format!("the crew {name} Ready"), timeout, || async {
+        bizosaas_crds::common::is_ready(&crews.get(name).await.ok()?.status?.conditions).then_some(())
+    })
+    .await;
 }
 
 /// Creates the namespaced object `value` (JSON) in `ns` and returns it as the server has it.
