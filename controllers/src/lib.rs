@@ -11,6 +11,7 @@ pub mod conditions;
 pub mod context;
 pub mod duration;
 pub mod egress;
+pub mod gateway_database;
 pub mod integration;
 pub mod kube_requests;
 pub mod metrics;

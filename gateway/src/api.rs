@@ -8,10 +8,14 @@
 //! | `POST /v1/tenants/{tenant}/workflows/{workflow}/runs` | `create workflowruns` (as the caller) |
 //! | `GET /v1/tenants/{tenant}/workflowruns/{name}` | `get workflowruns` (as the caller) |
 //! | `GET /v1/tenants/{tenant}/usage` | `get usage` (a name for RBAC only) |
+//! | `GET /v1/tenants/{tenant}/audit` | `get audit` (a name for RBAC only; owners) |
 //!
 //! Every `/v1/` request is authenticated first (401), then rate limited per tenant (429 with
-//! `Retry-After`), then authorized (403), then passed on. Bodies are at most [`MAX_BODY`].
+//! `Retry-After`), then given its place in the tenant's audit log (503 without one), then
+//! authorized (403), then passed on; how it ended goes to the audit log. Bodies are at most
+//! [`MAX_BODY`]. Each answer carries the request's `X-Request-Id`.
 
+use crate::audit::{self, AuditLog, Slot};
 use crate::authn::{Authenticator, Identity};
 use crate::authz::{Access, Authorizer};
 use crate::crews::{self, CrewClient, Forward};
@@ -19,15 +23,15 @@ use crate::error::ApiError;
 use crate::metrics::{CategoryLabels, Metrics, RequestLabels, RouteLabels};
 use crate::rate_limit::RateLimiter;
 use crate::workflows;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Query, RawPathParams, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use bizosaas_crds::tenant::TenantUsage;
 use bizosaas_crds::{Tenant, WorkflowRun};
-use kube::Resource;
+use kube::{Resource, ResourceExt};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -39,13 +43,16 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("../openapi.json");
 /// The routes under `/v1`, as the router and the OpenAPI document name them.
-pub const ROUTES: [(&str, &str); 6] = [
-    ("post", "/v1/tenants/{tenant}/crews/{crew}/runs"),
-    ("get", "/v1/tenants/{tenant}/crews/{crew}/runs/{id}"),
-    ("get", "/v1/tenants/{tenant}/crews/{crew}/runs/{id}/events"),
-    ("post", "/v1/tenants/{tenant}/workflows/{workflow}/runs"),
-    ("get", "/v1/tenants/{tenant}/workflowruns/{name}"),
-    ("get", "/v1/tenants/{tenant}/usage"),
+/// The routes under `/v1`, as the router and the OpenAPI document name them, with the action
+/// the audit log records for each.
+pub const ROUTES: [(&str, &str, &str); 7] = [
+    ("post", "/v1/tenants/{tenant}/crews/{crew}/runs", "crewrun.create"),
+    ("get", "/v1/tenants/{tenant}/crews/{crew}/runs/{id}", "crewrun.get"),
+    ("get", "/v1/tenants/{tenant}/crews/{crew}/runs/{id}/events", "crewrun.events"),
+    ("post", "/v1/tenants/{tenant}/workflows/{workflow}/runs", "workflowrun.create"),
+    ("get", "/v1/tenants/{tenant}/workflowruns/{name}", "workflowrun.get"),
+    ("get", "/v1/tenants/{tenant}/usage", "usage.get"),
+    ("get", "/v1/tenants/{tenant}/audit", "audit.get"),
 ];
 
 pub struct AppState {
@@ -56,6 +63,9 @@ pub struct AppState {
     pub crews: CrewClient,
     pub metrics: Metrics,
     pub registry: Registry,
+    /// `None` without a database (`BIZOSAAS_GATEWAY_DATABASE_URL`): nothing is recorded and
+    /// the audit route answers 503.
+    pub audit: Option<AuditLog>,
     /// Set once the OIDC issuer's keys were read (always, without an issuer).
     pub ready: AtomicBool,
 }
@@ -68,7 +78,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(ROUTES[3].1, post(start_workflow_run))
         .route(ROUTES[4].1, get(get_workflow_run))
         .route(ROUTES[5].1, get(tenant_usage))
+        .route(ROUTES[6].1, get(tenant_audit))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), front_door))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), measure));
     api.route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .route("/healthz", get(|| async { "ok" }))
@@ -128,9 +140,85 @@ fn name(value: &str, what: &str, max: usize) -> Result<(), ApiError> {
     if ok { Ok(()) } else { Err(ApiError::bad_request(format!("{what} {value:?} is not a valid name"))) }
 }
 
-/// Authenticates the caller and takes one request from the tenant's rate: the tenant's
-/// namespace and the caller.
-async fn admit(state: &AppState, headers: &HeaderMap, tenant: &str) -> Result<(String, Identity), ApiError> {
+/// The caller of a `/v1/` request, as [`front_door`] admitted it.
+#[derive(Clone)]
+struct Caller {
+    namespace: String,
+    who: Identity,
+}
+
+/// What a handler adds to the audit entry's target (the run it created).
+#[derive(Clone)]
+struct Created(String);
+
+/// Admits `/v1/` requests: authenticates the caller, takes one request from the tenant's
+/// rate and a place in its audit log, then records how the request ended.
+async fn front_door(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let arrived = k8s_openapi::jiff::Timestamp::now();
+    let request_id = audit::request_id(request.headers().get("x-request-id").and_then(|v| v.to_str().ok()));
+    let (mut parts, body) = request.into_parts();
+    let params: Vec<(String, String)> = match RawPathParams::from_request_parts(&mut parts, &()).await {
+        Ok(raw) => raw.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        Err(_) => Vec::new(),
+    };
+    let route = parts.extensions.get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let action = ROUTES.iter().find(|r| r.1 == route).map_or("unknown", |r| r.2);
+    let tenant = params.iter().find(|(k, _)| k == "tenant").map(|(_, v)| v.clone()).unwrap_or_default();
+    let admitted = admit(&state, &parts.headers, &tenant).await;
+    let (caller, slot) = match admitted {
+        Ok(admitted) => admitted,
+        Err(e) => return with_request_id(Refused(e).into_response(), &request_id),
+    };
+    parts.extensions.insert(caller.clone());
+    let method = parts.method.to_string();
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    if let Some(slot) = slot {
+        let mut target = target_of(&route, &params);
+        if let Some(Created(name)) = response.extensions_mut().remove::<Created>() {
+            target = format!("{target}/{name}");
+        }
+        let status = response.status();
+        let category = response.extensions().get::<Refusal>().map(|r| r.0);
+        slot.record(audit::Entry {
+            tenant,
+            actor: caller.who.username.clone(),
+            groups: caller.who.groups.clone(),
+            action,
+            target,
+            outcome: audit::outcome(status),
+            request_id: request_id.clone(),
+            detail: serde_json::json!({"method": method, "status": status.as_u16(), "category": category}),
+            time: arrived.to_string(),
+        });
+    }
+    with_request_id(response, &request_id)
+}
+
+fn with_request_id(mut response: Response, id: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// The object a route acts on, from its path parameters: `agentcrews/writers/runs/7f3a`.
+fn target_of(route: &str, params: &[(String, String)]) -> String {
+    let value = |key: &str| params.iter().find(|(k, _)| k == key).map_or("", |(_, v)| v.as_str());
+    let path = route.trim_start_matches("/v1/tenants/{tenant}/");
+    let mut target = Vec::new();
+    for segment in path.split('/') {
+        match segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            Some(key) => target.push(value(key).to_string()),
+            None if segment == "crews" => target.push("agentcrews".to_string()),
+            None => target.push(segment.to_string()),
+        }
+    }
+    target.join("/")
+}
+
+/// Authenticates the caller, takes one request from the tenant's rate and a place in its
+/// audit log.
+async fn admit(state: &AppState, headers: &HeaderMap, tenant: &str) -> Result<(Caller, Option<Slot>), ApiError> {
     name(tenant, "tenant", 40)?;
     let who = state.authn.authenticate(headers.get(header::AUTHORIZATION)).await?;
     if let Err(wait) = state.limiter.take(tenant) {
@@ -142,7 +230,11 @@ async fn admit(state: &AppState, headers: &HeaderMap, tenant: &str) -> Result<(S
         e.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
         return Err(e);
     }
-    Ok((format!("tenant-{tenant}"), who))
+    let slot = match &state.audit {
+        Some(audit) => Some(audit.slot(tenant)?),
+        None => None,
+    };
+    Ok((Caller { namespace: format!("tenant-{tenant}"), who }, slot))
 }
 
 #[derive(Deserialize)]
@@ -152,12 +244,13 @@ struct WaitQuery {
 
 async fn start_crew_run(
     State(state): State<Arc<AppState>>,
-    Path((tenant, crew)): Path<(String, String)>,
+    Extension(caller): Extension<Caller>,
+    Path((_, crew)): Path<(String, String)>,
     Query(query): Query<WaitQuery>,
     headers: HeaderMap,
     body: bytes::Bytes,
 ) -> Result<Response, Refused> {
-    let (namespace, who) = admit(&state, &headers, &tenant).await?;
+    let Caller { namespace, who } = caller;
     name(&crew, "crew", 63)?;
     state.authz.check(&who, &Access::new("create", "agentcrews", Some("runs"), &namespace, &crew)).await?;
     crews::require_json(&headers)?;
@@ -179,7 +272,12 @@ async fn start_crew_run(
         body: Some(body),
         stream: false,
     };
-    Ok(state.crews.forward(call).await?)
+    let mut response = state.crews.forward(call).await?;
+    let run = response.headers().get(header::LOCATION).and_then(|l| l.to_str().ok()).and_then(|l| l.rsplit('/').next());
+    if let Some(run) = run.map(str::to_owned) {
+        response.extensions_mut().insert(Created(run));
+    }
+    Ok(response)
 }
 
 /// A crew run id as the runtime hands them out.
@@ -191,11 +289,12 @@ fn run_id(id: &str) -> Result<(), ApiError> {
 
 async fn get_crew_run(
     State(state): State<Arc<AppState>>,
-    Path((tenant, crew, id)): Path<(String, String, String)>,
+    Extension(caller): Extension<Caller>,
+    Path((_, crew, id)): Path<(String, String, String)>,
     Query(query): Query<WaitQuery>,
     headers: HeaderMap,
 ) -> Result<Response, Refused> {
-    let (namespace, who) = admit(&state, &headers, &tenant).await?;
+    let Caller { namespace, who } = caller;
     name(&crew, "crew", 63)?;
     run_id(&id)?;
     state.authz.check(&who, &Access::new("get", "agentcrews", Some("runs"), &namespace, &crew)).await?;
@@ -220,11 +319,12 @@ struct EventsQuery {
 
 async fn crew_run_events(
     State(state): State<Arc<AppState>>,
-    Path((tenant, crew, id)): Path<(String, String, String)>,
+    Extension(caller): Extension<Caller>,
+    Path((_, crew, id)): Path<(String, String, String)>,
     Query(query): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Response, Refused> {
-    let (namespace, who) = admit(&state, &headers, &tenant).await?;
+    let Caller { namespace, who } = caller;
     name(&crew, "crew", 63)?;
     run_id(&id)?;
     state.authz.check(&who, &Access::new("get", "agentcrews", Some("runs"), &namespace, &crew)).await?;
@@ -246,10 +346,10 @@ async fn crew_run_events(
 /// from the tenant database): what its crews spent, its budget and whether it is used up.
 async fn tenant_usage(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, Refused> {
-    let (namespace, who) = admit(&state, &headers, &tenant).await?;
+    let Caller { namespace, who } = caller;
     state.authz.check(&who, &Access::new("get", "usage", None, &namespace, "")).await?;
     let found = kube::Api::<Tenant>::all(state.kube.clone()).get_opt(&tenant).await.map_err(|e| {
         tracing::warn!(error = %e, "cannot read a Tenant");
@@ -270,6 +370,37 @@ async fn tenant_usage(
         "budgetExhausted": exhausted,
     });
     Ok(Json(body).into_response())
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// The tenant's audit log, oldest first, from after the id `after`: the gateway's requests
+/// and the operator's actions on the tenant's data. Its owners' alone (`get audit`).
+async fn tenant_audit(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(tenant): Path<String>,
+    Query(query): Query<AuditQuery>,
+) -> Result<Response, Refused> {
+    let Caller { namespace, who } = caller;
+    state.authz.check(&who, &Access::new("get", "audit", None, &namespace, "")).await?;
+    let Some(audit) = &state.audit else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "this gateway keeps no audit log (it has no database)",
+        )
+        .into());
+    };
+    let after = query.after.unwrap_or(0).max(0);
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let entries = audit.read(&tenant, after, limit).await?;
+    let next = entries.as_array().and_then(|e| e.last()).and_then(|e| e["id"].as_i64()).unwrap_or(after);
+    Ok(Json(serde_json::json!({"tenant": tenant, "entries": entries, "next": next})).into_response())
 }
 
 /// Sends `request` to the API server as the caller.
@@ -295,11 +426,12 @@ async fn as_caller<T: serde::de::DeserializeOwned>(
 
 async fn start_workflow_run(
     State(state): State<Arc<AppState>>,
-    Path((tenant, workflow)): Path<(String, String)>,
+    Extension(caller): Extension<Caller>,
+    Path((_, workflow)): Path<(String, String)>,
     headers: HeaderMap,
     body: bytes::Bytes,
 ) -> Result<Response, Refused> {
-    let (namespace, who) = admit(&state, &headers, &tenant).await?;
+    let Caller { namespace, who } = caller;
     name(&workflow, "workflow", 63)?;
     let start: workflows::StartRequest = if body.is_empty() {
         Default::default()
@@ -323,7 +455,11 @@ async fn start_workflow_run(
         .create(&Default::default(), serde_json::to_vec(&run).expect("a WorkflowRun serialises"))
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     match as_caller::<WorkflowRun>(&state.kube, &who, request).await {
-        Ok(created) => Ok((StatusCode::CREATED, Json(workflows::view(&created))).into_response()),
+        Ok(created) => {
+            let mut response = (StatusCode::CREATED, Json(workflows::view(&created))).into_response();
+            response.extensions_mut().insert(Created(created.name_any()));
+            Ok(response)
+        }
         Err(e) if e.status == StatusCode::CONFLICT && run_name.is_some() => {
             // The same caller and key started it before: answer with that run.
             let name = run_name.expect("checked");
@@ -341,10 +477,10 @@ async fn start_workflow_run(
 
 async fn get_workflow_run(
     State(state): State<Arc<AppState>>,
-    Path((tenant, run)): Path<(String, String)>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
+    Path((_, run)): Path<(String, String)>,
 ) -> Result<Response, Refused> {
-    let (namespace, who) = admit(&state, &headers, &tenant).await?;
+    let Caller { namespace, who } = caller;
     name(&run, "workflow run", 253)?;
     let request = kube::core::Request::new(WorkflowRun::url_path(&(), Some(&namespace)))
         .get(&run, &Default::default())
@@ -380,7 +516,7 @@ mod tests {
         let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json parses");
         assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
         let paths = doc["paths"].as_object().unwrap();
-        for (method, path) in ROUTES {
+        for (method, path, _) in ROUTES {
             let op = &paths.get(path).unwrap_or_else(|| panic!("{path} is not in openapi.json"))[method];
             assert!(op.is_object(), "{method} {path} is not in openapi.json");
             for code in ["401", "403", "429"] {

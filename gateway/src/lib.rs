@@ -1,9 +1,10 @@
 //! `bizosaas-gateway`: the tenants' front door. It authenticates callers (OIDC bearer tokens,
 //! Kubernetes ServiceAccount tokens), asks RBAC whether they may act in the tenant's namespace,
 //! rate limits per tenant, and passes crew runs to the crews' runtimes and workflow runs to the
-//! API server as the caller.
+//! API server as the caller, and keeps each tenant's audit log of what was asked.
 
 pub mod api;
+pub mod audit;
 pub mod authn;
 pub mod authz;
 pub mod cache;

@@ -1,6 +1,7 @@
 use anyhow::Context as _;
 use bizosaas_controllers::runtime_auth::{RuntimeToken, TokenSource};
 use bizosaas_gateway::api::{self, AppState};
+use bizosaas_gateway::audit::AuditLog;
 use bizosaas_gateway::authn::oidc::{OidcSettings, OidcVerifier};
 use bizosaas_gateway::authn::{Authenticator, service_account};
 use bizosaas_gateway::authz::Authorizer;
@@ -61,6 +62,10 @@ struct Args {
     /// Outside a pod: the ServiceAccount (`namespace/name`) whose token calls the crews.
     #[arg(long, env = "BIZOSAAS_GATEWAY_SERVICE_ACCOUNT")]
     service_account: Option<String>,
+    /// The gateway's database login (the `url` of the Secret the operator keeps), for the
+    /// tenants' audit logs; without it nothing is recorded.
+    #[arg(long, env = "BIZOSAAS_GATEWAY_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
 }
 
 #[tokio::main]
@@ -126,6 +131,16 @@ async fn main() -> anyhow::Result<()> {
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let (audit, audit_writer) = match args.database_url.as_deref().filter(|u| !u.is_empty()) {
+        Some(url) => {
+            let (audit, writer) = AuditLog::start(url, kube.clone(), &mut registry).map_err(|e| anyhow::anyhow!(e))?;
+            (Some(audit), Some(writer))
+        }
+        None => {
+            tracing::warn!("no BIZOSAAS_GATEWAY_DATABASE_URL: requests are not recorded in the tenants' audit logs");
+            (None, None)
+        }
+    };
     let state = Arc::new(AppState {
         kube: kube.clone(),
         authn: Authenticator {
@@ -137,6 +152,7 @@ async fn main() -> anyhow::Result<()> {
         crews,
         metrics,
         registry,
+        audit,
         ready: (!has_oidc).into(),
     });
     if has_oidc {
@@ -164,6 +180,13 @@ async fn main() -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     tracing::info!(listen = %args.listen, oidc = has_oidc, "gateway serving");
     axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown()).await?;
+    // The router (and with it the last handle on the queue) is gone: what is queued is written.
+    if let Some(writer) = audit_writer {
+        match tokio::time::timeout(Duration::from_secs(20), writer).await {
+            Ok(_) => tracing::info!("audit entries written"),
+            Err(_) => tracing::error!("audit entries still unwritten after 20s; stopping anyway"),
+        }
+    }
     Ok(())
 }
 

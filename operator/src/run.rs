@@ -11,7 +11,7 @@ use bizosaas_controllers::tenant::plans::PlanCatalog;
 use bizosaas_controllers::tenant::service_catalog::ServiceCatalog;
 use bizosaas_controllers::vault::{Vault, VaultAuth, VaultConfig};
 use bizosaas_controllers::watch_connections::WatchConnections;
-use bizosaas_controllers::{Config, Context, agent_crew, integration, tenant, workflow};
+use bizosaas_controllers::{Config, Context, agent_crew, gateway_database, integration, tenant, workflow};
 use bizosaas_crds::Tenant;
 use kube::Client;
 use kube::api::{Api, ListParams};
@@ -91,6 +91,11 @@ pub struct RunArgs {
     /// run API besides the operator's.
     #[arg(long, env = "BIZOSAAS_GATEWAY_SERVICE_ACCOUNT")]
     gateway_service_account: Option<String>,
+    /// The Secret (`namespace/name`) the operator keeps the gateway's database login in; the
+    /// gateway appends its requests to tenants' audit logs with it. Without it the gateway's
+    /// role exists but cannot log in.
+    #[arg(long, env = "BIZOSAAS_GATEWAY_DATABASE_SECRET")]
+    gateway_database_secret: Option<String>,
     /// Projected ServiceAccount token with the runtime audience (`bizosaas-agent`), sent to
     /// crews' run API; the kubelet rotates it.
     #[arg(long, env = "BIZOSAAS_RUNTIME_TOKEN_FILE")]
@@ -222,6 +227,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     metrics.leader.set(i64::from(!*stop_rx.borrow()));
     if !*stop_rx.borrow() {
         info!("controllers starting");
+        let _gateway_login = match (&postgres, args.gateway_database_secret.as_deref().filter(|s| !s.is_empty())) {
+            (Some(admin), Some(secret)) => {
+                let (namespace, name) =
+                    bizosaas_controllers::runtime_auth::service_account(secret).with_context(|| {
+                        format!("BIZOSAAS_GATEWAY_DATABASE_SECRET must be namespace/name, not {secret:?}")
+                    })?;
+                Some(gateway_database::spawn(client.clone(), admin.clone(), namespace, name))
+            }
+            _ => None,
+        };
         let ctx = Arc::new(Context::new(client, config, metrics, postgres, vault, watch_connections));
         let stopped = |mut stop: watch::Receiver<bool>| async move {
             let _ = stop.wait_for(|s| *s).await;

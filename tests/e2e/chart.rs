@@ -303,6 +303,28 @@ fn the_gateway_runs_restricted_replicated_and_reviews_its_callers() {
         operator_env.contains("BIZOSAAS_GATEWAY_SERVICE_ACCOUNT"),
         "crews must admit the gateway: {operator_env:?}"
     );
+    // Its database login (audit log only) comes from the Secret the operator keeps, and the
+    // operator may touch that one Secret of the release namespace and create it.
+    let url =
+        container["env"].as_array().unwrap().iter().find(|e| e["name"] == "BIZOSAAS_GATEWAY_DATABASE_URL").unwrap();
+    assert_eq!(
+        url["valueFrom"]["secretKeyRef"],
+        serde_json::json!({"name": "bizosaas-gateway-database", "key": "url"})
+    );
+    let keeper = named(&rendered, "Role", "bizosaas-operator-gateway-database");
+    assert_eq!(
+        keeper["rules"],
+        serde_json::json!([
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["bizosaas-gateway-database"], "verbs": ["get", "patch"]},
+        ])
+    );
+    let binding = named(&rendered, "RoleBinding", "bizosaas-operator-gateway-database");
+    assert_eq!(binding["subjects"][0]["name"], "bizosaas-operator");
+    let operator_container = &operator["spec"]["template"]["spec"]["containers"][0];
+    let secret =
+        operator_container["env"].as_array().unwrap().iter().find(|e| e["name"] == "BIZOSAAS_GATEWAY_DATABASE_SECRET");
+    assert!(secret.is_some_and(|e| e["value"].as_str().unwrap().ends_with("/bizosaas-gateway-database")), "{secret:?}");
 
     // What it may do: review tokens and access, impersonate, and read Tenants (their usage);
     // no Secret, no workload.

@@ -9,13 +9,13 @@
 //! same token; she is refused at both for globex. The front door is attacked as a tenant owner
 //! or an outsider would: no token, a made-up one, a token of the same issuer for another
 //! client, a token whose claims were edited, a ServiceAccount token for the crews' audience,
-//! a caller without rights, an oversized body, a flood of requests. No token appears in the
-//! gateway's logs.
+//! a caller without rights, an oversized body, a flood of requests. Each tenant's audit log
+//! holds what was asked of it (refusals too), readable by its owners only, next to the
+//! operator's actions on its data. No token appears in the gateway's logs.
 
 mod support;
 
-use bizosaas_crds::common::is_ready;
-use bizosaas_crds::{AgentCrew, Integration, Workflow, WorkflowRun};
+use bizosaas_crds::{AgentCrew, Workflow, WorkflowRun};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 use serde_json::{Value, json};
@@ -141,28 +141,14 @@ fn kubectl_as(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String) {
 
 async fn ready_crew(client: &kube::Client) {
     let (llm, model) = llm_server();
-    kubectl_ok(
-        &["create", "secret", "generic", "llm-key", "-n", ACME_NS, "--from-literal=apiKey=gateway-test-key"],
-        None,
-    );
-    let _: Integration = create_in(client, ACME_NS, json!({
-        "apiVersion": "bizosaas.io/v1alpha1", "kind": "Integration", "metadata": {"name": "llm", "namespace": ACME_NS},
-        "spec": {"type": "OpenAI", "endpoint": llm,
-                 "credentials": {"secretRef": {"name": "llm-key", "key": "apiKey"}},
-                 "healthCheck": {"interval": "5s", "timeout": "2s"}},
-    }))
-    .await;
+    llm_integration(client, ACME_NS, &llm, "gateway-test-key").await;
     let _: AgentCrew = create_in(client, ACME_NS, json!({
         "apiVersion": "bizosaas.io/v1alpha1", "kind": "AgentCrew", "metadata": {"name": "writers", "namespace": ACME_NS},
         "spec": {"process": "Sequential", "model": {"integration": "llm", "name": model, "maxTokens": 16},
                  "agents": [{"name": "writer", "template": "copywriting", "maxIterations": 1}]},
     }))
     .await;
-    let crews: Api<AgentCrew> = Api::namespaced(client.clone(), ACME_NS);
-    wait_for("the crew Ready", TIMEOUT, || async {
-        is_ready(&crews.get("writers").await.ok()?.status?.conditions).then_some(())
-    })
-    .await;
+    wait_crew_ready(client, ACME_NS, "writers", TIMEOUT).await;
 }
 
 // Multi-threaded: requests run concurrently in the flood.
@@ -374,6 +360,10 @@ async fn tenants_use_their_crews_and_workflows_through_the_gateway_with_single_s
     })
     .await;
     assert_eq!(finished["status"]["phase"], "Succeeded", "{finished}");
+    api_server_recorded_the_run(&name).await;
+
+    // The audit logs: what was done in each tenant, readable by its owners only.
+    audit_trail(&gateway, &alice, &bob, &carol, &id, &started).await;
 
     // A flood from one tenant meets its rate limit with Retry-After; another tenant's owner
     // is not slowed by it.
@@ -410,4 +400,157 @@ async fn tenants_use_their_crews_and_workflows_through_the_gateway_with_single_s
         assert!(!logs.contains(signature), "{who}'s token is in the gateway's logs");
     }
     assert!(!logs.to_lowercase().contains("bearer "), "a bearer header is in the gateway's logs");
+}
+
+/// The entries of `tenant`'s audit log as `token` reads them, all pages.
+async fn audit_entries(gateway: &str, tenant: &str, token: &str) -> Vec<Value> {
+    let mut entries = Vec::new();
+    let mut after = 0;
+    loop {
+        let url = format!("{gateway}/v1/tenants/{tenant}/audit?after={after}&limit=1000");
+        let page = call(reqwest::Method::GET, &url, Some(token), None, None).await;
+        if page.status == 429 {
+            // A client that pages quickly meets the tenant's rate: it waits as told.
+            let wait = page.headers.get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(1);
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            continue;
+        }
+        assert_eq!(page.status, 200, "reading {tenant}'s audit log: {}", page.body);
+        let got = page.body["entries"].as_array().unwrap().clone();
+        let next = page.body["next"].as_i64().unwrap();
+        if got.is_empty() {
+            assert_eq!(next, after, "an empty page keeps the cursor");
+            return entries;
+        }
+        assert!(got.iter().all(|e| e["id"].as_i64().unwrap() > after), "a page holds only entries after {after}");
+        assert_eq!(got.last().unwrap()["id"].as_i64(), Some(next));
+        after = next;
+        // Each read is itself recorded: a page that is not full is the end for now.
+        let last_page = got.len() < 1000;
+        entries.extend(got);
+        if last_page {
+            let beyond = call(
+                reqwest::Method::GET,
+                &format!("{gateway}/v1/tenants/{tenant}/audit?after={}", after + 1_000_000),
+                Some(token),
+                None,
+                None,
+            )
+            .await;
+            if beyond.status == 200 {
+                assert_eq!(beyond.body["entries"], json!([]), "nothing after the end");
+                assert_eq!(beyond.body["next"].as_i64(), Some(after + 1_000_000), "an empty page keeps the cursor");
+            }
+            return entries;
+        }
+    }
+}
+
+fn find<'a>(entries: &'a [Value], actor: &str, action: &str, outcome: &str) -> Option<&'a Value> {
+    entries.iter().find(|e| e["actor"] == actor && e["action"] == action && e["outcome"] == outcome)
+}
+
+async fn audit_trail(gateway: &str, alice: &str, bob: &str, carol: &str, run: &str, started: &Answer) {
+    let request_id = started.headers.get("x-request-id").and_then(|v| v.to_str().ok()).expect("an X-Request-Id");
+    assert_eq!(request_id.len(), 32, "a request id made by the gateway: {request_id}");
+    // A caller's own request id is kept (and one that is not a plain token is replaced).
+    let traced = http()
+        .get(format!("{gateway}/v1/tenants/{ACME}/usage"))
+        .bearer_auth(alice)
+        .header("x-request-id", "e2e-audit-7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(traced.headers().get("x-request-id").and_then(|v| v.to_str().ok()), Some("e2e-audit-7"));
+    let injected = http()
+        .get(format!("{gateway}/v1/tenants/{ACME}/usage"))
+        .bearer_auth(alice)
+        .header("x-request-id", "x', 'forged")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(injected.headers().get("x-request-id").and_then(|v| v.to_str().ok()), Some("x', 'forged"));
+
+    // Owners only: bob (globex), carol (nobody's) are refused, and their tries are recorded.
+    let url = format!("{gateway}/v1/tenants/{ACME}/audit");
+    refused(
+        "bob reads acme's audit log",
+        &call(reqwest::Method::GET, &url, Some(bob), None, None).await,
+        403,
+        "forbidden",
+    );
+    refused(
+        "carol reads acme's audit log",
+        &call(reqwest::Method::GET, &url, Some(carol), None, None).await,
+        403,
+        "forbidden",
+    );
+
+    let entries = wait_for("acme's audit log to hold the requests", Duration::from_secs(30), || async {
+        let entries = audit_entries(gateway, ACME, alice).await;
+        find(&entries, "oidc:bob", "audit.get", "denied").is_some().then_some(entries)
+    })
+    .await;
+    let created = entries
+        .iter()
+        .find(|e| e["requestId"] == request_id)
+        .unwrap_or_else(|| panic!("alice's run start {request_id} is not in acme's audit log"));
+    assert_eq!(created["source"], "gateway");
+    assert_eq!((created["actor"].as_str(), created["action"].as_str()), (Some("oidc:alice"), Some("crewrun.create")));
+    assert!(created["groups"].as_array().unwrap().iter().any(|g| g == "oidc:acme-admins"), "{created}");
+    assert_eq!(created["target"].as_str(), Some(format!("agentcrews/writers/runs/{run}").as_str()), "{created}");
+    assert_eq!(created["outcome"], "success");
+    assert!(created["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{created}");
+    let denied = find(&entries, "oidc:bob", "crewrun.create", "denied").expect("bob's refused run start is recorded");
+    assert_eq!(denied["detail"]["status"], 403, "{denied}");
+    assert_eq!(denied["detail"]["category"], "forbidden", "{denied}");
+    assert!(find(&entries, "oidc:carol", "audit.get", "denied").is_some(), "carol's try is recorded");
+    assert!(entries.iter().any(|e| e["requestId"] == "e2e-audit-7"), "the caller's request id is recorded");
+    assert!(find(&entries, "oidc:alice", "workflowrun.create", "success").is_some(), "the workflow run is recorded");
+    let provisioned = entries
+        .iter()
+        .find(|e| e["source"] == "operator" && e["action"] == "database.provisioned")
+        .expect("the operator recorded provisioning acme's database");
+    assert_eq!(provisioned["actor"], "bizosaas-operator");
+    // Nothing of acme's in globex's log: alice's refused try on globex is there instead.
+    let globex = audit_entries(gateway, GLOBEX, bob).await;
+    assert!(globex.iter().all(|e| e["requestId"] != request_id), "acme's entry is in globex's log");
+    assert!(find(&globex, "oidc:alice", "crewrun.create", "denied").is_some(), "alice's try on globex is globex's");
+    assert!(
+        globex.iter().all(|e| !e["target"].as_str().unwrap_or_default().contains(ACME)),
+        "globex's log names acme: {globex:?}"
+    );
+}
+
+/// The API server's own audit log (the chart's policy) has the WorkflowRun's creation as
+/// alice, through the gateway's impersonation, with the object it created.
+async fn api_server_recorded_the_run(name: &str) {
+    let log = api_server_audit_log();
+    let event = wait_for("the API server's audit event of the run", Duration::from_secs(30), || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|e| {
+            e["verb"] == "create"
+                && e["objectRef"]["resource"] == "workflowruns"
+                && e["objectRef"]["namespace"] == ACME_NS
+                && e["responseObject"]["metadata"]["name"] == name
+        })
+    })
+    .await;
+    assert_eq!(event["level"], "RequestResponse", "{event}");
+    assert_eq!(event["impersonatedUser"]["username"], "oidc:alice", "{event}");
+    assert_eq!(
+        event["user"]["username"],
+        format!("system:serviceaccount:{OPERATOR_NAMESPACE}:bizosaas-gateway"),
+        "the gateway made the call: {event}"
+    );
+    assert_eq!(event["responseStatus"]["code"], 201, "{event}");
+    // Secrets are recorded without their bodies.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let secret_bodies = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["objectRef"]["resource"] == "secrets")
+        .filter(|e| e.get("requestObject").is_some() || e.get("responseObject").is_some())
+        .count();
+    assert_eq!(secret_bodies, 0, "a Secret's body is in the API server's audit log");
 }

@@ -357,8 +357,18 @@ async fn retain_keeps_the_data_and_disables_login() {
     wait_gone(&client, name).await;
 
     let tenant_db = pg(&admin_url_for("tenant_e2e_retain")).await;
-    let kept: i64 = tenant_db.query_one("SELECT count(*) FROM audit_log", &[]).await.unwrap().get(0);
+    let kept: i64 =
+        tenant_db.query_one("SELECT count(*) FROM audit_log WHERE source = 'tenant'", &[]).await.unwrap().get(0);
     assert_eq!(kept, 1, "Retain must keep the rows");
+    // The operator's own entries say what happened to the data, in the data.
+    let operator: Vec<String> = tenant_db
+        .query("SELECT action FROM audit_log WHERE source = 'operator' ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(operator, ["database.provisioned", "database.retained"]);
     let can_login: bool = admin
         .query_one("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'tenant_e2e_retain_app'", &[])
         .await
@@ -394,7 +404,8 @@ async fn retain_keeps_the_data_and_disables_login() {
         .unwrap()
         .get(0);
     assert!(!can_login, "the conflict re-enabled the retained role's login");
-    let kept: i64 = tenant_db.query_one("SELECT count(*) FROM audit_log", &[]).await.unwrap().get(0);
+    let kept: i64 =
+        tenant_db.query_one("SELECT count(*) FROM audit_log WHERE source = 'tenant'", &[]).await.unwrap().get(0);
     assert_eq!(kept, 1, "the conflict changed the retained rows");
 
     // Adopting it explicitly gives the data back, under new credentials.
@@ -403,9 +414,17 @@ async fn retain_keeps_the_data_and_disables_login() {
     wait_ready(&client, name).await;
     let adopted = app_url(&client, name, None).await;
     assert!(adopted != url, "adoption kept the old password");
-    let rows = pg(&adopted).await.query("SELECT action FROM audit_log", &[]).await.unwrap();
+    // The audit log is its owners' to read (through the gateway), not the app role's.
+    let rows = pg(&adopted).await.query("SELECT action FROM audit_log", &[]).await;
+    assert!(rows.is_err(), "the app role read the audit log");
+    pg(&adopted)
+        .await
+        .execute("INSERT INTO audit_log (tenant_id, actor, action) VALUES ('e2e-retain', 'test', 'adopted')", &[])
+        .await
+        .expect("the adopted tenant appends to its retained log");
+    let rows = tenant_db.query("SELECT action FROM audit_log WHERE source = 'tenant' ORDER BY id", &[]).await.unwrap();
     let actions: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    assert_eq!(actions, ["kept"], "the adopted tenant does not see its retained rows");
+    assert_eq!(actions, ["kept", "adopted"], "the adopted tenant writes on in its retained rows");
 
     api.delete(name, &DeleteParams::default()).await.unwrap();
     wait_gone(&client, name).await;

@@ -23,6 +23,8 @@ LOGS="$STATE/logs"
 DATA="$STATE/data"
 KCFG_DIR="$STATE/kubeconfigs"
 ADMIN_KUBECONFIG="$STATE/kubeconfig"
+# What the API server records under the chart's audit policy (JSON lines).
+AUDIT_LOG="$STATE/audit.log"
 
 APISERVER_PORT="${BIZOSAAS_APISERVER_PORT:-16443}"
 ETCD_CLIENT_PORT="${BIZOSAAS_ETCD_CLIENT_PORT:-12379}"
@@ -275,8 +277,14 @@ start_apiserver() {
   bash "$HARNESS_DIR/sso.sh" prepare
   # The `kubernetes` Service's endpoint is the node's bridge address, where pods
   # (the operator, CoreDNS) reach the API server.
+  # The chart's audit policy, so tests see what the API server records of BizOSaaS objects.
   start kube-apiserver \
     --authentication-config="$(bash "$HARNESS_DIR/sso.sh" auth-config)" \
+    --audit-policy-file="$HARNESS_DIR/../../charts/bizosaas/files/audit-policy.yaml" \
+    --audit-log-path="$AUDIT_LOG" \
+    --audit-log-format=json \
+    --audit-log-maxsize=100 \
+    --audit-log-maxbackup=1 \
     --bind-address="$NODE_IP" \
     --advertise-address="$NODE_IP" \
     --secure-port="$APISERVER_PORT" \
@@ -514,6 +522,8 @@ cmd_restart_apiserver() {
   log "kube-apiserver restarted in $(elapsed_since "$t0")s"
 }
 
+cmd_audit_log() { echo "$AUDIT_LOG"; }
+
 cmd_kubeconfig() {
   [[ -f $ADMIN_KUBECONFIG ]] || log "warning: $ADMIN_KUBECONFIG does not exist yet (run: $0 up)"
   echo "$ADMIN_KUBECONFIG"
@@ -529,7 +539,8 @@ main() {
     status) cmd_status ;;
     restart-apiserver) lock_state; cmd_restart_apiserver ;;
     kubeconfig) cmd_kubeconfig ;;
-    *) echo "usage: $0 up|down|status|restart-apiserver|kubeconfig" >&2; exit 2 ;;
+    audit-log) cmd_audit_log ;;
+    *) echo "usage: $0 up|down|status|restart-apiserver|kubeconfig|audit-log" >&2; exit 2 ;;
   esac
 }
 

@@ -3,6 +3,7 @@
 
 use super::claim::{self, Claim, Mark};
 use super::ident::{TenantNames, quote_ident, quote_literal};
+use super::schema::GATEWAY_ROLE;
 use super::{DatabaseError, TenantCredentials, schema, tls};
 use bizosaas_crds::tenant::{DatabaseIsolation, DeletionPolicy};
 use rand::RngExt;
@@ -14,6 +15,8 @@ use tokio_postgres::{Client, Config, NoTls};
 
 /// Connection limit of a tenant's app role.
 const APP_CONNECTION_LIMIT: u32 = 20;
+/// Connection limit of the gateway's role, over all its replicas.
+const GATEWAY_CONNECTION_LIMIT: u32 = 100;
 /// Owner of the shared platform database's tables.
 const PLATFORM_OWNER: &str = "bizosaas_platform_owner";
 /// Databases every role may connect to on a fresh server; tenant roles must not.
@@ -36,8 +39,9 @@ pub struct Admin {
     /// Serialises changes to the shared platform database (concurrent GRANTs on one object
     /// fail in PostgreSQL) and remembers whether its tables were created.
     shared: Arc<Mutex<bool>>,
-    /// Set once CONNECT has been revoked from PUBLIC on the maintenance databases.
-    maintenance_closed: Arc<OnceCell<()>>,
+    /// Set once CONNECT has been revoked from PUBLIC on the maintenance databases and the
+    /// gateway's role exists (every tenant database grants it the audit log).
+    server_prepared: Arc<OnceCell<()>>,
     /// Bounds the operations in flight, and with them the admin connections.
     operations: Arc<Semaphore>,
 }
@@ -84,7 +88,7 @@ impl Admin {
             tenant_host,
             tenant_port,
             shared: Arc::default(),
-            maintenance_closed: Arc::default(),
+            server_prepared: Arc::default(),
             operations: Arc::new(Semaphore::new(MAX_CONCURRENT_OPERATIONS)),
         })
     }
@@ -181,16 +185,13 @@ impl Admin {
         claim: Option<&Claim>,
     ) -> Result<TenantCredentials, DatabaseError> {
         let admin = self.connect(None).await?;
-        self.maintenance_closed.get_or_try_init(|| self.close_maintenance_databases(&admin)).await?;
+        self.server_prepared.get_or_try_init(|| self.prepare_server(&admin)).await?;
         if let Some(claim) = claim {
             check_claim(&admin, names, isolation, claim).await?;
         }
         let marker = claim.map(Claim::marker);
         let marker = marker.as_deref();
-        let password = match password {
-            Some(p) if p.chars().all(|c| c.is_ascii_alphanumeric()) && p.len() >= 24 => p.to_string(),
-            _ => generate_password(),
-        };
+        let password = usable_password(password);
         match isolation {
             DatabaseIsolation::Dedicated => {
                 ensure_role(&admin, &names.owner_role, "NOLOGIN NOINHERIT", marker).await?;
@@ -207,13 +208,15 @@ impl Admin {
                     "database grants",
                     &format!(
                         "REVOKE ALL ON DATABASE {db} FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {app};\
-                         {comment}"
+                         GRANT CONNECT ON DATABASE {db} TO {};{comment}",
+                        quote_ident(GATEWAY_ROLE)
                     ),
                 )
                 .await?;
                 let tenant_db = self.connect(Some(&names.database)).await?;
                 run(&tenant_db, "tenant tables", &schema::tables(&names.owner_role)).await?;
                 run(&tenant_db, "operator policies", &schema::operator_access()).await?;
+                run(&tenant_db, "gateway policies", &schema::gateway_access()).await?;
                 run(&tenant_db, "tenant policies", &schema::tenant_access(names)?).await?;
             }
             DatabaseIsolation::Shared => {
@@ -283,6 +286,77 @@ impl Admin {
         }
     }
 
+    /// What every tenant's provisioning needs of the server first.
+    async fn prepare_server(&self, admin: &Client) -> Result<(), DatabaseError> {
+        self.close_maintenance_databases(admin).await?;
+        ensure_role(admin, GATEWAY_ROLE, "NOLOGIN NOINHERIT", None).await
+    }
+
+    /// Lets the gateway's role log in with `password` (a new one when `None` or unusable) and
+    /// returns its credentials for the platform database; its grants in each tenant database
+    /// come with that tenant's provisioning.
+    pub async fn ensure_gateway_login(&self, password: Option<&str>) -> Result<TenantCredentials, DatabaseError> {
+        let _slot = self.slot().await;
+        let admin = self.connect(None).await?;
+        self.server_prepared.get_or_try_init(|| self.prepare_server(&admin)).await?;
+        let password = usable_password(password);
+        let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+        run(
+            &admin,
+            "letting the gateway log in",
+            &format!(
+                "ALTER ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT \
+                 CONNECTION LIMIT {GATEWAY_CONNECTION_LIMIT} PASSWORD {};",
+                quote_ident(GATEWAY_ROLE),
+                quote_literal(&verifier)?
+            ),
+        )
+        .await?;
+        let mut platform_ready = self.shared.lock().await;
+        if !*platform_ready {
+            self.ensure_platform_database(&admin).await?;
+            *platform_ready = true;
+        }
+        Ok(TenantCredentials {
+            host: self.tenant_host.clone(),
+            port: self.tenant_port,
+            database: self.platform_database.clone(),
+            username: GATEWAY_ROLE.to_string(),
+            password,
+        })
+    }
+
+    /// Appends the operator's own action on a tenant's data to the tenant's audit log, once
+    /// per `key`: a reconcile that repeats the action (after a failed status write) does not
+    /// record it twice.
+    pub async fn record_action(
+        &self,
+        names: &TenantNames,
+        isolation: DatabaseIsolation,
+        action: &str,
+        key: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), DatabaseError> {
+        let _slot = self.slot().await;
+        let database = match isolation {
+            DatabaseIsolation::Dedicated => names.database.as_str(),
+            DatabaseIsolation::Shared => self.platform_database.as_str(),
+        };
+        let client = self.connect(Some(database)).await?;
+        let detail = serde_json::json!({"key": key, "detail": detail}).to_string();
+        client
+            .execute(
+                "INSERT INTO audit_log (tenant_id, source, actor, action, target, outcome, detail) \
+                 SELECT $1, 'operator', 'bizosaas-operator', $2, $3, 'done', $4::text::jsonb \
+                 WHERE NOT EXISTS (SELECT 1 FROM audit_log WHERE tenant_id = $1 AND source = 'operator' \
+                                   AND action = $2 AND detail->>'key' = $5)",
+                &[&names.tenant_id, &action, &format!("tenants/{}", names.tenant_id), &detail, &key],
+            )
+            .await
+            .map_err(DatabaseError::statement("recording an action in the audit log"))?;
+        Ok(())
+    }
+
     /// Revokes CONNECT (and TEMPORARY) from PUBLIC on `postgres`, `template1` and the admin
     /// URL's database, so a tenant's app role can reach only the databases granted to it. The
     /// owner and superusers keep their access. A database the operator's role may not change
@@ -335,12 +409,17 @@ impl Admin {
         run(
             admin,
             "platform database grants",
-            &format!("REVOKE ALL ON DATABASE {} FROM PUBLIC;", quote_ident(&self.platform_database)),
+            &format!(
+                "REVOKE ALL ON DATABASE {db} FROM PUBLIC; GRANT CONNECT ON DATABASE {db} TO {};",
+                quote_ident(GATEWAY_ROLE),
+                db = quote_ident(&self.platform_database)
+            ),
         )
         .await?;
         let platform = self.connect(Some(&self.platform_database)).await?;
         run(&platform, "platform tables", &schema::tables(PLATFORM_OWNER)).await?;
-        run(&platform, "operator policies", &schema::operator_access()).await
+        run(&platform, "operator policies", &schema::operator_access()).await?;
+        run(&platform, "gateway policies", &schema::gateway_access()).await
     }
 
     /// [`Admin::retire_tenant`] for a Tenant object: when a database or role of its name is
@@ -471,6 +550,14 @@ fn connect_error(e: tokio_postgres::Error) -> DatabaseError {
         );
     }
     DatabaseError::Connect(message)
+}
+
+/// `password` when it is one this operator would have generated, else a new one.
+fn usable_password(password: Option<&str>) -> String {
+    match password {
+        Some(p) if p.chars().all(|c| c.is_ascii_alphanumeric()) && p.len() >= 24 => p.to_string(),
+        _ => generate_password(),
+    }
 }
 
 fn generate_password() -> String {

@@ -10,13 +10,14 @@ use super::ident::{TenantNames, quote_ident, quote_literal};
 pub const TABLES: [&str; 6] =
     ["agent_memory", "usage_events", "audit_log", "agent_runs", "token_budgets", "token_reservations"];
 
-/// What a tenant's app role may do to each table. Usage events and the audit log are
-/// append-only (what is billed and what was done cannot be rewritten from inside the tenant);
-/// budgets are counted up, reservations taken and given back.
+/// What a tenant's app role may do to each table. Usage events are append-only (what is
+/// billed cannot be rewritten from inside the tenant); the audit log is append-only and not
+/// readable by it at all (its owners read it through the gateway, which asks RBAC); budgets
+/// are counted up, reservations taken and given back.
 const APP_PRIVILEGES: [(&str, &str); 6] = [
     ("agent_memory", "SELECT, INSERT, UPDATE, DELETE"),
     ("usage_events", "SELECT, INSERT"),
-    ("audit_log", "SELECT, INSERT"),
+    ("audit_log", "INSERT"),
     ("agent_runs", "SELECT, INSERT, UPDATE, DELETE"),
     ("token_budgets", "SELECT, INSERT, UPDATE"),
     ("token_reservations", "SELECT, INSERT, DELETE"),
@@ -29,6 +30,10 @@ const OPERATOR_PRIVILEGES: [(&str, &str); 3] =
 
 /// Name of the policies that admit the operator's own role.
 const OPERATOR_POLICY: &str = "bizosaas_operator";
+
+/// The gateway's role: it appends every request it serves to the tenant's audit log and
+/// reads the log back for the tenant's owners. It holds nothing else in tenant data.
+pub const GATEWAY_ROLE: &str = "bizosaas_gateway";
 
 /// DDL that creates the tables (idempotent), owned by `owner`, with RLS forced.
 pub fn tables(owner: &str) -> String {
@@ -67,6 +72,14 @@ CREATE TABLE IF NOT EXISTS audit_log (
     detail jsonb NOT NULL DEFAULT '{}',
     created_at timestamptz NOT NULL DEFAULT now()
 );
+-- Who did what to which object, and how it ended: the gateway's requests and the operator's
+-- own actions on the tenant's data (`source`), read back by id.
+ALTER TABLE audit_log ADD COLUMN IF NOT EXISTS source text NOT NULL DEFAULT 'tenant';
+ALTER TABLE audit_log ADD COLUMN IF NOT EXISTS groups text[] NOT NULL DEFAULT '{}';
+ALTER TABLE audit_log ADD COLUMN IF NOT EXISTS target text;
+ALTER TABLE audit_log ADD COLUMN IF NOT EXISTS outcome text;
+ALTER TABLE audit_log ADD COLUMN IF NOT EXISTS request_id text;
+CREATE INDEX IF NOT EXISTS audit_log_tenant_id ON audit_log (tenant_id, id);
 -- The agent runtime's runs: every replica of a crew finds them by run_id and Idempotency-Key;
 -- the unique key index makes replicas racing on one key create one run (INSERT ... ON CONFLICT).
 -- The executing replica renews heartbeat_at; an unfinished run with a stale one is interrupted.
@@ -137,13 +150,16 @@ pub fn tenant_access(names: &TenantNames) -> Result<String, DatabaseError> {
     let tenant = quote_literal(&names.tenant_id)?;
     let mut sql = format!("GRANT USAGE ON SCHEMA public TO {app};\n");
     for (table, privileges) in APP_PRIVILEGES {
+        // What the tenant appends to its audit log is marked as its own: it cannot pass for
+        // the gateway's or the operator's.
+        let own = if table == "audit_log" { " AND source = 'tenant'" } else { "" };
         sql.push_str(&format!(
             "REVOKE ALL ON {table} FROM {app};
 GRANT {privileges} ON {table} TO {app};
 GRANT USAGE ON SEQUENCE {table}_id_seq TO {app};
 DROP POLICY IF EXISTS {policy} ON {table};
 CREATE POLICY {policy} ON {table} AS PERMISSIVE FOR ALL TO {app}
-    USING (tenant_id = {tenant}) WITH CHECK (tenant_id = {tenant});
+    USING (tenant_id = {tenant}) WITH CHECK (tenant_id = {tenant}{own});
 "
         ));
     }
@@ -156,8 +172,9 @@ pub fn operator_access() -> String {
     let policy = quote_ident(OPERATOR_POLICY);
     let mut sql = String::new();
     for (table, privilege) in OPERATOR_PRIVILEGES {
-        let (command, clause) = match privilege {
-            "INSERT" => ("INSERT", "WITH CHECK (true)"),
+        let (command, clause) = match (privilege, table) {
+            ("INSERT", "audit_log") => ("INSERT", "WITH CHECK (source = 'operator')"),
+            ("INSERT", _) => ("INSERT", "WITH CHECK (true)"),
             _ => ("SELECT", "USING (true)"),
         };
         sql.push_str(&format!(
@@ -169,6 +186,22 @@ CREATE POLICY {policy} ON {table} AS PERMISSIVE FOR {command} TO CURRENT_USER {c
     }
     sql.push_str("GRANT USAGE ON SEQUENCE audit_log_id_seq TO CURRENT_USER;\n");
     sql
+}
+
+/// Grants and policies for the gateway's role ([`GATEWAY_ROLE`]): append to and read every
+/// tenant's audit rows, nothing else. The gateway filters by the tenant the caller's RBAC
+/// allows; the role cannot touch memory, runs or usage whatever it sends.
+pub fn gateway_access() -> String {
+    let role = quote_ident(GATEWAY_ROLE);
+    format!(
+        "GRANT USAGE ON SCHEMA public TO {role};
+REVOKE ALL ON audit_log FROM {role};
+GRANT SELECT, INSERT ON audit_log TO {role};
+GRANT USAGE ON SEQUENCE audit_log_id_seq TO {role};
+DROP POLICY IF EXISTS {role} ON audit_log;
+CREATE POLICY {role} ON audit_log AS PERMISSIVE FOR ALL TO {role} USING (true) WITH CHECK (source = 'gateway');
+"
+    )
 }
 
 /// Removes a tenant's rows from the shared platform database and, while its role still
@@ -242,14 +275,29 @@ mod tests {
         let access = tenant_access(&TenantNames::new("acme").unwrap()).unwrap();
         for table in ["usage_events", "audit_log"] {
             assert!(access.contains(&format!("REVOKE ALL ON {table} FROM \"tenant_acme_app\";")));
-            assert!(access.contains(&format!("GRANT SELECT, INSERT ON {table} TO \"tenant_acme_app\";")));
         }
+        assert!(access.contains("GRANT SELECT, INSERT ON usage_events TO \"tenant_acme_app\";"));
+        assert!(
+            access.contains("GRANT INSERT ON audit_log TO \"tenant_acme_app\";"),
+            "the audit log is its owners' to read"
+        );
         assert!(access.contains("GRANT SELECT, INSERT, DELETE ON token_reservations TO \"tenant_acme_app\";"));
         assert_eq!(APP_PRIVILEGES.map(|(t, _)| t), TABLES, "every table has its privileges");
         let operator = operator_access();
         assert!(operator.contains("CREATE POLICY \"bizosaas_operator\" ON token_budgets AS PERMISSIVE FOR SELECT TO CURRENT_USER USING (true);"));
-        assert!(operator.contains("CREATE POLICY \"bizosaas_operator\" ON audit_log AS PERMISSIVE FOR INSERT TO CURRENT_USER WITH CHECK (true);"));
+        assert!(operator.contains("CREATE POLICY \"bizosaas_operator\" ON audit_log AS PERMISSIVE FOR INSERT TO CURRENT_USER WITH CHECK (source = 'operator');"));
+        assert!(access.contains("ON audit_log AS PERMISSIVE FOR ALL TO \"tenant_acme_app\"\n    USING (tenant_id = 'acme') WITH CHECK (tenant_id = 'acme' AND source = 'tenant');"), "a tenant cannot forge the platform's entries");
         assert!(!operator.contains("agent_memory"), "the operator never reads the tenant's memory");
+    }
+
+    #[test]
+    fn the_gateway_holds_only_the_audit_log() {
+        let sql = gateway_access();
+        assert!(sql.contains("GRANT SELECT, INSERT ON audit_log TO \"bizosaas_gateway\";"));
+        for table in TABLES.iter().filter(|t| **t != "audit_log") {
+            assert!(!sql.contains(table), "the gateway's role is granted {table}");
+        }
+        assert!(!sql.contains("UPDATE") && !sql.contains("DELETE"), "audit rows are append-only");
     }
 
     #[test]

@@ -8,10 +8,10 @@ use super::status::{DATABASE_READY, SECRETS_READY};
 use crate::apply::Applier;
 use crate::conditions::Observed;
 use crate::context::Context;
-use crate::postgres::{Claim, DatabaseError, TenantCredentials, TenantNames};
+use crate::postgres::{Admin, Claim, DatabaseError, TenantCredentials, TenantNames};
 use crate::vault::{Vault, VaultError};
 use bizosaas_crds::Tenant;
-use bizosaas_crds::tenant::{DatabaseIsolation, SecretsBackend};
+use bizosaas_crds::tenant::{DatabaseIsolation, SecretsBackend, TenantPhase};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use tracing::info;
@@ -52,7 +52,8 @@ pub(super) async fn ensure(
         Err(StoreError::Vault(e)) => return failed(vault_reason(&e), e.to_string()),
         Err(StoreError::Kube(e)) => return Err(e.into()),
     };
-    if password.is_none() {
+    let new_password = password.is_none();
+    if new_password {
         info!(role = %names.app_role, "no credentials handed out yet: a new password will be set");
     }
     let uid = tenant.metadata.uid.clone().unwrap_or_default();
@@ -95,6 +96,12 @@ pub(super) async fn ensure(
             ));
         }
     };
+    if new_password {
+        // Recorded before the credentials are stored: if storing fails, the next reconcile
+        // sets a password again and records that too.
+        record_new_password(tenant, &names, admin).await?;
+    }
+    record_suspension(tenant, &names, admin).await?;
     let database = creds.database.clone();
     let db_msg = match tenant.spec.database.isolation {
         DatabaseIsolation::Dedicated => {
@@ -111,6 +118,39 @@ pub(super) async fn ensure(
         Err(StoreError::Kube(e)) => return Err(e.into()),
     };
     Ok(((database_ok, secrets_ok), Some(database)))
+}
+
+/// Appends to the tenant's audit log that its database was provisioned (once per Tenant uid)
+/// or, when it had been before, that its app role's credentials were replaced.
+async fn record_new_password(tenant: &Tenant, names: &TenantNames, admin: &Admin) -> Result<(), Error> {
+    let isolation = tenant.spec.database.isolation;
+    let uid = tenant.metadata.uid.clone().unwrap_or_default();
+    let detail = serde_json::json!({"isolation": isolation, "role": names.app_role});
+    if claim(tenant).provisioned_before {
+        let key = format!(
+            "{uid}/{}",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis()
+        );
+        admin.record_action(names, isolation, "database.credentials_rotated", &key, detail).await?;
+    } else {
+        admin.record_action(names, isolation, "database.provisioned", &uid, detail).await?;
+    }
+    Ok(())
+}
+
+/// Appends a suspension or a resumption to the tenant's audit log, once per generation, while
+/// the Tenant's spec and its last reported phase disagree about it.
+async fn record_suspension(tenant: &Tenant, names: &TenantNames, admin: &Admin) -> Result<(), Error> {
+    let reported = tenant.status.as_ref().and_then(|s| s.phase) == Some(TenantPhase::Suspended);
+    if tenant.spec.suspended == reported {
+        return Ok(());
+    }
+    let action = if tenant.spec.suspended { "tenant.suspended" } else { "tenant.resumed" };
+    let key =
+        format!("{}/{}", tenant.metadata.uid.as_deref().unwrap_or_default(), tenant.metadata.generation.unwrap_or(0));
+    let detail = serde_json::json!({"generation": tenant.metadata.generation});
+    admin.record_action(names, tenant.spec.database.isolation, action, &key, detail).await?;
+    Ok(())
 }
 
 /// The Tenant whose database this is: its uid, whether it asks to adopt retained data, and

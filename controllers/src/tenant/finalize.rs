@@ -44,8 +44,14 @@ pub(super) async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Er
         if build::validate_name(&name).is_ok() {
             let names = TenantNames::new(&name)?;
             let claim = super::database::claim(tenant);
-            if !admin.retire_claimed_tenant(&names, tenant.spec.database.isolation, policy, &claim).await? {
+            let isolation = tenant.spec.database.isolation;
+            if !admin.retire_claimed_tenant(&names, isolation, policy, &claim).await? {
                 warn!("the database and roles of this name are not this Tenant's: they are left as they are");
+            } else if policy == DeletionPolicy::Retain && claim.provisioned_before {
+                // The kept data says why its login stopped working (with Delete the log goes
+                // too; a Tenant that never had its database has no log).
+                let detail = json!({"loginDisabled": names.app_role});
+                admin.record_action(&names, isolation, "database.retained", &claim.uid, detail).await?;
             }
         }
     } else {
