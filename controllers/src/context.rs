@@ -49,6 +49,8 @@ pub struct Config {
     pub runtime_token_file: Option<std::path::PathBuf>,
     /// OTLP/HTTP endpoint the crews' runtimes export their traces to; none without it.
     pub crew_otlp_endpoint: Option<String>,
+    /// Lago, where the usage of Tenants with `billing.lago` is exported; none without it.
+    pub lago: Option<crate::lago::LagoConfig>,
 }
 
 impl Config {
@@ -86,6 +88,7 @@ impl Default for Config {
             gateway_service_account: None,
             runtime_token_file: None,
             crew_otlp_endpoint: None,
+            lago: None,
         }
     }
 }

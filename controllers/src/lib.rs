@@ -14,6 +14,7 @@ pub mod egress;
 pub mod gateway_database;
 pub mod integration;
 pub mod kube_requests;
+pub mod lago;
 pub mod metrics;
 pub mod postgres;
 pub mod quantity;

@@ -58,6 +58,12 @@ pub struct TenantLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// A stable category, e.g. `refused` or `unavailable`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// `get`, `list`, `watch`, `create`, `update`, `patch` or `delete`.
     pub verb: &'static str,
@@ -91,6 +97,8 @@ pub struct Metrics {
     pub workflow_runs: Family<PhaseLabels, Gauge>,
     pub workflow_runs_finished: Family<PhaseLabels, Counter>,
     pub token_budgets: Family<TenantLabels, Gauge>,
+    pub usage_exported: Family<TenantLabels, Counter>,
+    pub usage_export_failures: Family<ReasonLabels, Counter>,
 }
 
 impl Metrics {
@@ -117,6 +125,8 @@ impl Metrics {
             workflow_runs: Family::default(),
             workflow_runs_finished: Family::default(),
             token_budgets: Family::default(),
+            usage_exported: Family::default(),
+            usage_export_failures: Family::default(),
         };
         let sub = registry.sub_registry_with_prefix("bizosaas");
         let build_info = Family::<VersionLabels, Gauge>::default();
@@ -179,7 +189,20 @@ impl Metrics {
             "The monthly token budget of each Tenant that has one (plan or override)",
             metrics.token_budgets.clone(),
         );
+        sub.register(
+            "usage_events_exported",
+            "Usage events of each Tenant that Lago accepted (or already held)",
+            metrics.usage_exported.clone(),
+        );
+        sub.register(
+            "usage_export_failures",
+            "Usage exports to Lago that failed, by reason",
+            metrics.usage_export_failures.clone(),
+        );
         // An `increase()` over a counter born at its first event misses that event.
+        for reason in crate::lago::FAILURE_REASONS {
+            metrics.usage_export_failures.get_or_create(&ReasonLabels { reason }).inc_by(0);
+        }
         for phase in ["Succeeded", "Failed", "Cancelled"] {
             let _ = metrics.workflow_runs_finished.get_or_create(&PhaseLabels { phase });
         }

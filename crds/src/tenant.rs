@@ -74,6 +74,29 @@ pub struct TenantSpec {
     /// the pod quota drops to zero.
     #[serde(default)]
     pub suspended: bool,
+
+    /// Where the tenant's usage is billed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing: Option<BillingSpec>,
+}
+
+/// Billing of the tenant's usage.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BillingSpec {
+    /// Sends every model call of the tenant's crews to Lago as a usage event of this
+    /// subscription (the operator must be configured with Lago's URL and API key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lago: Option<LagoBilling>,
+}
+
+/// The tenant's subscription in Lago.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LagoBilling {
+    /// The subscription's `external_subscription_id` in Lago, which every usage event names.
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._:@+/-]*$"))]
+    pub external_subscription_id: String,
 }
 
 /// Subscription plan.
@@ -320,7 +343,7 @@ pub struct TenantStatus {
     pub usage: Option<TenantUsage>,
     /// `NamespaceReady`, `QuotaReady`, `NetworkReady`, `RBACReady`, `DatabaseReady`,
     /// `SecretsReady`, `ServicesReady` and `Ready`; `BudgetExhausted` once the month's token
-    /// budget is spent.
+    /// budget is spent; `UsageExported` when usage is billed in Lago (`billing.lago`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -5,6 +5,7 @@ use crate::http::{self, Shared};
 use crate::telemetry::{self, LogFormat};
 use anyhow::Context as _;
 use bizosaas_controllers::kube_requests::CountRequests;
+use bizosaas_controllers::lago::{ApiKey, LagoClient, LagoConfig};
 use bizosaas_controllers::metrics::Metrics;
 use bizosaas_controllers::postgres::Admin;
 use bizosaas_controllers::tenant::plans::PlanCatalog;
@@ -105,6 +106,17 @@ pub struct RunArgs {
     /// own traces follow `OTEL_EXPORTER_OTLP_ENDPOINT`.
     #[arg(long, env = "BIZOSAAS_CREW_OTLP_ENDPOINT")]
     crew_otlp_endpoint: Option<String>,
+    /// Lago's API (`https://api.getlago.com`, or a self-hosted Lago's API URL, without
+    /// `/api/v1`): the usage of Tenants with `billing.lago` is sent there as usage events.
+    /// Without it those Tenants report UsageExported=False (ExportNotConfigured).
+    #[arg(long, env = "BIZOSAAS_LAGO_URL")]
+    lago_url: Option<String>,
+    /// Lago API key, sent as a Bearer token; required with --lago-url.
+    #[arg(long, env = "BIZOSAAS_LAGO_API_KEY", hide_env_values = true)]
+    lago_api_key: Option<String>,
+    /// Code of the Lago billable metric the usage events count towards.
+    #[arg(long, env = "BIZOSAAS_LAGO_METRIC_CODE", default_value = "llm_tokens")]
+    lago_metric_code: String,
     /// Take the `bizosaas-operator` Lease before reconciling (needed with more than one replica).
     #[arg(long, env = "BIZOSAAS_LEADER_ELECTION", action = clap::ArgAction::Set, default_value_t = false)]
     leader_election: bool,
@@ -313,7 +325,27 @@ fn config(args: &RunArgs) -> anyhow::Result<Config> {
         gateway_service_account: args.gateway_service_account.clone().filter(|a| !a.is_empty()),
         runtime_token_file: args.runtime_token_file.clone(),
         crew_otlp_endpoint: args.crew_otlp_endpoint.clone().filter(|e| !e.trim().is_empty()),
+        lago: lago(args)?,
     })
+}
+
+/// Lago's settings, checked now so that a wrong URL or key stops the start instead of every
+/// export.
+fn lago(args: &RunArgs) -> anyhow::Result<Option<LagoConfig>> {
+    let Some(url) = args.lago_url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    let key = args.lago_api_key.as_deref().map(str::trim).unwrap_or_default();
+    anyhow::ensure!(!key.is_empty(), "--lago-url needs BIZOSAAS_LAGO_API_KEY");
+    let code = args.lago_metric_code.trim();
+    anyhow::ensure!(
+        !code.is_empty() && code.len() <= 255 && !code.chars().any(char::is_whitespace),
+        "--lago-metric-code must be a billable metric's code, not {code:?}"
+    );
+    let config = LagoConfig { url: url.to_string(), api_key: ApiKey::new(key), metric_code: code.to_string() };
+    LagoClient::new(&config.url, &config.api_key)?;
+    info!(url, metric = code, "exporting usage to Lago");
+    Ok(Some(config))
 }
 
 fn read(path: &std::path::Path) -> anyhow::Result<String> {

@@ -197,6 +197,10 @@ fn every_operator_flag_has_a_value() {
         "metrics.scrapeNamespace=monitoring",
         "--set",
         "otel.endpoint=http://otel-collector.observability:4318",
+        "--set",
+        "billing.lago.url=https://lago.example",
+        "--set",
+        "billing.lago.apiKeySecret.name=lago-api",
     ];
     let mut set = deployment_env(&objects(&everything));
     let token =
@@ -204,6 +208,22 @@ fn every_operator_flag_has_a_value() {
     set.extend(deployment_env(&objects(&token)));
     let missing: Vec<String> = operator_env_names().difference(&set).cloned().collect();
     assert!(missing.is_empty(), "operator settings no chart value sets: {missing:?}");
+}
+
+#[test]
+fn the_lago_api_key_comes_from_an_existing_secret() {
+    let lago = ["--set", "billing.lago.url=https://lago.example", "--set", "billing.lago.apiKeySecret.name=lago-api"];
+    let rendered = objects(&lago);
+    let deployment = named(&rendered, "Deployment", "bizosaas-operator");
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap();
+    let key = env.iter().find(|e| e["name"] == "BIZOSAAS_LAGO_API_KEY").expect("the key reaches the operator");
+    assert_eq!(key["valueFrom"]["secretKeyRef"], serde_json::json!({"name": "lago-api", "key": "api-key"}));
+    assert!(key.get("value").is_none(), "the key is never a plain value");
+    let code = env.iter().find(|e| e["name"] == "BIZOSAAS_LAGO_METRIC_CODE").unwrap();
+    assert_eq!(code["value"], "llm_tokens");
+    let error = template(&lago[..2]).expect_err("a Lago URL without its key's Secret");
+    assert!(error.contains("billing.lago.apiKeySecret.name is required"), "{error}");
+    assert!(!deployment_env(&objects(&[])).contains("BIZOSAAS_LAGO_URL"), "no URL, no export");
 }
 
 #[test]

@@ -13,6 +13,7 @@ pub mod tls;
 pub use claim::Claim;
 pub use ident::TenantNames;
 pub use provision::{Admin, MAX_CONCURRENT_OPERATIONS};
+pub use provision::{UsageBatch, UsageEvent};
 pub use schema::GATEWAY_ROLE;
 
 /// Credentials of a tenant's app role, as written to the tenant's Secret.

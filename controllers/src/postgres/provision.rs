@@ -13,6 +13,9 @@ use std::sync::Arc;
 use tokio::sync::{Mutex, OnceCell, Semaphore, SemaphorePermit};
 use tokio_postgres::{Client, Config, NoTls};
 
+mod usage_export;
+pub use usage_export::{UsageBatch, UsageEvent};
+
 /// Connection limit of a tenant's app role.
 const APP_CONNECTION_LIMIT: u32 = 20;
 /// Connection limit of the gateway's role, over all its replicas.

@@ -7,26 +7,34 @@ use super::DatabaseError;
 use super::ident::{TenantNames, quote_ident, quote_literal};
 
 /// Tables holding tenant rows.
-pub const TABLES: [&str; 6] =
-    ["agent_memory", "usage_events", "audit_log", "agent_runs", "token_budgets", "token_reservations"];
+pub const TABLES: [&str; 7] =
+    ["agent_memory", "usage_events", "audit_log", "agent_runs", "token_budgets", "token_reservations", "usage_exports"];
 
 /// What a tenant's app role may do to each table. Usage events are append-only (what is
 /// billed cannot be rewritten from inside the tenant); the audit log is append-only and not
 /// readable by it at all (its owners read it through the gateway, which asks RBAC); budgets
-/// are counted up, reservations taken and given back.
-const APP_PRIVILEGES: [(&str, &str); 6] = [
+/// are counted up, reservations taken and given back. The usage export cursor is the
+/// operator's: the tenant may see how far its usage is billed, never move it (which would skip
+/// or repeat billing).
+const APP_PRIVILEGES: [(&str, &str); 7] = [
     ("agent_memory", "SELECT, INSERT, UPDATE, DELETE"),
     ("usage_events", "SELECT, INSERT"),
     ("audit_log", "INSERT"),
     ("agent_runs", "SELECT, INSERT, UPDATE, DELETE"),
     ("token_budgets", "SELECT, INSERT, UPDATE"),
     ("token_reservations", "SELECT, INSERT, DELETE"),
+    ("usage_exports", "SELECT"),
 ];
 
 /// What the operator itself does in tenant data: reads usage and budgets (the Tenant's status)
-/// and appends to the audit log (its own actions on the tenant's data).
-const OPERATOR_PRIVILEGES: [(&str, &str); 3] =
-    [("usage_events", "SELECT"), ("token_budgets", "SELECT"), ("audit_log", "INSERT")];
+/// and appends to the audit log (its own actions on the tenant's data); keeps the cursor of
+/// each usage export.
+const OPERATOR_PRIVILEGES: [(&str, &str); 4] = [
+    ("usage_events", "SELECT"),
+    ("token_budgets", "SELECT"),
+    ("audit_log", "INSERT"),
+    ("usage_exports", "SELECT, INSERT, UPDATE"),
+];
 
 /// Name of the policies that admit the operator's own role.
 const OPERATOR_POLICY: &str = "bizosaas_operator";
@@ -127,6 +135,16 @@ CREATE TABLE IF NOT EXISTS token_reservations (
     expires_at timestamptz NOT NULL
 );
 CREATE INDEX IF NOT EXISTS token_reservations_tenant_expiry ON token_reservations (tenant_id, expires_at);
+-- How far each tenant's usage is exported to each billing target: the id of the last usage
+-- event the target accepted. Only the operator moves it, after the target answered.
+CREATE TABLE IF NOT EXISTS usage_exports (
+    id bigserial PRIMARY KEY,
+    tenant_id text NOT NULL,
+    target text NOT NULL,
+    last_event_id bigint NOT NULL DEFAULT 0,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (tenant_id, target)
+);
 ",
     );
     sql.push_str(&format!("ALTER SCHEMA public OWNER TO {owner};\n"));
@@ -175,6 +193,7 @@ pub fn operator_access() -> String {
         let (command, clause) = match (privilege, table) {
             ("INSERT", "audit_log") => ("INSERT", "WITH CHECK (source = 'operator')"),
             ("INSERT", _) => ("INSERT", "WITH CHECK (true)"),
+            ("SELECT, INSERT, UPDATE", _) => ("ALL", "USING (true) WITH CHECK (true)"),
             _ => ("SELECT", "USING (true)"),
         };
         sql.push_str(&format!(
@@ -185,6 +204,7 @@ CREATE POLICY {policy} ON {table} AS PERMISSIVE FOR {command} TO CURRENT_USER {c
         ));
     }
     sql.push_str("GRANT USAGE ON SEQUENCE audit_log_id_seq TO CURRENT_USER;\n");
+    sql.push_str("GRANT USAGE ON SEQUENCE usage_exports_id_seq TO CURRENT_USER;\n");
     sql
 }
 
@@ -212,10 +232,15 @@ pub fn remove_tenant(names: &TenantNames, role_exists: bool) -> Result<String, D
     let tenant = quote_literal(&names.tenant_id)?;
     let mut sql = String::new();
     for table in TABLES {
-        sql.push_str(&format!("DELETE FROM {table} WHERE tenant_id = {tenant};\n"));
+        let mut statements = format!("DELETE FROM {table} WHERE tenant_id = {tenant};\n");
         if role_exists {
-            sql.push_str(&format!("DROP POLICY IF EXISTS {policy} ON {table};\n"));
+            statements.push_str(&format!("DROP POLICY IF EXISTS {policy} ON {table};\n"));
         }
+        // A table an older operator never created (in a platform database it made) holds
+        // nothing of the tenant; its absence must not wedge the deletion.
+        sql.push_str(&format!(
+            "DO $$ BEGIN IF to_regclass('public.{table}') IS NOT NULL THEN\n{statements}END IF; END $$;\n"
+        ));
     }
     if role_exists {
         // Revokes its grants here and on shared objects such as the database's CONNECT.
@@ -268,6 +293,12 @@ mod tests {
         assert!(sql.contains("DELETE FROM audit_log WHERE tenant_id = 'acme';"));
         assert!(!sql.contains("tenant_acme_app"));
         assert!(remove_tenant(&names, true).unwrap().contains("DROP OWNED BY \"tenant_acme_app\";"));
+        assert!(
+            sql.contains(
+                "DO $$ BEGIN IF to_regclass('public.usage_exports') IS NOT NULL THEN\nDELETE FROM usage_exports"
+            ),
+            "a table an older operator did not create is skipped: {sql}"
+        );
     }
 
     #[test]
@@ -288,6 +319,32 @@ mod tests {
         assert!(operator.contains("CREATE POLICY \"bizosaas_operator\" ON audit_log AS PERMISSIVE FOR INSERT TO CURRENT_USER WITH CHECK (source = 'operator');"));
         assert!(access.contains("ON audit_log AS PERMISSIVE FOR ALL TO \"tenant_acme_app\"\n    USING (tenant_id = 'acme') WITH CHECK (tenant_id = 'acme' AND source = 'tenant');"), "a tenant cannot forge the platform's entries");
         assert!(!operator.contains("agent_memory"), "the operator never reads the tenant's memory");
+    }
+
+    #[test]
+    fn only_the_operator_moves_the_usage_export_cursor() {
+        let sql = tables("tenant_acme_owner");
+        assert!(sql.contains("CREATE TABLE IF NOT EXISTS usage_exports ("));
+        assert!(sql.contains("UNIQUE (tenant_id, target)"), "one cursor per tenant and target");
+        assert!(sql.contains("ALTER TABLE usage_exports FORCE ROW LEVEL SECURITY"));
+        let access = tenant_access(&TenantNames::new("acme").unwrap()).unwrap();
+        assert!(access.contains("REVOKE ALL ON usage_exports FROM \"tenant_acme_app\";"));
+        assert!(access.contains("GRANT SELECT ON usage_exports TO \"tenant_acme_app\";"), "read-only for the tenant");
+        assert!(access.contains(
+            "CREATE POLICY \"tenant_acme_isolation\" ON usage_exports AS PERMISSIVE FOR ALL TO \"tenant_acme_app\"\n    USING (tenant_id = 'acme')"
+        ));
+        let operator = operator_access();
+        assert!(operator.contains("GRANT SELECT, INSERT, UPDATE ON usage_exports TO CURRENT_USER;"));
+        assert!(operator.contains(
+            "CREATE POLICY \"bizosaas_operator\" ON usage_exports AS PERMISSIVE FOR ALL TO CURRENT_USER USING (true) WITH CHECK (true);"
+        ));
+        assert!(operator.contains("GRANT USAGE ON SEQUENCE usage_exports_id_seq TO CURRENT_USER;"));
+        assert!(!operator.contains("DELETE"), "the operator never deletes a cursor (or anything else)");
+        assert!(
+            remove_tenant(&TenantNames::new("acme").unwrap(), false)
+                .unwrap()
+                .contains("DELETE FROM usage_exports WHERE tenant_id = 'acme';")
+        );
     }
 
     #[test]

@@ -86,6 +86,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let claimants = reader.clone();
     let _census = census::spawn(reader.clone(), CONTROLLER, ctx.metrics.clone(), token_budgets(&ctx));
     let _usage = super::usage::spawn(ctx.clone(), reader.clone());
+    let _billing = super::billing::spawn(ctx.clone(), reader.clone());
     let events =
         reflector(writer, watcher(Api::<DeserializeGuard<Tenant>>::all(client.clone()), watcher::Config::default()))
             .default_backoff();

@@ -2,6 +2,7 @@
 //! a PostgreSQL database with row-level security, credentials and business services.
 
 mod apply;
+pub mod billing;
 pub mod build;
 mod child_stores;
 mod claims;

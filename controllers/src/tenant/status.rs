@@ -47,6 +47,10 @@ pub fn next(tenant: &Tenant, observed: Vec<Observed>, database: Option<String>) 
     let mut conditions = conditions::merge(&previous.conditions, &all, generation);
     // The usage reporter's condition, which this reconcile does not observe.
     conditions.extend(previous.conditions.iter().filter(|c| c.type_ == super::usage::BUDGET_EXHAUSTED).cloned());
+    // The usage exporter's, while the Tenant still asks for the export.
+    if tenant.spec.billing.as_ref().is_some_and(|b| b.lago.is_some()) {
+        conditions.extend(previous.conditions.iter().filter(|c| c.type_ == super::billing::USAGE_EXPORTED).cloned());
+    }
     TenantStatus {
         phase: Some(phase),
         namespace: Some(super::build::namespace_name(&tenant.metadata.name.clone().unwrap_or_default())),
@@ -203,6 +207,29 @@ mod tests {
         assert_eq!((reason(READY), reason(conditions::STALLED)), (Some("DomainConflict"), Some("DomainConflict")));
         assert_eq!(reason(conditions::RECONCILING), None);
         assert_eq!(status.phase, Some(TenantPhase::Failed));
+    }
+
+    #[test]
+    fn the_usage_export_condition_survives_reconciles_while_billing_asks_for_it() {
+        use bizosaas_crds::tenant::{BillingSpec, LagoBilling};
+        let mut tenant = fixtures::tenant(fixtures::ACME);
+        tenant.spec.billing =
+            Some(BillingSpec { lago: Some(LagoBilling { external_subscription_id: "sub_acme".into() }) });
+        let exported = conditions::merge(
+            &[],
+            &[Observed::failed(super::super::billing::USAGE_EXPORTED, "LagoRefused", "HTTP 401 Unauthorized")],
+            Some(1),
+        );
+        tenant.status = Some(TenantStatus { conditions: exported.clone(), ..Default::default() });
+        let status = next(&tenant, vec![Observed::ok(NAMESPACE_READY, "Applied", "")], None);
+        let kept: Vec<_> = status.conditions.iter().filter(|c| c.type_ == "UsageExported").collect();
+        assert_eq!(kept, [&exported[0]], "the exporter's condition is carried as it is");
+        let ready = status.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(ready.status, "True", "a billing failure does not make the tenant unready");
+
+        tenant.spec.billing = None;
+        let status = next(&tenant, vec![Observed::ok(NAMESPACE_READY, "Applied", "")], None);
+        assert!(status.conditions.iter().all(|c| c.type_ != "UsageExported"), "dropped with billing.lago");
     }
 
     #[test]
