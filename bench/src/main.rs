@@ -7,7 +7,11 @@
 //!
 //! `bizosaas-bench workflows --runs 1000` executes a five-step HTTP chain 1,000 times at once:
 //! once as a bare client recording each step around its call, once through WorkflowRuns.
+//!
+//! `bizosaas-bench gateway` reads one crew run straight from the crew and through the gateway,
+//! in alternating rounds, and prints what the gateway adds (p50, p99) and its requests per core.
 
+mod gateway;
 mod operator_process;
 mod proc_stats;
 mod tenants;
@@ -28,6 +32,8 @@ enum Command {
     Tenants(tenants::Args),
     /// Workflow execution: writes per step, step-to-dependent delay, RSS and CPU.
     Workflows(workflows::Args),
+    /// The gateway: latency it adds to a crew run request, and requests per core.
+    Gateway(gateway::Args),
 }
 
 #[tokio::main]
@@ -35,5 +41,6 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Tenants(args) => tenants::run(args).await,
         Command::Workflows(args) => workflows::run(args).await,
+        Command::Gateway(args) => gateway::run(args).await,
     }
 }
