@@ -62,6 +62,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let gateway_base = service_url(&client, &args.release_namespace, "bizosaas-gateway").await?;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).tcp_nodelay(true).build()?;
 
+    // The policy that lets this machine in takes a moment to reach the node.
+    wait(TIMEOUT, "the crew reachable from this machine", || async {
+        Ok(http.get(format!("{crew_base}/healthz")).send().await.is_ok_and(|r| r.status().is_success()))
+    })
+    .await?;
     // One real run to read: started on the crew as the caller, against the model.
     let started: serde_json::Value = http
         .post(format!("{crew_base}/v1/runs?wait=25"))
