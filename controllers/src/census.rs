@@ -4,6 +4,7 @@
 //! controller has not reconciled yet. Counts, not per-object series, so the label sets stay
 //! bounded however many tenants there are.
 
+use crate::background::Background;
 use crate::conditions::STALLED;
 use crate::metrics::{ControllerLabels, KindLabels, Metrics, ReadinessLabels};
 use bizosaas_crds::common::{Condition, READY, find_condition};
@@ -159,23 +160,14 @@ pub async fn publish<K: Reported + Clone + 'static>(
     }
 }
 
-/// A [`publish`] task that stops when this is dropped, with the controller that owns it.
-pub struct Publishing(tokio::task::JoinHandle<()>);
-
-impl Drop for Publishing {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Starts [`publish`] for a controller's store.
 pub fn spawn<K: Reported + Clone + Send + Sync + 'static>(
     store: Store<DeserializeGuard<K>>,
     controller: &'static str,
     metrics: Arc<Metrics>,
     also: impl Fn(&[Arc<DeserializeGuard<K>>]) + Send + 'static,
-) -> Publishing {
-    Publishing(tokio::spawn(publish(store, controller, metrics, also)))
+) -> Background {
+    Background::spawn(publish(store, controller, metrics, also))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 pub mod agent_crew;
 pub mod apply;
+pub mod background;
 pub mod census;
 pub mod conditions;
 pub mod context;

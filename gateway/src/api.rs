@@ -389,12 +389,7 @@ async fn tenant_audit(
     let Caller { namespace, who } = caller;
     state.authz.check(&who, &Access::new("get", "audit", None, &namespace, "")).await?;
     let Some(audit) = &state.audit else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "audit_unavailable",
-            "this gateway keeps no audit log (it has no database)",
-        )
-        .into());
+        return Err(audit::unavailable("this gateway keeps no audit log (it has no database)").into());
     };
     let after = query.after.unwrap_or(0).max(0);
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);

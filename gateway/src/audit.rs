@@ -187,7 +187,8 @@ impl AuditLog {
     }
 }
 
-fn unavailable(message: impl Into<String>) -> ApiError {
+/// The refusal of a request whose audit entry cannot be written or read.
+pub fn unavailable(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", message)
 }
 

@@ -223,11 +223,8 @@ impl Admin {
                 run(&tenant_db, "tenant policies", &schema::tenant_access(names)?).await?;
             }
             DatabaseIsolation::Shared => {
-                let mut platform_ready = self.shared.lock().await;
-                if !*platform_ready {
-                    self.ensure_platform_database(&admin).await?;
-                    *platform_ready = true;
-                }
+                // Held to the end: concurrent GRANTs on the platform database fail.
+                let _serialised = self.platform_lock(&admin).await?;
                 ensure_app_role(&admin, &names.app_role, &password, marker).await?;
                 let db = quote_ident(&self.platform_database);
                 run(
@@ -303,23 +300,9 @@ impl Admin {
         let admin = self.connect(None).await?;
         self.server_prepared.get_or_try_init(|| self.prepare_server(&admin)).await?;
         let password = usable_password(password);
-        let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
-        run(
-            &admin,
-            "letting the gateway log in",
-            &format!(
-                "ALTER ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT \
-                 CONNECTION LIMIT {GATEWAY_CONNECTION_LIMIT} PASSWORD {};",
-                quote_ident(GATEWAY_ROLE),
-                quote_literal(&verifier)?
-            ),
-        )
-        .await?;
-        let mut platform_ready = self.shared.lock().await;
-        if !*platform_ready {
-            self.ensure_platform_database(&admin).await?;
-            *platform_ready = true;
-        }
+        let login = login_role_sql(GATEWAY_ROLE, true, &password, GATEWAY_CONNECTION_LIMIT)?;
+        run(&admin, "letting the gateway log in", &login).await?;
+        drop(self.platform_lock(&admin).await?);
         Ok(TenantCredentials {
             host: self.tenant_host.clone(),
             port: self.tenant_port,
@@ -403,6 +386,17 @@ impl Admin {
             }
         }
         Ok(())
+    }
+
+    /// The lock that serialises changes to the shared platform database, taken once the
+    /// database is in place (created on the first call in this process).
+    async fn platform_lock(&self, admin: &Client) -> Result<tokio::sync::MutexGuard<'_, bool>, DatabaseError> {
+        let mut platform_ready = self.shared.lock().await;
+        if !*platform_ready {
+            self.ensure_platform_database(admin).await?;
+            *platform_ready = true;
+        }
+        Ok(platform_ready)
     }
 
     /// Creates the shared platform database and its RLS-guarded tables.
@@ -658,19 +652,21 @@ async fn ensure_app_role(
     marker: Option<&str>,
 ) -> Result<(), DatabaseError> {
     let exists = role_exists(client, role).await?.is_some();
-    let sql = format!("{}{}", app_role_sql(role, exists, password)?, role_comment_sql(role, marker)?);
+    let sql =
+        format!("{}{}", login_role_sql(role, exists, password, APP_CONNECTION_LIMIT)?, role_comment_sql(role, marker)?);
     run(client, "creating the app role", &sql).await
 }
 
-/// The statement that creates or updates the app role. The password travels as a SCRAM-SHA-256
-/// verifier computed here, so the plain text never reaches the server, its logs
-/// (`log_statement`) or `pg_stat_activity`.
-fn app_role_sql(role: &str, exists: bool, password: &str) -> Result<String, DatabaseError> {
+/// The statement that creates or updates a login role (a tenant's app role, the gateway's):
+/// never superuser, never BYPASSRLS, at most `connection_limit` sessions. The password travels
+/// as a SCRAM-SHA-256 verifier computed here, so the plain text never reaches the server, its
+/// logs (`log_statement`) or `pg_stat_activity`.
+fn login_role_sql(role: &str, exists: bool, password: &str, connection_limit: u32) -> Result<String, DatabaseError> {
     let verb = if exists { "ALTER" } else { "CREATE" };
     let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
     Ok(format!(
         "{verb} ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT \
-         CONNECTION LIMIT {APP_CONNECTION_LIMIT} PASSWORD {};",
+         CONNECTION LIMIT {connection_limit} PASSWORD {};",
         quote_ident(role),
         quote_literal(&verifier)?
     ))
@@ -704,11 +700,13 @@ mod tests {
     #[test]
     fn the_role_statement_holds_a_verifier_not_the_password() {
         let password = generate_password();
-        let sql = app_role_sql("tenant_a_app", false, &password).unwrap();
+        let sql = login_role_sql("tenant_a_app", false, &password, APP_CONNECTION_LIMIT).unwrap();
         assert!(!sql.contains(&password), "the password itself is in the statement");
         assert!(sql.starts_with("CREATE ROLE \"tenant_a_app\" LOGIN"), "{sql}");
         assert!(sql.contains("PASSWORD 'SCRAM-SHA-256$4096:"), "{sql}");
-        assert!(app_role_sql("tenant_a_app", true, &password).unwrap().starts_with("ALTER ROLE"));
+        assert!(
+            login_role_sql("tenant_a_app", true, &password, APP_CONNECTION_LIMIT).unwrap().starts_with("ALTER ROLE")
+        );
     }
 
     #[test]

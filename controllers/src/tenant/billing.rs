@@ -2,6 +2,7 @@
 //! backing off per tenant while Lago fails or refuses, reported on the Tenant as the
 //! `UsageExported` condition, which is written only when it changes.
 
+use crate::background::Background;
 use crate::conditions::{self, Observed};
 use crate::context::Context;
 use crate::lago::{self, End, ExportTarget, LagoClient, Outcome};
@@ -35,15 +36,6 @@ const IN_FLIGHT_SHOWN_AFTER: Duration = Duration::from_secs(300);
 /// Tenants exported at once (each pass holds one admin connection at a time).
 const CONCURRENT_EXPORTS: usize = 4;
 
-/// The export task; it stops when dropped.
-pub struct Exporting(tokio::task::JoinHandle<()>);
-
-impl Drop for Exporting {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// What a pass needs.
 struct Exporter {
     admin: Admin,
@@ -59,15 +51,15 @@ enum Mode {
 }
 
 /// Starts exporting (or, without Lago or a database, reporting that usage is not exported).
-pub fn spawn(ctx: Arc<Context>, tenants: Store<DeserializeGuard<Tenant>>) -> Exporting {
+pub fn spawn(ctx: Arc<Context>, tenants: Store<DeserializeGuard<Tenant>>) -> Background {
     let mode = mode(&ctx);
-    Exporting(tokio::spawn(async move {
+    Background::spawn(async move {
         let mut schedules = HashMap::new();
         loop {
             tokio::time::sleep(TICK).await;
             tick(&ctx, &mode, &tenants, &mut schedules).await;
         }
-    }))
+    })
 }
 
 fn mode(ctx: &Context) -> Mode {

@@ -2,6 +2,7 @@
 //! replica counts its model calls) and reported on the Tenant: `status.usage`, and a
 //! `BudgetExhausted` condition that is True once the month's budget is spent.
 
+use crate::background::Background;
 use crate::conditions::{self, Observed};
 use crate::context::Context;
 use crate::postgres::{Admin, TenantNames};
@@ -27,24 +28,15 @@ const INTERVAL: Duration = Duration::from_secs(15);
 /// Dedicated databases read at once (each read holds one admin connection).
 const CONCURRENT_READS: usize = 4;
 
-/// The reporting task; it stops when dropped.
-pub struct Reporting(tokio::task::JoinHandle<()>);
-
-impl Drop for Reporting {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Starts reporting, when the operator has a database.
-pub fn spawn(ctx: Arc<Context>, tenants: Store<DeserializeGuard<Tenant>>) -> Option<Reporting> {
+pub fn spawn(ctx: Arc<Context>, tenants: Store<DeserializeGuard<Tenant>>) -> Option<Background> {
     let admin = ctx.postgres.clone()?;
-    Some(Reporting(tokio::spawn(async move {
+    Some(Background::spawn(async move {
         loop {
             tokio::time::sleep(INTERVAL).await;
             report(&ctx, &admin, &tenants).await;
         }
-    })))
+    }))
 }
 
 /// The usage part of a Tenant's status: `usage` and the `BudgetExhausted` condition.
