@@ -51,16 +51,20 @@ lock_dir() {
   flock 8
 }
 
-# pid_file_pid FILE : the pid recorded in FILE ("pid ... binary") while that
-# process still runs that binary; fails otherwise (stale file, reused pid).
+# pid_file_pid FILE : the pid recorded in FILE ("pid WORD...") while that
+# process's argv0 is one of the words after it; fails otherwise (stale file,
+# reused pid).
 pid_file_pid() {
   local fields argv0
   [[ -s $1 ]] || return 1
   read -r -a fields <"$1" || true
   [[ ${fields[0]:-} =~ ^[0-9]+$ ]] || return 1
   { IFS= read -r -d '' argv0 <"/proc/${fields[0]}/cmdline"; } 2>/dev/null || return 1
-  [[ $argv0 == "${fields[-1]}" ]] || return 1
-  echo "${fields[0]}"
+  local name
+  for name in "${fields[@]:1}"; do
+    if [[ $argv0 == "$name" ]]; then echo "${fields[0]}"; return 0; fi
+  done
+  return 1
 }
 
 # stop_pid_file FILE NAME TIMEOUT : SIGTERM the process group recorded in FILE,

@@ -3,9 +3,10 @@
 # distribution on Maven Central, run on a JDK 21+) with the realm `bizosaas` of
 # tests/harness/sso/realm.json: users alice (group acme-admins), bob (globex-admins) and carol
 # (no group), the public client `bizosaas` whose access tokens carry `aud: bizosaas` and a
-# `groups` claim, and `other-app`, whose tokens are for another audience. The local API server
-# trusts the issuer through its structured authentication configuration (cluster.sh), with
-# usernames and groups prefixed `oidc:`, as the gateway maps them.
+# `groups` claim, `other-app`, whose tokens are for another audience, and `key-rotator`, a
+# confidential client allowed to manage the realm (the tests rotate its signing keys). The
+# local API server trusts the issuer through its structured authentication configuration
+# (cluster.sh), with usernames and groups prefixed `oidc:`, as the gateway maps them.
 #
 # Usage: sso.sh prepare|up|down|status|issuer|ca|auth-config|token USER [CLIENT]
 #   prepare      the serving certificate and the API server's authentication configuration
@@ -132,16 +133,18 @@ cmd_up() {
   # The realm is imported at every start into an in-memory database: nothing to migrate.
   mkdir -p "$KEYCLOAK_DIR/data/import"
   cp "$HARNESS_DIR/sso/realm.json" "$KEYCLOAK_DIR/data/import/bizosaas-realm.json"
-  local t0=$EPOCHREALTIME
+  local t0=$EPOCHREALTIME java_home
+  java_home="$(dirname "$(dirname "$(readlink -f "$java")")")"
   log "starting Keycloak on $NODE_IP:$PORT (log: $LOG)"
-  JAVA_HOME="$(dirname "$(dirname "$(readlink -f "$java")")")" JAVA_OPTS_APPEND="-Xms64m -Xmx768m" \
+  JAVA_HOME="$java_home" JAVA_OPTS_APPEND="-Xms64m -Xmx768m" \
     setsid nohup "$KEYCLOAK_DIR/bin/kc.sh" start-dev --import-realm --db=dev-mem \
     --https-port="$PORT" --https-certificate-file="$PKI/server.crt" --https-certificate-key-file="$PKI/server.key" \
     --http-host="$NODE_IP" --http-port="$HTTP_PORT" --hostname="https://$NODE_IP:$PORT" \
     --log-level=warn,org.keycloak.services:info,io.quarkus:info >"$LOG" 2>&1 </dev/null &
-  # kc.sh either execs the JVM or waits on it as its child (a first start builds the server
-  # first). Record the session leader's pid with what it runs once the JVM is there: `down`
-  # signals the whole process group, and checks that argv0 to know the pid is still ours.
+  # kc.sh either execs the JVM or waits on it as its child; a first start runs the build JVM
+  # as a child and then execs the server's. Record the session leader's pid once a JVM is
+  # there, with both names it may run under (kc.sh's and the JVM's): `down` signals the whole
+  # process group, and checks argv0 against those names to know the pid is still ours.
   local pid=$! argv0=""
   for _ in $(seq 1 $((UP_TIMEOUT * 5))); do
     { IFS= read -r -d '' argv0 <"/proc/$pid/cmdline"; } 2>/dev/null || true
@@ -150,7 +153,7 @@ cmd_up() {
     kill -0 "$pid" 2>/dev/null || { tail -30 "$LOG" >&2; die "Keycloak exited at start"; }
     sleep 0.2
   done
-  echo "$pid $argv0" >"$PID_FILE"
+  echo "$pid $argv0 $java_home/bin/java" >"$PID_FILE"
   if ! wait_for "$UP_TIMEOUT" realm_answers; then
     tail -30 "$LOG" >&2
     die "Keycloak did not serve realm $REALM within ${UP_TIMEOUT}s"
