@@ -7,15 +7,14 @@
 //! The admin URL comes from BIZOSAAS_TEST_DATABASE_URL (`./dev test` sets it); start the
 //! server with `bash tests/harness/postgres.sh up`.
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+#[path = "../../tests/common/lago.rs"]
+mod lago;
+
 use bizosaas_controllers::lago::{ApiKey, BATCH_LIMIT, End, ExportTarget, LagoClient, TARGET, export_once};
 use bizosaas_controllers::postgres::{Admin, TenantNames};
 use bizosaas_crds::tenant::{DatabaseIsolation, DeletionPolicy};
-use serde_json::{Value, json};
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use lago::{Answer, LAGO_BATCH_LIMIT, Lago, serve};
+use serde_json::Value;
 
 const API_KEY: &str = "lago-test-key-0123456789";
 const CODE: &str = "llm_tokens";
@@ -42,123 +41,6 @@ async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
-/// How the stand-in answers the next request.
-#[derive(Clone, Copy, Debug)]
-enum Answer {
-    /// As Lago does.
-    AsLago,
-    /// 503 without looking at the batch.
-    Unavailable,
-    /// Ingests the batch, then answers 503, as when the answer is lost on the way back.
-    IngestThenUnavailable,
-}
-
-#[derive(Default)]
-struct Lago {
-    /// Answers for the next requests; `AsLago` once it is empty.
-    script: VecDeque<Answer>,
-    /// Every ingested event by transaction id, and how often each was ingested.
-    ingested: BTreeMap<String, (Value, u32)>,
-    /// The transaction ids of every request, in order.
-    requests: Vec<Vec<String>>,
-    /// Requests that broke Lago's documented schema.
-    violations: Vec<String>,
-}
-
-type Shared = Arc<Mutex<Lago>>;
-
-/// What Lago's docs require of `POST /api/v1/events/batch`; the violations found.
-fn check(headers: &HeaderMap, body: &Value) -> Vec<String> {
-    let mut wrong = Vec::new();
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {API_KEY}")) {
-        wrong.push("no Bearer API key".to_string());
-    }
-    if headers.get("content-type").and_then(|v| v.to_str().ok()) != Some("application/json") {
-        wrong.push("not application/json".to_string());
-    }
-    let Some(events) = body.get("events").and_then(Value::as_array) else {
-        return [wrong, vec!["no events array".to_string()]].concat();
-    };
-    if events.is_empty() || events.len() > BATCH_LIMIT || BATCH_LIMIT != 100 {
-        wrong.push(format!("{} events in one batch", events.len()));
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    for (i, event) in events.iter().enumerate() {
-        let text = |field: &str| event.get(field).and_then(Value::as_str).filter(|s| !s.is_empty());
-        match text("transaction_id") {
-            Some(id) if seen.insert(id.to_string()) => {}
-            Some(id) => wrong.push(format!("transaction_id {id} twice in one batch")),
-            None => wrong.push(format!("event {i} has no transaction_id")),
-        }
-        if text("external_subscription_id").is_none() || text("code") != Some(CODE) {
-            wrong.push(format!("event {i} lacks its subscription or code"));
-        }
-        if !event.get("timestamp").is_some_and(Value::is_i64) {
-            wrong.push(format!("event {i}'s timestamp is not Unix seconds"));
-        }
-        let properties = event.get("properties").and_then(Value::as_object);
-        let integer = |key: &str| properties.and_then(|p| p.get(key)).is_some_and(Value::is_i64);
-        if !(integer("tokens") && integer("prompt_tokens") && integer("completion_tokens")) {
-            wrong.push(format!("event {i}'s token counts are not integers"));
-        }
-        if properties.and_then(|p| p.get("cost_usd")).is_some_and(|c| !c.is_string()) {
-            wrong.push(format!("event {i}'s cost is not a decimal string"));
-        }
-        if properties.is_some_and(|p| p.values().any(Value::is_null)) {
-            wrong.push(format!("event {i} has a null property"));
-        }
-    }
-    wrong
-}
-
-async fn batch(State(lago): State<Shared>, headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
-    let mut lago = lago.lock().unwrap();
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let events = body["events"].as_array().cloned().unwrap_or_default();
-    let ids: Vec<String> =
-        events.iter().map(|e| e["transaction_id"].as_str().unwrap_or_default().to_string()).collect();
-    lago.requests.push(ids.clone());
-    let wrong = check(&headers, &body);
-    if !wrong.is_empty() {
-        lago.violations.extend(wrong);
-        return (StatusCode::BAD_REQUEST, json!({"status": 400, "error": "BadRequest"}).to_string());
-    }
-    let answer = lago.script.pop_front().unwrap_or(Answer::AsLago);
-    if let Answer::Unavailable = answer {
-        return (StatusCode::SERVICE_UNAVAILABLE, "<html>upstream unavailable</html>".into());
-    }
-    // Atomic, as Lago's batch: one invalid event refuses every one, and nothing is kept.
-    let mut details = serde_json::Map::new();
-    for (i, event) in events.iter().enumerate() {
-        let subscription = event["external_subscription_id"].as_str().unwrap();
-        if subscription != SUBSCRIPTION && subscription != SHARED_SUBSCRIPTION {
-            details.insert(i.to_string(), json!({"external_subscription_id": ["subscription_not_found"]}));
-        } else if lago.ingested.contains_key(&ids[i]) {
-            details.insert(i.to_string(), json!({"transaction_id": ["value_already_exist"]}));
-        }
-    }
-    if !details.is_empty() {
-        let error = json!({"status": 422, "error": "Unprocessable Entity", "code": "validation_errors", "error_details": details});
-        return (StatusCode::UNPROCESSABLE_ENTITY, error.to_string());
-    }
-    for (id, event) in ids.iter().zip(&events) {
-        lago.ingested.entry(id.clone()).or_insert_with(|| (event.clone(), 0)).1 += 1;
-    }
-    match answer {
-        Answer::IngestThenUnavailable => (StatusCode::SERVICE_UNAVAILABLE, String::new()),
-        _ => (StatusCode::OK, json!({"events": events}).to_string()),
-    }
-}
-
-/// Starts the stand-in on 127.0.0.1; its base URL.
-async fn serve(lago: Shared) -> String {
-    let app = axum::Router::new().route("/api/v1/events/batch", axum::routing::post(batch)).with_state(lago);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{address}")
-}
-
 /// Records `count` model calls as the tenant's app role; some report a cost, some do not.
 async fn record_calls(app: &tokio_postgres::Client, tenant: &str, count: usize, first: usize) {
     for n in first..first + count {
@@ -180,23 +62,6 @@ async fn cursor(db: &tokio_postgres::Client, tenant: &str) -> i64 {
         .await
         .unwrap()
         .map_or(0, |r| r.get(0))
-}
-
-/// Micro-dollars of a decimal string with at most six decimals.
-fn micros(decimal: &str) -> i64 {
-    let (whole, fraction) = decimal.split_once('.').unwrap_or((decimal, ""));
-    let fraction = format!("{fraction:0<6}");
-    whole.parse::<i64>().unwrap() * 1_000_000 + fraction[..6].parse::<i64>().unwrap()
-}
-
-/// Lago's view of a tenant: (events, tokens, micro-dollars) of what it ingested for it.
-fn ingested_totals(lago: &Lago, tenant: &str) -> (usize, i64, i64) {
-    let prefix = format!("bizosaas:{tenant}:");
-    let mine: Vec<&Value> =
-        lago.ingested.iter().filter(|(id, _)| id.starts_with(&prefix)).map(|(_, (e, _))| e).collect();
-    let tokens = mine.iter().map(|e| e["properties"]["tokens"].as_i64().unwrap()).sum();
-    let cost = mine.iter().filter_map(|e| e["properties"]["cost_usd"].as_str()).map(micros).sum();
-    (mine.len(), tokens, cost)
 }
 
 /// What the database holds for a tenant: (events, tokens, micro-dollars).
@@ -226,8 +91,9 @@ async fn usage_reaches_lago_exactly_once_through_failures_restarts_and_refusals(
     let app = connect(&creds.url()).await;
     let db = connect(&admin_url_for(&url, &a.database)).await;
 
-    let lago: Shared = Arc::default();
-    let base = serve(lago.clone()).await;
+    assert_eq!(BATCH_LIMIT, LAGO_BATCH_LIMIT, "batches as large as Lago takes");
+    let lago = Lago::shared(API_KEY, CODE, &[SUBSCRIPTION, SHARED_SUBSCRIPTION]);
+    let base = serve(lago.clone(), [127, 0, 0, 1].into()).await;
     let client = LagoClient::new(&base, &ApiKey::new(API_KEY)).unwrap();
     let target = ExportTarget { names: &a, isolation: DatabaseIsolation::Dedicated, subscription: SUBSCRIPTION };
 
@@ -310,13 +176,13 @@ async fn usage_reaches_lago_exactly_once_through_failures_restarts_and_refusals(
     assert_eq!((exported.exported, &exported.end), (3, &End::UpToDate));
 
     // Every usage event is in Lago exactly once, as recorded, and the totals agree.
-    let lago = std::mem::take(&mut *lago.lock().unwrap());
+    let lago = lago.lock().unwrap().clone();
     assert!(lago.violations.is_empty(), "requests Lago would refuse: {:?}", lago.violations);
-    assert!(lago.ingested.values().all(|(_, times)| *times == 1), "an event was ingested twice");
-    assert_eq!(ingested_totals(&lago, &a.tenant_id), recorded_totals(&db, &a.tenant_id).await);
+    assert!(lago.ingested_twice().is_empty(), "ingested twice: {:?}", lago.ingested_twice());
+    assert_eq!(lago.totals(&a.tenant_id), recorded_totals(&db, &a.tenant_id).await);
     assert_eq!(recorded_totals(&db, &a.tenant_id).await.0, 217);
     let platform_db = connect(&admin_url_for(&url, platform)).await;
-    assert_eq!(ingested_totals(&lago, &s.tenant_id), recorded_totals(&platform_db, &s.tenant_id).await);
+    assert_eq!(lago.totals(&s.tenant_id), recorded_totals(&platform_db, &s.tenant_id).await);
     let rows = db
         .query(
             "SELECT id, model, crew, agent, run_id, cost_usd::text, floor(extract(epoch FROM created_at))::bigint \
