@@ -11,7 +11,8 @@
 //! client, a token whose claims were edited, a ServiceAccount token for the crews' audience,
 //! a caller without rights, an oversized body, a flood of requests. Each tenant's audit log
 //! holds what was asked of it (refusals too), readable by its owners only, next to the
-//! operator's actions on its data. No token appears in the gateway's logs.
+//! operator's actions on its data. When the issuer rotates its signing key, alice's next token
+//! works at the gateway and at kubectl alike. No token appears in the gateway's logs.
 
 mod support;
 
@@ -64,6 +65,55 @@ async fn login(user: &str, client_id: &str) -> String {
     assert!(response.status().is_success(), "logging in as {user} failed: {}", response.status());
     let body: Value = response.json().await.unwrap();
     body["access_token"].as_str().expect("an access token").to_string()
+}
+
+/// The key id a JWT's header names.
+fn key_id(jwt: &str) -> String {
+    use base64::Engine as _;
+    let header = jwt.split('.').next().unwrap_or_default();
+    let header: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+    header["kid"].as_str().expect("the token names its key").to_string()
+}
+
+/// Gives the realm a new RSA signing key that outranks the ones it has (as the issuer's
+/// administrators rotate keys), as the `key-rotator` client; returns a token of `user` signed
+/// with it. `earlier` is one of the user's tokens from before.
+async fn rotated_token(user: &str, earlier: &str) -> String {
+    let issuer = sso_issuer();
+    let (base, realm) = issuer.rsplit_once("/realms/").expect("a Keycloak issuer URL");
+    let admin = format!("{base}/admin/realms/{realm}");
+    let http = sso_http();
+    let response = http
+        .post(format!("{issuer}/protocol/openid-connect/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "key-rotator"),
+            ("client_secret", "key-rotator-secret"),
+        ])
+        .send()
+        .await
+        .expect("the OIDC provider answers");
+    assert!(response.status().is_success(), "the key-rotator client's login failed: {}", response.status());
+    let admin_token = response.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
+    let realm_id =
+        http.get(&admin).bearer_auth(&admin_token).send().await.unwrap().json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .expect("the realm's id")
+            .to_string();
+    let priority = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() % 1_000_000
+        + 1_000)
+        .to_string();
+    let key = json!({
+        "name": format!("rotated-{priority}"), "providerId": "rsa-generated",
+        "providerType": "org.keycloak.keys.KeyProvider", "parentId": realm_id,
+        "config": {"priority": [priority], "enabled": ["true"], "active": ["true"], "algorithm": ["RS256"], "keySize": ["2048"]},
+    });
+    let created = http.post(format!("{admin}/components")).bearer_auth(&admin_token).json(&key).send().await.unwrap();
+    assert_eq!(created.status().as_u16(), 201, "adding a signing key: {}", created.text().await.unwrap_or_default());
+    let token = login(user, "bizosaas").await;
+    assert_ne!(key_id(&token), key_id(earlier), "the realm still signs with its old key");
+    token
 }
 
 /// The gateway's Service address, as the host reaches ClusterIPs.
@@ -365,6 +415,25 @@ async fn tenants_use_their_crews_and_workflows_through_the_gateway_with_single_s
     // The audit logs: what was done in each tenant, readable by its owners only.
     audit_trail(&gateway, &alice, &bob, &carol, &id, &started).await;
 
+    // The issuer rotates its signing key: alice's next token names a key neither the gateway
+    // nor the API server has seen; both fetch the issuer's keys again and let her in.
+    let rotated = rotated_token("alice", &alice).await;
+    let read_run = format!("{runs}/{id}");
+    let mut answer = call(M::GET, &read_run, Some(&rotated), None, None).await;
+    for _ in 0..30 {
+        // A fetch prompted by an unknown key waits out the gateway's refetch interval (10 s).
+        if answer.status != 401 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        answer = call(M::GET, &read_run, Some(&rotated), None, None).await;
+    }
+    assert_eq!(answer.status, 200, "a token of the rotated key: {}", answer.body);
+    let rotated_kubeconfig = token_kubeconfig(&rotated);
+    let (ok, out) = kubectl_as(&rotated_kubeconfig, &["get", "agentcrews", "-n", ACME_NS, "-o", "name"]);
+    assert!(ok && out.contains("agentcrew.bizosaas.io/writers"), "kubectl with the rotated key: {out}");
+    let _ = std::fs::remove_file(&rotated_kubeconfig);
+
     // A flood from one tenant meets its rate limit with Retry-After; another tenant's owner
     // is not slowed by it.
     let flood: Vec<_> = (0..240)
@@ -395,7 +464,13 @@ async fn tenants_use_their_crews_and_workflows_through_the_gateway_with_single_s
         &["logs", "-n", OPERATOR_NAMESPACE, "-l", "app.kubernetes.io/component=gateway", "--tail=-1", "--prefix"],
         None,
     );
-    for (who, secret) in [("alice", &alice), ("bob", &bob), ("the workload", &workload), ("the forged", &forged)] {
+    for (who, secret) in [
+        ("alice", &alice),
+        ("alice's rotated", &rotated),
+        ("bob", &bob),
+        ("the workload", &workload),
+        ("the forged", &forged),
+    ] {
         let signature = secret.rsplit('.').next().unwrap();
         assert!(!logs.contains(signature), "{who}'s token is in the gateway's logs");
     }
