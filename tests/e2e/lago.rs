@@ -19,6 +19,7 @@ mod support;
 #[path = "../common/lago.rs"]
 mod lago;
 
+use bizosaas_controllers::lago::TARGET;
 use bizosaas_crds::common::find_condition;
 use bizosaas_crds::workflow::RunPhase;
 use bizosaas_crds::{AgentCrew, Tenant, Workflow, WorkflowRun};
@@ -90,7 +91,16 @@ async fn usage_exported(tenants: &Api<Tenant>) -> Option<Condition> {
     find_condition(&tenants.get(TENANT).await.ok()?.status?.conditions, "UsageExported").cloned()
 }
 
-/// Waits until Lago holds every recorded event and the Tenant says it is exported.
+/// How far the export is, as the tenant may read it: the last usage event Lago accepted.
+async fn cursor(db: &tokio_postgres::Client) -> i64 {
+    db.query_opt("SELECT last_event_id FROM usage_exports WHERE target = $1", &[&TARGET])
+        .await
+        .unwrap()
+        .map_or(0, |r| r.get(0))
+}
+
+/// Waits until the operator knows Lago holds every recorded event (its cursor is at the
+/// last), Lago does hold them, and the Tenant says they are exported.
 async fn wait_exported(lago: &Shared, db: &tokio_postgres::Client, tenants: &Api<Tenant>, what: &str) -> Vec<Recorded> {
     let last = std::sync::Mutex::new(String::new());
     wait_for_or_explain(
@@ -100,12 +110,14 @@ async fn wait_exported(lago: &Shared, db: &tokio_postgres::Client, tenants: &Api
             let events = recorded(db).await;
             let (count, held_tokens, _) = lago.lock().unwrap().totals(TENANT);
             let condition = usage_exported(tenants).await;
+            let (cursor, newest) = (cursor(db).await, events.last().map_or(0, |e| e.0));
             *last.lock().unwrap() = format!(
-                "Lago holds {count} events ({held_tokens} tokens) of {} recorded ({} tokens); UsageExported: {condition:?}",
+                "Lago holds {count} events ({held_tokens} tokens) of {} recorded ({} tokens); the cursor is at \
+                 {cursor} of {newest}; UsageExported: {condition:?}",
                 events.len(),
                 tokens(&events)
             );
-            let exported = condition.is_some_and(|c| c.status == "True");
+            let exported = condition.is_some_and(|c| c.status == "True") && cursor == newest;
             (exported && count == events.len() && held_tokens == tokens(&events)).then_some(events)
         },
         || last.lock().unwrap().clone(),
@@ -170,9 +182,12 @@ async fn every_model_call_reaches_lago_once_through_failures_a_restart_and_a_ref
     let base = lago::serve(lago.clone(), ip.parse().expect("the node's address is an IP")).await;
 
     install_crds();
-    let secret = json!({"apiVersion": "v1", "kind": "Secret",
-                        "metadata": {"name": "bizosaas-lago", "namespace": OPERATOR_NAMESPACE},
-                        "stringData": {"api-key": API_KEY}});
+    // The release namespace may not exist yet: the Secret the chart references goes in first.
+    let secret = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}},
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bizosaas-lago", "namespace": OPERATOR_NAMESPACE},
+         "stringData": {"api-key": API_KEY}},
+    ]});
     kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", "-"], Some(&secret.to_string()));
     let url = format!("billing.lago.url={base}");
     InCluster::install(&["--set", &url, "--set", "billing.lago.apiKeySecret.name=bizosaas-lago"]);
