@@ -632,13 +632,20 @@ fn role_comment_sql(role: &str, marker: Option<&str>) -> Result<String, Database
 }
 
 /// Creates a role with its marker in one transaction (a multi-statement query), or marks
-/// the existing one.
+/// the existing one. Roles are server-wide: another connection (another operator process,
+/// another tenant's provisioning) may create the same one at the same moment, and a role that
+/// exists once the creation failed is taken as existing.
 async fn ensure_role(client: &Client, role: &str, attributes: &str, marker: Option<&str>) -> Result<(), DatabaseError> {
     let comment = role_comment_sql(role, marker)?;
     if role_exists(client, role).await?.is_none() {
         let sql = format!("CREATE ROLE {} {attributes};{comment}", quote_ident(role));
-        run(client, "creating a role", &sql).await?;
-    } else if !comment.is_empty() {
+        match run(client, "creating a role", &sql).await {
+            Ok(()) => return Ok(()),
+            Err(e) if role_exists(client, role).await?.is_none() => return Err(e),
+            Err(_) => {}
+        }
+    }
+    if !comment.is_empty() {
         run(client, "marking a role", &comment).await?;
     }
     Ok(())
