@@ -119,6 +119,7 @@ async fn the_tenant_budget_holds_across_replicas_and_is_reported_on_the_tenant()
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     wait_for("three Ready runtime pods", TIMEOUT, || ready_pods(&pods, 3)).await;
     toolbox_pod(&client, NS, "caller", json!({})).await;
+    wait_reachable(NS, "caller", &format!("http://crew-writers.{NS}.svc/healthz"), Duration::from_secs(60)).await;
     let own = token(&client, NS, "tenant-workload", "bizosaas-agent").await;
 
     // Many runs at once, spread over the replicas by the Service.

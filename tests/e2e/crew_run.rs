@@ -166,6 +166,7 @@ async fn a_crew_pod_runs_against_the_llm_remembers_and_rotates_its_key() {
 
     // A caller in the tenant namespace: the same-namespace policy lets it reach the crew.
     toolbox_pod(&client, NS, "caller", serde_json::json!({})).await;
+    wait_reachable(NS, "caller", &format!("http://crew-writers.{NS}.svc/healthz"), Duration::from_secs(60)).await;
 
     // The run API, attacked as a tenant owner would.
     const AUDIENCE: &str = "bizosaas-agent";

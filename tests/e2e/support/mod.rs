@@ -462,6 +462,22 @@ pub fn netcheck(ns: &str, pod: &str, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// Waits until `pod` in `ns` gets an HTTP answer (any status) from `url`: the network policy
+/// rules that let a new pod's traffic through are programmed a moment after it is Ready.
+pub async fn wait_reachable(ns: &str, pod: &str, url: &str, timeout: Duration) {
+    let last = std::sync::Mutex::new(String::new());
+    wait_for_or_explain(
+        &format!("{pod} in {ns} to reach {url}"),
+        timeout,
+        || async {
+            let answer = netcheck(ns, pod, &["http", "-t", "5s", url]);
+            answer.map_err(|e| *last.lock().unwrap() = e).ok().map(|_| ())
+        },
+        || format!("last attempt: {}", last.lock().unwrap()),
+    )
+    .await;
+}
+
 /// Creates a Tenant from `spec` after deleting a leftover of an earlier run; waits until Ready.
 pub async fn fresh_tenant(client: &Client, name: &str, spec: serde_json::Value) {
     use bizosaas_crds::Tenant;
