@@ -9,7 +9,7 @@ mod support;
 
 use bizosaas_crds::common::{find_condition, is_ready};
 use bizosaas_crds::{AgentCrew, Tenant};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 use std::time::Duration;
@@ -155,10 +155,7 @@ async fn the_tenant_budget_holds_across_replicas_and_is_reported_on_the_tenant()
     assert!(body["error"]["message"].as_str().unwrap().contains("quota.monthlyTokens 1500"), "{body}");
 
     // What the pods recorded, read as the tenant's app role.
-    let secret = Api::<Secret>::namespaced(client.clone(), NS).get("tenant-database").await.unwrap();
-    let url = String::from_utf8(secret.data.unwrap()["url"].0.clone()).unwrap();
-    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let db = tenant_database(&client, NS).await;
     let row = db
         .query_one(
             "SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0)::bigint, \

@@ -223,10 +223,7 @@ async fn a_crew_pod_runs_against_the_llm_remembers_and_rotates_its_key() {
     assert_eq!(seen.lock().unwrap().last().map(String::as_str), Some("Bearer first-key"));
 
     // Memory and usage, written by the pod as the tenant's app role.
-    let secret = Api::<Secret>::namespaced(client.clone(), NS).get("tenant-database").await.unwrap();
-    let url = String::from_utf8(secret.data.unwrap()["url"].0.clone()).unwrap();
-    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let db = tenant_database(&client, NS).await;
     let memories: i64 = db
         .query_one(
             "SELECT count(*) FROM agent_memory WHERE crew = 'writers' AND metadata->>'run' = $1",

@@ -270,16 +270,7 @@ async fn runtime_metrics(client: &kube::Client) -> String {
         "spec": {"type": "OpenAI", "endpoint": llm, "credentials": {"secretRef": {"name": "llm-key", "key": "apiKey"}}},
     }))
     .await;
-    let _: AgentCrew = create_in(
-        client,
-        NS,
-        serde_json::json!({
-            "apiVersion": "bizosaas.io/v1alpha1", "kind": "AgentCrew", "metadata": {"name": "watchers", "namespace": NS},
-            "spec": {"process": "Sequential", "model": {"integration": "llm", "name": model, "maxTokens": 16},
-                     "agents": [{"name": "writer", "template": "copywriting", "maxIterations": 1}]},
-        }),
-    )
-    .await;
+    create_writer_crew(client, NS, "watchers", &model).await;
     let crews: Api<AgentCrew> = Api::namespaced(client.clone(), NS);
     wait_for("the crew Ready", TIMEOUT, || async {
         is_ready(&crews.get("watchers").await.ok()?.status?.conditions).then_some(())

@@ -16,7 +16,7 @@
 
 mod support;
 
-use bizosaas_crds::{AgentCrew, Workflow, WorkflowRun};
+use bizosaas_crds::{Workflow, WorkflowRun};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 use serde_json::{Value, json};
@@ -192,12 +192,7 @@ fn kubectl_as(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String) {
 async fn ready_crew(client: &kube::Client) {
     let (llm, model) = llm_server();
     llm_integration(client, ACME_NS, &llm, "gateway-test-key").await;
-    let _: AgentCrew = create_in(client, ACME_NS, json!({
-        "apiVersion": "bizosaas.io/v1alpha1", "kind": "AgentCrew", "metadata": {"name": "writers", "namespace": ACME_NS},
-        "spec": {"process": "Sequential", "model": {"integration": "llm", "name": model, "maxTokens": 16},
-                 "agents": [{"name": "writer", "template": "copywriting", "maxIterations": 1}]},
-    }))
-    .await;
+    create_writer_crew(client, ACME_NS, "writers", &model).await;
     wait_crew_ready(client, ACME_NS, "writers", TIMEOUT).await;
 }
 

@@ -22,8 +22,7 @@ mod lago;
 use bizosaas_controllers::lago::TARGET;
 use bizosaas_crds::common::find_condition;
 use bizosaas_crds::workflow::RunPhase;
-use bizosaas_crds::{AgentCrew, Tenant, Workflow, WorkflowRun};
-use k8s_openapi::api::core::v1::Secret;
+use bizosaas_crds::{Tenant, Workflow, WorkflowRun};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use lago::{Answer, Lago, Shared};
@@ -134,16 +133,7 @@ async fn setup(client: &kube::Client, llm: &str, model: &str) {
     )
     .await;
     llm_integration(client, NS, llm, "sk-e2e-lago-llm").await;
-    let _: AgentCrew = create_in(
-        client,
-        NS,
-        json!({
-            "apiVersion": "bizosaas.io/v1alpha1", "kind": "AgentCrew", "metadata": {"name": CREW, "namespace": NS},
-            "spec": {"process": "Sequential", "model": {"integration": "llm", "name": model, "maxTokens": 16},
-                     "agents": [{"name": "writer", "template": "copywriting", "maxIterations": 1}]},
-        }),
-    )
-    .await;
+    create_writer_crew(client, NS, CREW, model).await;
     wait_crew_ready(client, NS, CREW, TIMEOUT).await;
     let _: Workflow = create_in(
         client,
@@ -155,15 +145,6 @@ async fn setup(client: &kube::Client, llm: &str, model: &str) {
         }),
     )
     .await;
-}
-
-/// The app role's connection to the tenant's database, from the Secret the operator keeps.
-async fn tenant_database(client: &kube::Client) -> tokio_postgres::Client {
-    let secret = Api::<Secret>::namespaced(client.clone(), NS).get("tenant-database").await.unwrap();
-    let url = String::from_utf8(secret.data.unwrap()["url"].0.clone()).unwrap();
-    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
-    db
 }
 
 async fn set_subscription(tenants: &Api<Tenant>, subscription: &str) {
@@ -195,7 +176,7 @@ async fn every_model_call_reaches_lago_once_through_failures_a_restart_and_a_ref
     let client = client().await;
     let tenants: Api<Tenant> = Api::all(client.clone());
     setup(&client, &llm, &model).await;
-    let db = tenant_database(&client).await;
+    let db = tenant_database(&client, NS).await;
 
     // Through a 503 and a lost answer: once each.
     run_workflow(&client, "billed-1").await;

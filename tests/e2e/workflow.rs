@@ -7,7 +7,7 @@ mod support;
 
 use bizosaas_crds::common::{find_condition, is_ready};
 use bizosaas_crds::workflow::RunPhase;
-use bizosaas_crds::{AgentCrew, Integration, Workflow, WorkflowRun};
+use bizosaas_crds::{Integration, Workflow, WorkflowRun};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
@@ -127,16 +127,7 @@ async fn setup(client: &kube::Client, port: u16) {
     )
     .await;
     llm_integration(client, NS, &llm, "llm-key").await;
-    let _: AgentCrew = create_in(
-        client,
-        NS,
-        serde_json::json!({
-            "apiVersion": "bizosaas.io/v1alpha1", "kind": "AgentCrew", "metadata": {"name": "writers", "namespace": NS},
-            "spec": {"process": "Sequential", "model": {"integration": "llm", "name": model, "maxTokens": 16},
-                     "agents": [{"name": "writer", "template": "copywriting", "maxIterations": 1}]},
-        }),
-    )
-    .await;
+    create_writer_crew(client, NS, "writers", &model).await;
     wait_crew_ready(client, NS, "writers", TIMEOUT).await;
 }
 

@@ -9,7 +9,7 @@ mod support;
 use bizosaas_crds::workflow::RunPhase;
 use bizosaas_crds::{AgentCrew, Integration, Workflow, WorkflowRun};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, PostParams};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -217,10 +217,7 @@ async fn runs_survive_sigkills_of_the_operator_and_an_api_server_restart() {
     .await;
 
     // The crew runs, as the tenant's app role sees them.
-    let secret = Api::<Secret>::namespaced(client.clone(), NS).get("tenant-database").await.unwrap();
-    let url = String::from_utf8(secret.data.unwrap()["url"].0.clone()).unwrap();
-    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let db = tenant_database(&client, NS).await;
     let crew_runs: Vec<(String, i64)> = db
         .query("SELECT idempotency_key, count(*) FROM agent_runs WHERE crew = 'writers' GROUP BY 1", &[])
         .await

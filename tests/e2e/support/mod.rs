@@ -547,6 +547,32 @@ pub async fn llm_integration(client: &Client, ns: &str, endpoint: &str, api_key:
     .await;
 }
 
+/// Creates the AgentCrew `name` in `ns` the LLM tests share: one `writer` agent (the
+/// copywriting template, one iteration) on `model` of the `llm` Integration, 16 tokens a call.
+pub async fn create_writer_crew(client: &Client, ns: &str, name: &str, model: &str) {
+    let _: bizosaas_crds::AgentCrew = create_in(
+        client,
+        ns,
+        serde_json::json!({
+            "apiVersion": "bizosaas.io/v1alpha1", "kind": "AgentCrew", "metadata": {"name": name, "namespace": ns},
+            "spec": {"process": "Sequential", "model": {"integration": "llm", "name": model, "maxTokens": 16},
+                     "agents": [{"name": "writer", "template": "copywriting", "maxIterations": 1}]},
+        }),
+    )
+    .await;
+}
+
+/// The tenant app role's connection to the database of the tenant namespace `ns`, from the
+/// `tenant-database` Secret the operator keeps there.
+pub async fn tenant_database(client: &Client, ns: &str) -> tokio_postgres::Client {
+    use k8s_openapi::api::core::v1::Secret;
+    let secret = kube::Api::<Secret>::namespaced(client.clone(), ns).get("tenant-database").await.unwrap();
+    let url = String::from_utf8(secret.data.unwrap()["url"].0.clone()).unwrap();
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    db
+}
+
 /// Waits until the AgentCrew `name` in `ns` is Ready, which it is once its runtime pods are.
 pub async fn wait_crew_ready(client: &Client, ns: &str, name: &str, timeout: Duration) {
     let crews: kube::Api<bizosaas_crds::AgentCrew> = kube::Api::namespaced(client.clone(), ns);
