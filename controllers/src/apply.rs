@@ -35,10 +35,6 @@ pub struct Known<'a> {
     pub live: &'a dyn LiveVersions,
 }
 
-fn child_key<K: Resource<DynamicType = ()>>(object: &K) -> ChildKey {
-    ChildKey { kind: K::kind(&()).into_owned(), namespace: object.meta().namespace.clone(), name: object.name_any() }
-}
-
 impl Applier<'_> {
     /// Server-side applies `desired` unless the live object already holds every field of it
     /// and was last applied with the same set of fields. Returns whether a write was sent.
@@ -50,7 +46,7 @@ impl Applier<'_> {
         let value = to_value(&desired);
         if self.compare
             && let Some(known) = self.known
-            && known.seen.unchanged(&child_key(&desired), desired_digest(&value), known.live)
+            && known.seen.unchanged(&ChildKey::of(&desired), desired_digest(&value), known.live)
         {
             return Ok(false);
         }
@@ -87,7 +83,7 @@ impl Applier<'_> {
     {
         let remember = |version: Option<String>| {
             if let Some(known) = self.known {
-                known.seen.record(child_key(desired), version, desired_digest(value));
+                known.seen.record(ChildKey::of(desired), version, desired_digest(value));
             }
         };
         if self.compare

@@ -31,7 +31,26 @@ pub struct ChildKey {
     pub name: String,
 }
 
+impl ChildKey {
+    /// The key of `object`.
+    pub fn of<K: kube::Resource<DynamicType = ()>>(object: &K) -> ChildKey {
+        let meta = object.meta();
+        ChildKey {
+            kind: K::kind(&()).into_owned(),
+            namespace: meta.namespace.clone(),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
 impl Seen {
+    /// True when the child was last written or checked at `version`: a watch event at that
+    /// version only echoes what the controller already knows, and needs no reconcile.
+    pub fn is_current(&self, key: &ChildKey, version: &str) -> bool {
+        let entries = self.entries.lock().expect("seen lock");
+        entries.get(key).is_some_and(|(seen, _)| seen == version)
+    }
+
     /// True when the watch shows the child at the resourceVersion it was last seen at, for
     /// the same desired object.
     pub fn unchanged(&self, key: &ChildKey, desired: u64, live: &dyn LiveVersions) -> bool {
@@ -108,6 +127,9 @@ mod tests {
         assert!(!seen.unchanged(&key("t", "q"), desired, &Live(None)), "deleted, or not watched yet");
         let other = desired_digest(&json!({"spec": {"hard": {"pods": "30"}}}));
         assert!(!seen.unchanged(&key("t", "q"), other, &Live(Some("7"))), "the spec asks for something else");
+        assert!(seen.is_current(&key("t", "q"), "7"), "the watch event of the write itself");
+        assert!(!seen.is_current(&key("t", "q"), "8"), "a change since");
+        assert!(!seen.is_current(&key("t", "other"), "7"), "another child");
     }
 
     #[test]

@@ -112,31 +112,36 @@ pub(super) async fn apply(tenant: &Tenant, t: &TenantContext) -> Result<Action, 
     let spec_changed = first_pass || observed_generation != tenant.metadata.generation;
     let applier = applier(tenant, first_pass, t);
     let started = std::time::Instant::now();
+    // A namespace that did not exist before this reconcile holds no credentials handed out
+    // earlier: the database is provisioned meanwhile, without reading the Secret first.
+    let fresh_namespace = existing.is_none();
+    let client = ctx.client.clone();
+    let ns = owner.namespace.as_str();
+    let (grant, granted_here) = Grant::new();
     // The namespace, then the operator's RoleBinding in it. What the operator may write in
     // any namespace goes at once; what needs that RoleBinding (Deployments, the database
     // Secret) waits, meanwhile, until the authorizer knows it.
-    let client = ctx.client.clone();
-    let ns = owner.namespace.as_str();
-    match &live_namespace {
-        Some(live) => applier.ensure_against(&namespaces, &children.namespace, Some(live)).await?,
-        None => applier.ensure(&namespaces, &children.namespace).await?,
+    let namespaced = async {
+        match &live_namespace {
+            Some(live) => applier.ensure_against(&namespaces, &children.namespace, Some(live)).await?,
+            None => applier.ensure(&namespaces, &children.namespace).await?,
+        };
+        let bindings = Api::<RoleBinding>::namespaced(client.clone(), ns);
+        let binding_written = applier.ensure(&bindings, &children.operator_binding).await?;
+        let needs_binding = async {
+            if binding_written {
+                granted(ns, ctx).await?;
+            }
+            grant.open();
+            let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
+            let writes = children.services.iter().map(|w| applier.ensure(&deployments, &w.deployment));
+            futures::future::try_join_all(writes).await?;
+            Ok::<_, Error>(binding_written)
+        };
+        futures::try_join!(apply_children(&owner, &children, applier, t), needs_binding)
     };
-    let bindings = Api::<RoleBinding>::namespaced(client.clone(), ns);
-    let binding_written = applier.ensure(&bindings, &children.operator_binding).await?;
-    let needs_binding = async {
-        if binding_written {
-            granted(ns, ctx).await?;
-        }
-        let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
-        let writes = children.services.iter().map(|w| applier.ensure(&deployments, &w.deployment));
-        let (_, database) = futures::try_join!(
-            async { futures::future::try_join_all(writes).await.map_err(Error::from) },
-            database::ensure(tenant, &owner, applier, ctx),
-        )?;
-        Ok::<_, Error>(database)
-    };
-    let (mut observed, (database_condition, database)) =
-        futures::try_join!(apply_children(&owner, &children, applier, t), needs_binding)?;
+    let ((mut observed, binding_written), (database_condition, database)) =
+        futures::try_join!(namespaced, database::ensure(tenant, &owner, fresh_namespace, &granted_here, applier, ctx))?;
     if applier.compare {
         prune_children(&owner, &children, &retained, spec_changed, applier, t).await?;
     }
@@ -145,7 +150,7 @@ pub(super) async fn apply(tenant: &Tenant, t: &TenantContext) -> Result<Action, 
     {
         *network = failure;
     }
-    debug!(ms = started.elapsed().as_millis(), granted_wait = binding_written, "tenant applied");
+    debug!(ms = started.elapsed().as_millis(), granted_wait = binding_written, fresh_namespace, "tenant applied");
     let database_failed = !database_condition.0.status;
     observed.push(database_condition.0);
     observed.push(database_condition.1);
@@ -193,11 +198,14 @@ async fn apply_children(
     let limits = Api::<LimitRange>::namespaced(client.clone(), ns);
     let accounts = Api::<ServiceAccount>::namespaced(client.clone(), ns);
 
-    let mut writes: Vec<BoxFuture<'_, Result<bool, kube::Error>>> = vec![
-        Box::pin(a.ensure(&quotas, &c.resource_quota)),
-        Box::pin(a.ensure(&limits, &c.limit_range)),
-        Box::pin(a.ensure(&accounts, &c.service_account)),
-    ];
+    // The quota watch keeps whole quotas: one it has seen is compared with that copy, not read.
+    let live_quota = t.children.quota(ns, &c.resource_quota.name_any()).filter(|_| a.compare);
+    let quota: BoxFuture<'_, Result<bool, kube::Error>> = match live_quota {
+        Some(live) => Box::pin(async move { a.ensure_against(&quotas, &c.resource_quota, Some(live.as_ref())).await }),
+        None => Box::pin(a.ensure(&quotas, &c.resource_quota)),
+    };
+    let mut writes: Vec<BoxFuture<'_, Result<bool, kube::Error>>> =
+        vec![quota, Box::pin(a.ensure(&limits, &c.limit_range)), Box::pin(a.ensure(&accounts, &c.service_account))];
     writes.extend(c.network_policies.iter().map(|p| Box::pin(a.ensure(&policies, p)) as BoxFuture<'_, _>));
     writes.extend(c.role_bindings.iter().map(|b| Box::pin(a.ensure(&bindings, b)) as BoxFuture<'_, _>));
     for w in &c.services {
@@ -298,8 +306,34 @@ async fn prune_children(
     Ok(())
 }
 
+/// Opens once the API server's authorizer knows the operator's RoleBinding in the tenant
+/// namespace: what reads or writes Secrets there waits for it.
+pub(super) struct Grant(tokio::sync::watch::Sender<bool>);
+
+/// The waiting side of a [`Grant`].
+pub(super) struct Granted(tokio::sync::watch::Receiver<bool>);
+
+impl Grant {
+    fn new() -> (Grant, Granted) {
+        let (open, opened) = tokio::sync::watch::channel(false);
+        (Grant(open), Granted(opened))
+    }
+
+    fn open(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+impl Granted {
+    /// Returns once the grant is open, or once its side is gone (the reconcile is failing).
+    pub(super) async fn wait(&self) {
+        let _ = self.0.clone().wait_for(|open| *open).await;
+    }
+}
+
 /// Waits (briefly) until the API server's authorizer knows the operator's fresh RoleBinding in
-/// `ns`, so the children written next are not refused while it catches up.
+/// `ns`, so the children written next are not refused while it catches up. It usually takes
+/// a few milliseconds: the first checks come quickly, later ones every 100 ms.
 async fn granted(ns: &str, ctx: &Context) -> Result<(), Error> {
     use k8s_openapi::api::authorization::v1::{
         ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
@@ -317,12 +351,15 @@ async fn granted(ns: &str, ctx: &Context) -> Result<(), Error> {
         ..Default::default()
     };
     let api: Api<SelfSubjectAccessReview> = Api::all(ctx.client.clone());
-    for _ in 0..50 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut pause = Duration::from_millis(5);
+    while std::time::Instant::now() < deadline {
         let answer = api.create(&Default::default(), &review).await?;
         if answer.status.is_some_and(|s| s.allowed) {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
     }
     // Not granted within 5 s: the writes that follow report what is refused.
     Ok(())

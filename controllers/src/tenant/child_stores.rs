@@ -2,7 +2,8 @@
 //! watches that trigger reconciles: which resourceVersion of each child is live (so that a
 //! converged reconcile reads none of them) and which namespaces exist with which labels.
 //! Managed fields and annotations are dropped before they are stored. ResourceQuotas are kept
-//! whole (they are small): whether the quota controller has recorded a quota is in its status.
+//! whole, annotations included (they are small): whether the quota controller has recorded a
+//! quota is in its status, and a quota is compared with its copy instead of read.
 
 use crate::seen::LiveVersions;
 use futures::Stream;
@@ -85,8 +86,9 @@ impl LiveVersions for ChildStores {
     }
 }
 
-/// A watch of whole objects of kind `K` matching `config`, without their managed fields and
-/// annotations, feeding `writer` before it yields each changed object.
+/// A watch of whole objects of kind `K` matching `config`, without their managed fields (their
+/// annotations stay: the applied-fields digest is compared with the copy), feeding `writer`
+/// before it yields each changed object.
 pub fn reflect_whole<K>(
     client: &Client,
     config: &watcher::Config,
@@ -97,7 +99,6 @@ where
 {
     let changes = watcher(Api::<K>::all(client.clone()), config.clone()).default_backoff().modify(|object| {
         object.meta_mut().managed_fields = None;
-        object.meta_mut().annotations = None;
     });
     reflector::reflector(writer, changes).touched_objects()
 }

@@ -11,11 +11,11 @@ use crate::egress::resolve::SERVICE_NAME_LABEL;
 use crate::metrics::{Categorized, TenantLabels};
 use crate::postgres::DatabaseError;
 use crate::scaffold::{ReconcileError, Scaffold};
-use crate::seen::Seen;
+use crate::seen::{ChildKey, Seen};
 use crate::tenant_namespaces::wanted_by;
 use crate::vault::VaultError;
 use bizosaas_crds::{LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY, Tenant};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -87,9 +87,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let _census = census::spawn(reader.clone(), CONTROLLER, ctx.metrics.clone(), token_budgets(&ctx));
     let _usage = super::usage::spawn(ctx.clone(), reader.clone());
     let _billing = super::billing::spawn(ctx.clone(), reader.clone());
-    let events =
-        reflector(writer, watcher(Api::<DeserializeGuard<Tenant>>::all(client.clone()), watcher::Config::default()))
-            .default_backoff();
+    // Managed fields are dropped: nothing reads them, and they are a good part of each Tenant.
+    let watched = watcher(Api::<DeserializeGuard<Tenant>>::all(client.clone()), watcher::Config::default())
+        .modify(|guard| guard.meta_mut().managed_fields = None);
+    let events = reflector(writer, watched).default_backoff();
     // Deployments are watched only where a Tenant runs business services.
     let (events, with_services) = wanted_by(events, |guard: &DeserializeGuard<Tenant>| {
         let tenant = guard.0.as_ref().ok().filter(|t| !t.spec.services.is_empty())?;
@@ -107,18 +108,24 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let (services, services_writer) = reflector::store();
     let (ingresses, ingresses_writer) = reflector::store();
     let children = ChildStores { namespaces, quotas, limits, policies, accounts, bindings, services, ingresses };
+    // A child's watch event at the version this controller last wrote or checked echoes its
+    // own write: only other changes (hand edits, deletions, the quota controller) reconcile.
+    let seen = Arc::new(Seen::default());
     let mut controller = Controller::for_stream(tenants, reader)
-        .watches_stream(reflect::<Namespace>(&client, &ours, namespaces_writer), tenant_of)
-        .watches_stream(reflect_whole::<ResourceQuota>(&client, &ours, quotas_writer), tenant_of)
-        .watches_stream(reflect::<LimitRange>(&client, &ours, limits_writer), tenant_of)
-        .watches_stream(reflect::<NetworkPolicy>(&client, &ours, policies_writer), tenant_of)
-        .watches_stream(reflect::<ServiceAccount>(&client, &ours, accounts_writer), tenant_of)
-        .watches_stream(reflect::<RoleBinding>(&client, &ours, bindings_writer), tenant_of)
+        .watches_stream(unless_echo(reflect::<Namespace>(&client, &ours, namespaces_writer), &seen), tenant_of)
+        .watches_stream(unless_echo(reflect_whole::<ResourceQuota>(&client, &ours, quotas_writer), &seen), tenant_of)
+        .watches_stream(unless_echo(reflect::<LimitRange>(&client, &ours, limits_writer), &seen), tenant_of)
+        .watches_stream(unless_echo(reflect::<NetworkPolicy>(&client, &ours, policies_writer), &seen), tenant_of)
+        .watches_stream(unless_echo(reflect::<ServiceAccount>(&client, &ours, accounts_writer), &seen), tenant_of)
+        .watches_stream(unless_echo(reflect::<RoleBinding>(&client, &ours, bindings_writer), &seen), tenant_of)
         // Secrets and Deployments only where the operator may read them: tenant namespaces.
-        .watches_stream(ctx.tenant_namespaces.watch::<Secret>(ours.clone(), None), tenant_of)
-        .watches_stream(ctx.tenant_namespaces.watch::<Deployment>(ours.clone(), Some(with_services)), tenant_of)
-        .watches_stream(reflect::<Service>(&client, &ours, services_writer), tenant_of)
-        .watches_stream(reflect::<Ingress>(&client, &ours, ingresses_writer), tenant_of)
+        .watches_stream(unless_echo(ctx.tenant_namespaces.watch::<Secret>(ours.clone(), None), &seen), tenant_of)
+        .watches_stream(
+            unless_echo(ctx.tenant_namespaces.watch::<Deployment>(ours.clone(), Some(with_services)), &seen),
+            tenant_of,
+        )
+        .watches_stream(unless_echo(reflect::<Service>(&client, &ours, services_writer), &seen), tenant_of)
+        .watches_stream(unless_echo(reflect::<Ingress>(&client, &ours, ingresses_writer), &seen), tenant_of)
         .watches_stream(claims::domain_changes(client.clone()), move |changed| claims::affected(&claimants, &changed));
     if let Some(service) = database_egress::database_service(&ctx) {
         // The database Service's endpoints are what `allow-database` allows: when its pods
@@ -136,12 +143,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .run(
             reconcile,
             error_policy,
-            Arc::new(TenantContext {
-                scaffold: Scaffold::new(CONTROLLER, ctx),
-                tenants: every_tenant,
-                children,
-                seen: Seen::default(),
-            }),
+            Arc::new(TenantContext { scaffold: Scaffold::new(CONTROLLER, ctx), tenants: every_tenant, children, seen }),
         )
         .for_each(|_| futures::future::ready(()))
         .await;
@@ -179,6 +181,20 @@ fn user_change(tenant: &DeserializeGuard<Tenant>) -> Option<u64> {
     Some(hasher.finish())
 }
 
+/// `children` without the changes that are this controller's own writes coming back.
+fn unless_echo<K, S>(children: S, seen: &Arc<Seen>) -> impl futures::Stream<Item = S::Item> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Send + 'static,
+    S: futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+{
+    let seen = seen.clone();
+    children.try_filter(move |child| {
+        let version = child.meta().resource_version.as_deref();
+        let echo = version.is_some_and(|v| seen.is_current(&ChildKey::of(child), v));
+        futures::future::ready(!echo)
+    })
+}
+
 /// The Tenant a child belongs to, from its `bizosaas.io/tenant` label.
 fn tenant_of<K: Resource>(child: K) -> Option<ObjectRef<DeserializeGuard<Tenant>>> {
     child.labels().get(LABEL_TENANT).map(|name| ObjectRef::new(name))
@@ -190,7 +206,7 @@ pub(super) struct TenantContext {
     pub scaffold: Scaffold,
     pub tenants: Store<DeserializeGuard<Tenant>>,
     pub children: ChildStores,
-    pub seen: Seen,
+    pub seen: Arc<Seen>,
 }
 
 async fn reconcile(guard: Arc<DeserializeGuard<Tenant>>, t: Arc<TenantContext>) -> Result<Action, Error> {

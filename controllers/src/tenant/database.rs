@@ -1,7 +1,7 @@
 //! A Tenant's PostgreSQL database and where its credentials are handed out: the
 //! `tenant-database` Secret or the tenant's Vault path.
 
-use super::apply::RESYNC;
+use super::apply::{Granted, RESYNC};
 use super::build::{self, DATABASE_SECRET, Owner};
 use super::controller::Error;
 use super::status::{DATABASE_READY, SECRETS_READY};
@@ -18,10 +18,13 @@ use tracing::info;
 
 /// Provisions the database and stores the app role's credentials (Secret or Vault). Problems
 /// outside the cluster become conditions (and a retry), not reconcile errors, so the status
-/// always says what is wrong.
+/// always says what is wrong. In a `fresh_namespace` no Secret was handed out before; the
+/// Secret is read and written once the operator is `granted` access to the namespace.
 pub(super) async fn ensure(
     tenant: &Tenant,
     owner: &Owner,
+    fresh_namespace: bool,
+    granted: &Granted,
     applier: Applier<'_>,
     ctx: &Context,
 ) -> Result<((Observed, Observed), Option<String>), Error> {
@@ -47,7 +50,7 @@ pub(super) async fn ensure(
         },
     };
     let names = TenantNames::new(&owner.name)?;
-    let password = match store.handed_out_password(&owner.name).await {
+    let password = match store.handed_out_password(&owner.name, fresh_namespace, granted).await {
         Ok(password) => password,
         Err(StoreError::Vault(e)) => return failed(vault_reason(&e), e.to_string()),
         Err(StoreError::Kube(e)) => return Err(e.into()),
@@ -112,7 +115,7 @@ pub(super) async fn ensure(
         }
     };
     let database_ok = Observed::ok(DATABASE_READY, "Provisioned", db_msg);
-    let secrets_ok = match store.store(owner, &creds, applier, &ctx.config).await {
+    let secrets_ok = match store.store(owner, &creds, granted, applier, &ctx.config).await {
         Ok(message) => Observed::ok(SECRETS_READY, "Stored", message),
         Err(StoreError::Vault(e)) => Observed::failed(SECRETS_READY, vault_reason(&e), e.to_string()),
         Err(StoreError::Kube(e)) => return Err(e.into()),
@@ -191,9 +194,16 @@ enum StoreError {
 
 impl CredentialStore<'_> {
     /// The password already handed out, so reconciles never rotate it by accident.
-    async fn handed_out_password(&self, tenant: &str) -> Result<Option<String>, StoreError> {
+    async fn handed_out_password(
+        &self,
+        tenant: &str,
+        fresh_namespace: bool,
+        granted: &Granted,
+    ) -> Result<Option<String>, StoreError> {
         match self {
+            CredentialStore::Secret(_) if fresh_namespace => Ok(None),
             CredentialStore::Secret(api) => {
+                granted.wait().await;
                 let secret = api.get_opt(DATABASE_SECRET).await.map_err(StoreError::Kube)?;
                 Ok(secret
                     .and_then(|s| s.data)
@@ -212,11 +222,13 @@ impl CredentialStore<'_> {
         &self,
         owner: &Owner,
         creds: &TenantCredentials,
+        granted: &Granted,
         applier: Applier<'_>,
         config: &crate::Config,
     ) -> Result<String, StoreError> {
         match self {
             CredentialStore::Secret(api) => {
+                granted.wait().await;
                 applier.ensure(api, &build::database_secret(owner, creds)).await.map_err(StoreError::Kube)?;
                 Ok(format!("Secret {DATABASE_SECRET} holds the credentials of {}", creds.username))
             }
