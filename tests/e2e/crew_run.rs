@@ -256,6 +256,8 @@ async fn a_crew_pod_runs_against_the_llm_remembers_and_rotates_its_key() {
         (pod.metadata.name.as_deref() != Some(first_name.as_str())).then_some(())
     })
     .await;
+    // The new pod's Service endpoint and policy rules are programmed a moment after it is Ready.
+    wait_reachable(NS, "caller", &format!("http://crew-writers.{NS}.svc/healthz"), Duration::from_secs(60)).await;
     let run = run_from_caller("e2e-crew-run-2", &own);
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(seen.lock().unwrap().last().map(String::as_str), Some("Bearer second-key"));
