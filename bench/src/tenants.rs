@@ -7,7 +7,7 @@ use bizosaas_controllers::Config;
 use bizosaas_controllers::egress::resolve::Resolver;
 use bizosaas_controllers::egress::{ResolvedEndpoint, Target};
 use bizosaas_controllers::postgres::{Admin, TenantNames};
-use bizosaas_controllers::tenant::build;
+use bizosaas_controllers::tenant::{build, quota_enforced};
 use bizosaas_crds::Tenant;
 use bizosaas_crds::common::is_ready;
 use bizosaas_crds::tenant::{DatabaseIsolation, DeletionPolicy};
@@ -368,12 +368,10 @@ async fn quota_controller_counts_crds(client: &Client, args: &Args) -> anyhow::R
     let mut quota = build::children(&tenant("bench-probe", args), &Config::default())?.resource_quota;
     quota.metadata.namespace = Some(name.clone());
     let quota = quotas.create(&PostParams::default(), &bare(quota)).await?;
-    let wanted: Vec<String> = quota.spec.and_then(|s| s.hard).unwrap_or_default().into_keys().collect();
     let deadline = Instant::now() + Duration::from_secs(120);
     let counted = loop {
-        let live = quotas.get(&quota.metadata.name.clone().unwrap_or_default()).await?;
-        let used = live.status.and_then(|s| s.used).unwrap_or_default();
-        if wanted.iter().all(|k| used.contains_key(k)) {
+        // What the operator waits for before a Tenant is Ready.
+        if quota_enforced(&quotas.get(&quota.name_any()).await?, &quota) {
             break true;
         }
         if Instant::now() > deadline {
@@ -382,7 +380,7 @@ async fn quota_controller_counts_crds(client: &Client, args: &Args) -> anyhow::R
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     namespaces.delete(&name, &DeleteParams::background()).await?;
-    anyhow::ensure!(counted, "the cluster's quota controller did not count {wanted:?} within 120 s");
+    anyhow::ensure!(counted, "the cluster's quota controller did not record quota {} within 120 s", quota.name_any());
     Ok(())
 }
 

@@ -44,10 +44,7 @@ impl Applier<'_> {
     {
         let desired = with_field_digest(desired);
         let value = to_value(&desired);
-        if self.compare
-            && let Some(known) = self.known
-            && known.seen.unchanged(&ChildKey::of(&desired), desired_digest(&value), known.live)
-        {
+        if self.known_unchanged(&desired, &value) {
             return Ok(false);
         }
         let live = if self.compare {
@@ -59,14 +56,27 @@ impl Applier<'_> {
         self.apply_digested(api, &desired, &value, live.as_ref()).await
     }
 
-    /// [`Applier::ensure`] with the live object the caller has already read.
+    /// [`Applier::ensure`] with the live object the caller already has (read, or a watch's
+    /// whole copy).
     pub async fn ensure_against<K>(&self, api: &Api<K>, desired: &K, live: Option<&K>) -> Result<bool, kube::Error>
     where
         K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
     {
         let desired = with_field_digest(desired);
         let value = to_value(&desired);
+        if self.known_unchanged(&desired, &value) {
+            return Ok(false);
+        }
         self.apply_digested(api, &desired, &value, live).await
+    }
+
+    /// True when the watch shows the child where it was last seen holding `desired` (with its
+    /// JSON `value`): nothing to compare or write.
+    fn known_unchanged<K: Resource<DynamicType = ()>>(&self, desired: &K, value: &Value) -> bool {
+        self.compare
+            && self
+                .known
+                .is_some_and(|known| known.seen.unchanged(&ChildKey::of(desired), desired_digest(value), known.live))
     }
 
     /// [`Applier::ensure_against`] for a desired object that already carries its field

@@ -390,7 +390,7 @@ async fn enforced_quota(desired: &ResourceQuota, just_written: bool, t: &TenantC
 
 /// True when the quota controller has recorded the desired limits and the usage of every
 /// limited resource; before that the API server's quota admission answers "status unknown".
-fn quota_enforced(live: &ResourceQuota, desired: &ResourceQuota) -> bool {
+pub fn quota_enforced(live: &ResourceQuota, desired: &ResourceQuota) -> bool {
     let wanted = desired.spec.as_ref().and_then(|s| s.hard.as_ref());
     let status = live.status.as_ref();
     let (recorded, used) = (status.and_then(|s| s.hard.as_ref()), status.and_then(|s| s.used.as_ref()));

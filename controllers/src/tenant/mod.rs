@@ -15,6 +15,7 @@ pub mod service_catalog;
 mod status;
 pub mod usage;
 
+pub use apply::quota_enforced;
 pub use controller::{Error, run};
 pub use finalize::FINALIZER;
 
