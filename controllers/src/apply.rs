@@ -5,7 +5,6 @@
 use crate::FIELD_MANAGER;
 use crate::metrics::Metrics;
 use crate::seen::{ChildKey, LiveVersions, Seen, desired_digest};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -93,7 +92,7 @@ impl Applier<'_> {
     {
         let remember = |version: Option<String>| {
             if let Some(known) = self.known {
-                known.seen.record(ChildKey::of(desired), version, desired_digest(value));
+                known.seen.record(&ChildKey::of(desired), version.as_deref(), desired_digest(value));
             }
         };
         if self.compare
@@ -118,24 +117,29 @@ impl Applier<'_> {
         K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
     {
         let listed = api.list_metadata(&ListParams::default().labels(selector)).await?;
-        let existing: Vec<ObjectMeta> = listed.items.into_iter().map(|o| o.metadata).collect();
+        let existing: Vec<String> = listed
+            .items
+            .into_iter()
+            .filter(|o| o.metadata.deletion_timestamp.is_none())
+            .filter_map(|o| o.metadata.name)
+            .collect();
         self.prune_known(api, &existing, keep).await
     }
 
-    /// Deletes the `existing` objects (as a watch knows them) whose names are not in `keep`.
+    /// Deletes the `existing` objects (named as a watch knows them, none being deleted
+    /// already) whose names are not in `keep`.
     pub async fn prune_known<K>(
         &self,
         api: &Api<K>,
-        existing: &[ObjectMeta],
+        existing: &[String],
         keep: &BTreeSet<String>,
     ) -> Result<usize, kube::Error>
     where
         K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
     {
         let mut deleted = 0;
-        for meta in existing {
-            let Some(name) = meta.name.as_deref() else { continue };
-            if !keep.contains(name) && meta.deletion_timestamp.is_none() {
+        for name in existing {
+            if !keep.contains(name) {
                 match api.delete(name, &DeleteParams::background()).await {
                     Ok(_) => {}
                     // Already gone: the watch had not caught up.

@@ -6,6 +6,7 @@
 //! resourceVersion, and the reconcile that the same watch event triggers reads and compares
 //! it again.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
@@ -16,31 +17,47 @@ pub trait LiveVersions: Send + Sync {
     fn live_version(&self, kind: &str, namespace: Option<&str>, name: &str) -> Option<String>;
 }
 
-/// Where a child was last seen holding what the operator wanted, keyed by kind, namespace
-/// and name.
+/// Where a child was last seen holding what the operator wanted. There is an entry for every
+/// child of every tenant, so each is three digests: of the child's kind, namespace and name,
+/// of the resourceVersion and of the desired object. Two children's keys would have to
+/// collide and share a resourceVersion, which no two objects do, for either check to pass for
+/// the wrong child.
 #[derive(Default)]
 pub struct Seen {
-    entries: Mutex<HashMap<ChildKey, (String, u64)>>,
+    entries: Mutex<HashMap<u64, Entry>>,
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    namespace: u64,
+    version: u64,
+    desired: u64,
 }
 
 /// A child's kind, namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ChildKey {
-    pub kind: String,
-    pub namespace: Option<String>,
-    pub name: String,
+pub struct ChildKey<'a> {
+    pub kind: Cow<'static, str>,
+    pub namespace: Option<&'a str>,
+    pub name: &'a str,
 }
 
-impl ChildKey {
+impl<'a> ChildKey<'a> {
     /// The key of `object`.
-    pub fn of<K: kube::Resource<DynamicType = ()>>(object: &K) -> ChildKey {
+    pub fn of<K: kube::Resource<DynamicType = ()>>(object: &'a K) -> ChildKey<'a> {
         let meta = object.meta();
-        ChildKey {
-            kind: K::kind(&()).into_owned(),
-            namespace: meta.namespace.clone(),
-            name: meta.name.clone().unwrap_or_default(),
-        }
+        ChildKey { kind: K::kind(&()), namespace: meta.namespace.as_deref(), name: meta.name.as_deref().unwrap_or("") }
     }
+
+    fn digest(&self) -> u64 {
+        digest(self)
+    }
+}
+
+fn digest<T: Hash + ?Sized>(value: &T) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
 }
 
 impl Seen {
@@ -48,39 +65,38 @@ impl Seen {
     /// version only echoes what the controller already knows, and needs no reconcile.
     pub fn is_current(&self, key: &ChildKey, version: &str) -> bool {
         let entries = self.entries.lock().expect("seen lock");
-        entries.get(key).is_some_and(|(seen, _)| seen == version)
+        entries.get(&key.digest()).is_some_and(|e| e.version == digest(version))
     }
 
     /// True when the watch shows the child at the resourceVersion it was last seen at, for
     /// the same desired object.
     pub fn unchanged(&self, key: &ChildKey, desired: u64, live: &dyn LiveVersions) -> bool {
-        live.live_version(&key.kind, key.namespace.as_deref(), &key.name)
-            .is_some_and(|version| self.holds(key, &version, desired))
+        live.live_version(&key.kind, key.namespace, key.name).is_some_and(|version| self.holds(key, &version, desired))
     }
 
     /// True when the child was last seen holding `desired` at `version`.
     fn holds(&self, key: &ChildKey, version: &str, desired: u64) -> bool {
         let entries = self.entries.lock().expect("seen lock");
-        entries.get(key).is_some_and(|(seen, digest)| seen == version && *digest == desired)
+        entries.get(&key.digest()).is_some_and(|e| e.version == digest(version) && e.desired == desired)
     }
 
     /// Records that the child holds `desired` at `version`.
-    pub fn record(&self, key: ChildKey, version: Option<String>, desired: u64) {
+    pub fn record(&self, key: &ChildKey, version: Option<&str>, desired: u64) {
         let mut entries = self.entries.lock().expect("seen lock");
         match version {
-            Some(version) => entries.insert(key, (version, desired)),
-            None => entries.remove(&key),
+            Some(version) => {
+                let namespace = digest(key.namespace.unwrap_or(key.name));
+                entries.insert(key.digest(), Entry { namespace, version: digest(version), desired })
+            }
+            None => entries.remove(&key.digest()),
         };
     }
 
-    /// Forgets every child in `namespace` (its tenant is gone).
+    /// Forgets every child in `namespace`, and the Namespace itself (its tenant is gone).
     pub fn forget_namespace(&self, namespace: &str) {
         let mut entries = self.entries.lock().expect("seen lock");
-        entries.retain(|key, _| {
-            let in_it = key.namespace.as_deref() == Some(namespace);
-            let itself = key.kind == "Namespace" && key.name == namespace;
-            !(in_it || itself)
-        });
+        let namespace = digest(namespace);
+        entries.retain(|_, e| e.namespace != namespace);
     }
 
     pub fn len(&self) -> usize {
@@ -95,9 +111,7 @@ impl Seen {
 /// A digest of a whole desired object, values included (unlike the applied-fields digest):
 /// any change to what the operator wants must be compared with the live object again.
 pub fn desired_digest(desired: &serde_json::Value) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    desired.to_string().hash(&mut hasher);
-    hasher.finish()
+    digest(&desired.to_string())
 }
 
 #[cfg(test)]
@@ -112,8 +126,8 @@ mod tests {
         }
     }
 
-    fn key(namespace: &str, name: &str) -> ChildKey {
-        ChildKey { kind: "ResourceQuota".into(), namespace: Some(namespace.into()), name: name.into() }
+    fn key<'a>(namespace: &'a str, name: &'a str) -> ChildKey<'a> {
+        ChildKey { kind: "ResourceQuota".into(), namespace: Some(namespace), name }
     }
 
     #[test]
@@ -121,7 +135,7 @@ mod tests {
         let seen = Seen::default();
         let desired = desired_digest(&json!({"spec": {"hard": {"pods": "20"}}}));
         assert!(!seen.unchanged(&key("t", "q"), desired, &Live(Some("7"))), "never seen");
-        seen.record(key("t", "q"), Some("7".into()), desired);
+        seen.record(&key("t", "q"), Some("7"), desired);
         assert!(seen.unchanged(&key("t", "q"), desired, &Live(Some("7"))));
         assert!(!seen.unchanged(&key("t", "q"), desired, &Live(Some("8"))), "edited since");
         assert!(!seen.unchanged(&key("t", "q"), desired, &Live(None)), "deleted, or not watched yet");
@@ -135,10 +149,10 @@ mod tests {
     #[test]
     fn a_namespace_is_forgotten_with_its_children() {
         let seen = Seen::default();
-        seen.record(key("tenant-a", "q"), Some("1".into()), 1);
-        seen.record(key("tenant-b", "q"), Some("1".into()), 1);
-        let namespace = ChildKey { kind: "Namespace".into(), namespace: None, name: "tenant-a".into() };
-        seen.record(namespace, Some("1".into()), 1);
+        seen.record(&key("tenant-a", "q"), Some("1"), 1);
+        seen.record(&key("tenant-b", "q"), Some("1"), 1);
+        let namespace = ChildKey { kind: "Namespace".into(), namespace: None, name: "tenant-a" };
+        seen.record(&namespace, Some("1"), 1);
         seen.forget_namespace("tenant-a");
         assert_eq!(seen.len(), 1);
         assert!(seen.unchanged(&key("tenant-b", "q"), 1, &Live(Some("1"))));

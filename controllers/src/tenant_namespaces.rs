@@ -242,7 +242,9 @@ async fn follow_namespaces<K>(
             }
             let lease = connections.lease();
             let api = Api::<PartialObjectMeta<K>>::namespaced(lease.client.clone(), &ns);
-            let events = watcher(api, config.clone()).default_backoff().touched_objects();
+            // Boxed: a stream moved into an async fn by value is held there twice (the
+            // argument and its pinned copy), and there is one per tenant namespace.
+            let events = Box::pin(watcher(api, config.clone()).default_backoff().touched_objects());
             let subscribers = subscribers.clone();
             watches.insert(
                 ns,
@@ -281,10 +283,9 @@ async fn follow_namespaces<K>(
 /// Sends each change to every subscriber. Errors (a RoleBinding not yet effective, a
 /// dropped connection) are retried by the watcher's backoff and reach no controller.
 async fn fan_out<K: Clone>(
-    events: impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>>,
+    mut events: impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Unpin,
     subscribers: Subscribers<K>,
 ) {
-    let mut events = std::pin::pin!(events);
     while let Some(event) = events.next().await {
         let object = match event {
             Ok(object) => object,
@@ -293,15 +294,22 @@ async fn fan_out<K: Clone>(
                 continue;
             }
         };
-        let senders = subscribers.senders();
-        for sender in &senders {
-            // A closed subscriber (its controller stopped) is skipped; the others still get it.
-            let _ = sender.send(object.clone()).await;
-        }
-        if senders.iter().all(mpsc::Sender::is_closed) {
+        // Boxed: a watch spends its life waiting for the next change, one per tenant
+        // namespace, and while it waits its task holds the stream and nothing more.
+        if !Box::pin(send_to_all(&subscribers, object)).await {
             return;
         }
     }
+}
+
+/// Sends `object` to every subscriber; false once none is left.
+async fn send_to_all<K: Clone>(subscribers: &Fanout<K>, object: PartialObjectMeta<K>) -> bool {
+    let senders = subscribers.senders();
+    for sender in &senders {
+        // A closed subscriber (its controller stopped) is skipped; the others still get it.
+        let _ = sender.send(object.clone()).await;
+    }
+    !senders.iter().all(mpsc::Sender::is_closed)
 }
 
 #[cfg(test)]

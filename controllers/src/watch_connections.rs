@@ -3,8 +3,8 @@
 //! operator and in the API server, three per tenant. Over HTTP/2 up to
 //! [`WATCHES_PER_CONNECTION`] watches share one connection as streams.
 //!
-//! Only these watches use HTTP/2. Everything else keeps the API client's HTTP/1.1
-//! connections, so a burst of writes never queues behind the watches' streams.
+//! These watches have connections of their own, apart from the main client's (also HTTP/2,
+//! see [`connect`]): the main client's requests never wait for a stream the watches hold.
 
 use crate::kube_requests::CountRequests;
 use hyper_rustls::FixedServerNameResolver;
@@ -83,9 +83,10 @@ impl WatchConnections {
     }
 }
 
-/// An API client whose requests share one HTTP/2 connection (ALPN `h2`), with the same
-/// credentials, TLS verification and impersonation as the operator's main client.
-fn connect(config: &Config, counting: Option<&CountRequests>) -> Result<Client, kube::Error> {
+/// An API client whose requests share one HTTP/2 connection (ALPN `h2`), as client-go's do,
+/// with the credentials, TLS verification and impersonation in `config`. A cluster served
+/// over plain HTTP gets an HTTP/1.1 client.
+pub fn connect(config: &Config, counting: Option<&CountRequests>) -> Result<Client, kube::Error> {
     if config.cluster_url.scheme_str() != Some("https") {
         let builder = kube::client::ClientBuilder::try_from(config.clone())?;
         return Ok(match counting {

@@ -46,6 +46,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
+            bound_malloc_arenas();
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(run::run(*args))
         }
@@ -75,4 +76,21 @@ fn write_crds(out_dirs: &[PathBuf]) -> anyhow::Result<()> {
         std::fs::write(dir.join("kustomization.yaml"), generate::kustomization())?;
     }
     Ok(())
+}
+
+/// glibc gives each thread that allocates an arena of its own, up to eight per core: memory a
+/// reconcile freed on one thread is not reused by the next allocation on another, and the
+/// operator's resident memory grows with the threads the runtime ever ran (its workers and the
+/// blocking pool). Two arenas keep it close to what is live, and an operator that mostly waits
+/// on the API server seldom allocates on many threads at once. An explicit `MALLOC_ARENA_MAX`
+/// is left alone.
+fn bound_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; it runs before any other thread
+        // is started.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
 }

@@ -184,10 +184,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ],
     ));
     let counting = CountRequests(metrics.clone());
-    let client = kube::client::ClientBuilder::try_from(kube_config.clone())
-        .context("cannot build the Kubernetes client")?
-        .with_layer(&counting)
-        .build();
+    // One HTTP/2 connection carries every request and the cluster-wide watches: a burst of
+    // reconciles opens no new connections (no TLS handshakes, no buffers per connection).
+    let client = bizosaas_controllers::watch_connections::connect(&kube_config, Some(&counting))
+        .context("cannot build the Kubernetes client")?;
     let watch_connections = WatchConnections::new(kube_config, Some(counting))
         .context("cannot build the client for the tenant-namespace watches")?;
     let shared = Arc::new(Shared { registry, ready: false.into() });

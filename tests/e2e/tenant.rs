@@ -255,6 +255,19 @@ async fn a_dedicated_tenant_gets_every_child_and_follows_its_spec() {
         (rqs.get("tenant-quota").await.ok()?.spec?.hard?["pods"].0 == "200").then_some(())
     })
     .await;
+    // A deleted database Secret comes back, through the operator's watch in the tenant
+    // namespace, with credentials that work.
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+    let before = secrets.get("tenant-database").await.unwrap();
+    secrets.delete("tenant-database", &DeleteParams::default()).await.unwrap();
+    wait_for("deleted database Secret to be restored", READY_TIMEOUT, || async {
+        let restored = secrets.get_opt("tenant-database").await.ok()??;
+        (restored.uid() != before.uid()).then_some(())
+    })
+    .await;
+    let app_db = pg(&app_url(&client, name, None).await).await;
+    let role: String = app_db.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    assert_eq!(role, "tenant_e2e_acme_app", "the restored credentials log in as the app role");
 
     // Suspend: services scale to zero, no pods allowed, data kept; resume brings them back.
     api.patch(name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"suspended": true}})))

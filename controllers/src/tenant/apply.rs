@@ -2,8 +2,8 @@
 //! its status.
 
 use super::CONTROLLER;
-use super::build::{self, BuildError, Children, DATABASE_POLICY, LABEL_COMPONENT, Owner};
-use super::child_stores::children_in;
+use super::build::{self, BuildError, Children, DATABASE_POLICY, Owner};
+use super::child_stores::{ChildIndex, KnownChild};
 use super::controller::{Error, TenantContext};
 use super::status::{self, *};
 use super::{database, database_egress};
@@ -11,7 +11,7 @@ use crate::apply::{Applier, Known};
 use crate::conditions::Observed;
 use crate::context::Context;
 use crate::quantity;
-use bizosaas_crds::{LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY, Tenant};
+use bizosaas_crds::Tenant;
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Service, ServiceAccount};
@@ -51,9 +51,7 @@ fn applier<'a>(tenant: &Tenant, first_pass_here: bool, t: &'a TenantContext) -> 
 
 /// True when the namespace (its metadata) was created by this operator for this tenant.
 pub(super) fn is_ours(namespace: &ObjectMeta, tenant: &str) -> bool {
-    let labels = namespace.labels.as_ref();
-    let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
-    label(LABEL_MANAGED_BY) == Some(MANAGED_BY) && label(LABEL_TENANT) == Some(tenant)
+    KnownChild::of(namespace).belongs_to(tenant)
 }
 
 pub(super) async fn apply(tenant: &Tenant, t: &TenantContext) -> Result<Action, Error> {
@@ -78,9 +76,9 @@ pub(super) async fn apply(tenant: &Tenant, t: &TenantContext) -> Result<Action, 
         Some(_) => None,
         None => namespaces.get_opt(&namespace_name).await?,
     };
-    let existing = known_namespace.as_ref().or(live_namespace.as_ref().map(|n| &n.metadata));
-    if let Some(existing) = existing
-        && !is_ours(existing, &name)
+    let existing = known_namespace.or_else(|| live_namespace.as_ref().map(|n| KnownChild::of(&n.metadata)));
+    if let Some(existing) = &existing
+        && !existing.belongs_to(&name)
     {
         let message = format!(
             "Namespace {namespace_name} already exists and is not managed by bizosaas-operator for this tenant; \
@@ -278,16 +276,19 @@ async fn prune_children(
     // The watches' stores say which children exist; a child they have not seen yet arrives
     // with a watch event of its own, and that event's reconcile prunes it.
     let stores = &t.children;
-    let labelled = |component: &'static str| [(LABEL_TENANT, owner.name.as_str()), (LABEL_COMPONENT, component)];
     let policies = Api::<NetworkPolicy>::namespaced(client.clone(), ns);
     let bindings = Api::<RoleBinding>::namespaced(client.clone(), ns);
     let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
     let services = Api::<Service>::namespaced(client.clone(), ns);
     let ingresses = Api::<Ingress>::namespaced(client, ns);
-    let known_policies = children_in(&stores.policies, ns, &labelled("network"));
-    let known_bindings = children_in(&stores.bindings, ns, &labelled("rbac"));
-    let known_services = children_in(&stores.services, ns, &labelled("service"));
-    let known_ingresses = children_in(&stores.ingresses, ns, &labelled("service"));
+    let known = |index: &ChildIndex, component: &str| -> Vec<String> {
+        let children = index.components_in(ns, &owner.name, component);
+        children.into_iter().filter(|c| !c.deleting).map(|c| c.name).collect()
+    };
+    let known_policies = known(&stores.policies, "network");
+    let known_bindings = known(&stores.bindings, "rbac");
+    let known_services = known(&stores.services, "service");
+    let known_ingresses = known(&stores.ingresses, "service");
     // Deployments have no store: they are listed when the spec changed or this process has
     // not provisioned the Tenant before (a catalog that changed across a restart).
     let list_deployments = async {
@@ -405,6 +406,7 @@ pub fn quota_enforced(live: &ResourceQuota, desired: &ResourceQuota) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bizosaas_crds::{LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY};
 
     #[test]
     fn foreign_namespaces_are_not_ours() {

@@ -2,7 +2,7 @@
 //! finalizer dispatch into `apply` or `finalize`.
 
 use super::build::BuildError;
-use super::child_stores::{ChildStores, reflect, reflect_whole};
+use super::child_stores::{ChildIndex, ChildStores, index, reflect_whole};
 use super::finalize::{self, FINALIZER};
 use super::{CONTROLLER, apply, claims, database_egress};
 use crate::census;
@@ -99,33 +99,41 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let tenants = events.applied_objects().predicate_filter(user_change, PredicateConfig::default());
     // The children's metadata is kept, from the same watches, so that a converged reconcile
     // reads none of them.
-    let (namespaces, namespaces_writer) = reflector::store();
     let (quotas, quotas_writer) = reflector::store();
-    let (limits, limits_writer) = reflector::store();
-    let (policies, policies_writer) = reflector::store();
-    let (accounts, accounts_writer) = reflector::store();
-    let (bindings, bindings_writer) = reflector::store();
-    let (services, services_writer) = reflector::store();
-    let (ingresses, ingresses_writer) = reflector::store();
-    let children = ChildStores { namespaces, quotas, limits, policies, accounts, bindings, services, ingresses };
+    let children = ChildStores {
+        namespaces: ChildIndex::default(),
+        quotas,
+        limits: ChildIndex::default(),
+        policies: ChildIndex::default(),
+        accounts: ChildIndex::default(),
+        bindings: ChildIndex::default(),
+        services: ChildIndex::default(),
+        ingresses: ChildIndex::default(),
+    };
     // A child's watch event at the version this controller last wrote or checked echoes its
     // own write: only other changes (hand edits, deletions, the quota controller) reconcile.
     let seen = Arc::new(Seen::default());
     let mut controller = Controller::for_stream(tenants, reader)
-        .watches_stream(unless_echo(reflect::<Namespace>(&client, &ours, namespaces_writer), &seen), tenant_of)
+        .watches_stream(unless_echo(index::<Namespace>(&client, &ours, children.namespaces.clone()), &seen), tenant_of)
         .watches_stream(unless_echo(reflect_whole::<ResourceQuota>(&client, &ours, quotas_writer), &seen), tenant_of)
-        .watches_stream(unless_echo(reflect::<LimitRange>(&client, &ours, limits_writer), &seen), tenant_of)
-        .watches_stream(unless_echo(reflect::<NetworkPolicy>(&client, &ours, policies_writer), &seen), tenant_of)
-        .watches_stream(unless_echo(reflect::<ServiceAccount>(&client, &ours, accounts_writer), &seen), tenant_of)
-        .watches_stream(unless_echo(reflect::<RoleBinding>(&client, &ours, bindings_writer), &seen), tenant_of)
+        .watches_stream(unless_echo(index::<LimitRange>(&client, &ours, children.limits.clone()), &seen), tenant_of)
+        .watches_stream(
+            unless_echo(index::<NetworkPolicy>(&client, &ours, children.policies.clone()), &seen),
+            tenant_of,
+        )
+        .watches_stream(
+            unless_echo(index::<ServiceAccount>(&client, &ours, children.accounts.clone()), &seen),
+            tenant_of,
+        )
+        .watches_stream(unless_echo(index::<RoleBinding>(&client, &ours, children.bindings.clone()), &seen), tenant_of)
         // Secrets and Deployments only where the operator may read them: tenant namespaces.
         .watches_stream(unless_echo(ctx.tenant_namespaces.watch::<Secret>(ours.clone(), None), &seen), tenant_of)
         .watches_stream(
             unless_echo(ctx.tenant_namespaces.watch::<Deployment>(ours.clone(), Some(with_services)), &seen),
             tenant_of,
         )
-        .watches_stream(unless_echo(reflect::<Service>(&client, &ours, services_writer), &seen), tenant_of)
-        .watches_stream(unless_echo(reflect::<Ingress>(&client, &ours, ingresses_writer), &seen), tenant_of)
+        .watches_stream(unless_echo(index::<Service>(&client, &ours, children.services.clone()), &seen), tenant_of)
+        .watches_stream(unless_echo(index::<Ingress>(&client, &ours, children.ingresses.clone()), &seen), tenant_of)
         .watches_stream(claims::domain_changes(client.clone()), move |changed| claims::affected(&claimants, &changed));
     if let Some(service) = database_egress::database_service(&ctx) {
         // The database Service's endpoints are what `allow-database` allows: when its pods

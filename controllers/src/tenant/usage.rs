@@ -73,13 +73,13 @@ pub fn with_budget_condition(previous: &[Condition], observed: &Observed, genera
 }
 
 async fn report(ctx: &Context, admin: &Admin, tenants: &Store<DeserializeGuard<Tenant>>) {
-    let provisioned: Vec<Tenant> = tenants
-        .state()
+    // The store's shared copies: nothing is cloned until a Tenant has usage to write.
+    let state = tenants.state();
+    let provisioned: Vec<&Tenant> = state
         .iter()
         .filter_map(|guard| guard.0.as_ref().ok())
         .filter(|t| t.metadata.deletion_timestamp.is_none())
         .filter(|t| t.status.as_ref().is_some_and(|s| s.database.is_some()))
-        .cloned()
         .collect();
     let mut month = None;
     let mut used = BTreeMap::new();
@@ -113,11 +113,11 @@ async fn report(ctx: &Context, admin: &Admin, tenants: &Store<DeserializeGuard<T
     }
     let Some(month) = month else { return };
     let api = Api::<Tenant>::all(ctx.client.clone());
-    for tenant in &provisioned {
+    for tenant in provisioned {
         let name = tenant.name_any();
         let budget = ctx.config.plans.effective(tenant.spec.plan, tenant.spec.quota.as_ref()).monthly_tokens;
         let tokens = used.get(&name).copied().unwrap_or(0);
-        let status = tenant.status.clone().unwrap_or_default();
+        let Some(status) = tenant.status.as_ref() else { continue };
         // A tenant whose crews never spent a token has nothing to report (and costs no write).
         if tokens == 0 && status.usage.is_none() {
             continue;
