@@ -35,6 +35,21 @@ pub struct ChildStores {
 }
 
 impl ChildStores {
+    /// Empty indexes, and `quotas` fed by the ResourceQuota watch.
+    pub fn new(quotas: Store<ResourceQuota>) -> Self {
+        let empty = ChildIndex::default;
+        ChildStores {
+            namespaces: empty(),
+            quotas,
+            limits: empty(),
+            policies: empty(),
+            accounts: empty(),
+            bindings: empty(),
+            services: empty(),
+            ingresses: empty(),
+        }
+    }
+
     /// Namespace `name` as the watch last saw it.
     pub fn namespace(&self, name: &str) -> Option<KnownChild> {
         self.namespaces.get(name, name)
@@ -133,8 +148,13 @@ impl ChildIndex {
 
     /// Child `name` filed under `namespace`.
     pub fn get(&self, namespace: &str, name: &str) -> Option<KnownChild> {
+        self.find(namespace, name, KnownChild::clone)
+    }
+
+    /// What `read` takes from child `name` filed under `namespace`.
+    fn find<T>(&self, namespace: &str, name: &str, read: impl FnOnce(&KnownChild) -> T) -> Option<T> {
         let index = self.0.read().expect("child index lock");
-        index.live.get(namespace)?.iter().find(|c| c.name == name).cloned()
+        index.live.get(namespace)?.iter().find(|c| c.name == name).map(read)
     }
 
     /// The children in `namespace` that `tenant`'s `component` manages.
@@ -145,8 +165,7 @@ impl ChildIndex {
     }
 
     fn version(&self, namespace: &str, name: &str) -> Option<String> {
-        let index = self.0.read().expect("child index lock");
-        index.live.get(namespace)?.iter().find(|c| c.name == name).map(|c| c.resource_version.clone())
+        self.find(namespace, name, |c| c.resource_version.clone())
     }
 }
 
@@ -262,17 +281,7 @@ mod tests {
         let mut ns = child("", "tenant-acme", "7", "namespace");
         ns.metadata.namespace = None;
         index.apply(&Event::Apply(ns));
-        let none = ChildIndex::default;
-        let stores = ChildStores {
-            namespaces: index,
-            quotas: reflector::store::<ResourceQuota>().0,
-            limits: none(),
-            policies: none(),
-            accounts: none(),
-            bindings: none(),
-            services: none(),
-            ingresses: none(),
-        };
+        let stores = ChildStores { namespaces: index, ..ChildStores::new(reflector::store::<ResourceQuota>().0) };
         let known = stores.namespace("tenant-acme").expect("known");
         assert!(known.belongs_to("acme") && !known.belongs_to("other"));
         assert_eq!(stores.live_version("Namespace", None, "tenant-acme"), Some("7".into()));

@@ -2,7 +2,7 @@
 //! finalizer dispatch into `apply` or `finalize`.
 
 use super::build::BuildError;
-use super::child_stores::{ChildIndex, ChildStores, index, reflect_whole};
+use super::child_stores::{ChildStores, index, reflect_whole};
 use super::finalize::{self, FINALIZER};
 use super::{CONTROLLER, apply, claims, database_egress};
 use crate::census;
@@ -100,16 +100,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     // The children's metadata is kept, from the same watches, so that a converged reconcile
     // reads none of them.
     let (quotas, quotas_writer) = reflector::store();
-    let children = ChildStores {
-        namespaces: ChildIndex::default(),
-        quotas,
-        limits: ChildIndex::default(),
-        policies: ChildIndex::default(),
-        accounts: ChildIndex::default(),
-        bindings: ChildIndex::default(),
-        services: ChildIndex::default(),
-        ingresses: ChildIndex::default(),
-    };
+    let children = ChildStores::new(quotas);
     // A child's watch event at the version this controller last wrote or checked echoes its
     // own write: only other changes (hand edits, deletions, the quota controller) reconcile.
     let seen = Arc::new(Seen::default());
