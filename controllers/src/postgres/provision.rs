@@ -25,8 +25,10 @@ const PLATFORM_OWNER: &str = "bizosaas_platform_owner";
 /// Databases every role may connect to on a fresh server; tenant roles must not.
 const MAINTENANCE_DATABASES: [&str; 2] = ["postgres", "template1"];
 /// Database operations (provisioning, retiring, a ping) run at once. Each holds at most two
-/// admin connections (the server's, and a tenant's or the platform's database), so however
-/// many tenants reconcile together the operator holds at most 8.
+/// admin connections (the server's, and a tenant's or the platform's database). The
+/// connections to the admin URL's database and the platform database are pooled, one per
+/// slot, and a tenant's own database is connected to for one operation only, so however
+/// many tenants reconcile together the operator holds at most 12.
 pub const MAX_CONCURRENT_OPERATIONS: usize = 4;
 
 /// The operator's admin access to PostgreSQL.
@@ -47,6 +49,60 @@ pub struct Admin {
     server_prepared: Arc<OnceCell<()>>,
     /// Bounds the operations in flight, and with them the admin connections.
     operations: Arc<Semaphore>,
+    /// Idle connections to the admin URL's database and to the platform database, reused:
+    /// every tenant's provisioning needs both, and a new connection costs the server a
+    /// backend and both sides a SCRAM exchange. A tenant's own database is connected to anew.
+    pools: Pools,
+}
+
+#[derive(Clone)]
+struct Pools {
+    admin: deadpool_postgres::Pool,
+    platform: deadpool_postgres::Pool,
+}
+
+impl Pools {
+    /// At most one connection per operation slot to each database.
+    fn new(
+        config: &Config,
+        platform_database: &str,
+        tls: Option<&tokio_postgres_rustls::MakeRustlsConnect>,
+    ) -> Result<Self, DatabaseError> {
+        let pool = |config: Config| {
+            // Each checkout resets the session (and fails, dropping the connection, inside a
+            // transaction an earlier user left aborted).
+            let recycling =
+                deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Clean };
+            let manager = match tls {
+                Some(tls) => deadpool_postgres::Manager::from_config(config, tls.clone(), recycling),
+                None => deadpool_postgres::Manager::from_config(config, NoTls, recycling),
+            };
+            deadpool_postgres::Pool::builder(manager)
+                .max_size(MAX_CONCURRENT_OPERATIONS)
+                .build()
+                .map_err(|e| DatabaseError::Connect(format!("cannot set up the connection pool: {e}")))
+        };
+        let mut platform = config.clone();
+        platform.dbname(platform_database);
+        Ok(Self { admin: pool(config.clone())?, platform: pool(platform)? })
+    }
+}
+
+/// An admin connection: one from a pool (back to it when dropped) or one of its own.
+enum Connection {
+    Pooled(deadpool_postgres::Object),
+    Own(Client),
+}
+
+impl std::ops::Deref for Connection {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        match self {
+            Connection::Pooled(pooled) => pooled,
+            Connection::Own(client) => client,
+        }
+    }
 }
 
 impl std::fmt::Debug for Admin {
@@ -83,7 +139,9 @@ impl Admin {
             }
             None => (default_host, default_port),
         };
+        let pools = Pools::new(&config, platform_database, tls.as_ref())?;
         Ok(Self {
+            pools,
             config,
             ssl_mode: split.mode,
             tls,
@@ -100,6 +158,7 @@ impl Admin {
     /// says whether the name is checked too).
     pub fn with_ca_file(mut self, ca_file: &Path) -> Result<Self, DatabaseError> {
         self.tls = tls::connector(self.ssl_mode, Some(ca_file))?;
+        self.pools = Pools::new(&self.config, &self.platform_database, self.tls.as_ref())?;
         Ok(self)
     }
 
@@ -114,8 +173,25 @@ impl Admin {
         self.operations.acquire().await.expect("the operations semaphore is never closed")
     }
 
-    /// Opens a connection to `database` (the admin URL's database when `None`).
-    async fn connect(&self, database: Option<&str>) -> Result<Client, DatabaseError> {
+    /// A connection to `database` (the admin URL's database when `None`): from a pool for
+    /// the admin and platform databases, else a new one.
+    async fn connect(&self, database: Option<&str>) -> Result<Connection, DatabaseError> {
+        let pool = match database {
+            None => Some(&self.pools.admin),
+            Some(db) if db == self.platform_database => Some(&self.pools.platform),
+            Some(_) => None,
+        };
+        match pool {
+            Some(pool) => pool.get().await.map(Connection::Pooled).map_err(|e| match e {
+                deadpool_postgres::PoolError::Backend(e) => connect_error(e),
+                other => DatabaseError::Connect(other.to_string()),
+            }),
+            None => self.open(database).await.map(Connection::Own),
+        }
+    }
+
+    /// Opens a connection of its own to `database`.
+    async fn open(&self, database: Option<&str>) -> Result<Client, DatabaseError> {
         let mut config = self.config.clone();
         if let Some(db) = database {
             config.dbname(db);
