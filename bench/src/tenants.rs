@@ -317,7 +317,8 @@ async fn through_operator(client: &Client, admin: &Admin, args: &Args) -> anyhow
         let patch = serde_json::json!({"metadata": {"annotations": {"bizosaas.io/bench-touch": "1"}}});
         api.patch(&tenant_name("op", i), &PatchParams::default(), &Patch::Merge(patch)).await?;
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // Two minutes, plus a second per ten tenants: a large run's resync queues behind itself.
+    let deadline = Instant::now() + Duration::from_secs(120 + args.count as u64 / 10);
     while metrics.sample("bizosaas_reconciles_total").await.unwrap_or(0.0) < idle_reconciles_before + args.count as f64
     {
         anyhow::ensure!(Instant::now() < deadline, "the touched tenants were not reconciled");

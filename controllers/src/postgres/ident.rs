@@ -39,6 +39,16 @@ impl TenantNames {
     }
 }
 
+/// The NOLOGIN role that holds the Shared tenants' privileges in `platform_database`, one
+/// per platform database so a tenant of one is granted nothing in another.
+pub fn shared_tenants_role(platform_database: &str) -> Result<String, DatabaseError> {
+    let role = format!("{platform_database}_tenants");
+    if role.len() > 63 {
+        return Err(DatabaseError::InvalidIdentifier(role));
+    }
+    Ok(role)
+}
+
 fn check_ident(ident: &str) -> Result<(), DatabaseError> {
     let ok = ident.len() <= 63
         && ident.starts_with(|c: char| c.is_ascii_lowercase())

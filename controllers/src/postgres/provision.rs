@@ -39,6 +39,8 @@ pub struct Admin {
     /// The TLS connector `ssl_mode` asks for; `None` for unencrypted connections.
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     platform_database: String,
+    /// Holds every Shared tenant's privileges in the platform database.
+    shared_tenants: String,
     tenant_host: String,
     tenant_port: u16,
     /// Serialises changes to the shared platform database (concurrent GRANTs on one object
@@ -146,6 +148,7 @@ impl Admin {
             ssl_mode: split.mode,
             tls,
             platform_database: platform_database.to_string(),
+            shared_tenants: super::ident::shared_tenants_role(platform_database)?,
             tenant_host,
             tenant_port,
             shared: Arc::default(),
@@ -310,7 +313,7 @@ impl Admin {
                 )
                 .await?;
                 let platform = self.connect(Some(&self.platform_database)).await?;
-                run(&platform, "tenant policies", &schema::tenant_access(names)?).await?;
+                run(&platform, "tenant policies", &schema::shared_tenant_access(names, &self.shared_tenants)?).await?;
             }
         }
         Ok(self.credentials(names, isolation, password))
@@ -489,10 +492,12 @@ impl Admin {
             ),
         )
         .await?;
+        ensure_role(admin, &self.shared_tenants, "NOLOGIN NOINHERIT", None).await?;
         let platform = self.connect(Some(&self.platform_database)).await?;
         run(&platform, "platform tables", &schema::tables(PLATFORM_OWNER)).await?;
         run(&platform, "operator policies", &schema::operator_access()).await?;
-        run(&platform, "gateway policies", &schema::gateway_access()).await
+        run(&platform, "gateway policies", &schema::gateway_access()).await?;
+        run(&platform, "Shared tenants' grants", &schema::tenant_grants(&self.shared_tenants)).await
     }
 
     /// [`Admin::retire_tenant`] for a Tenant object: when a database or role of its name is
@@ -741,14 +746,16 @@ async fn ensure_app_role(
 }
 
 /// The statement that creates or updates a login role (a tenant's app role, the gateway's):
-/// never superuser, never BYPASSRLS, at most `connection_limit` sessions. The password travels
+/// never superuser, never BYPASSRLS, at most `connection_limit` sessions. It inherits the
+/// privileges of the roles it is a member of: only a Shared tenant's is one, of its platform
+/// database's tenants group. The password travels
 /// as a SCRAM-SHA-256 verifier computed here, so the plain text never reaches the server, its
 /// logs (`log_statement`) or `pg_stat_activity`.
 fn login_role_sql(role: &str, exists: bool, password: &str, connection_limit: u32) -> Result<String, DatabaseError> {
     let verb = if exists { "ALTER" } else { "CREATE" };
     let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
     Ok(format!(
-        "{verb} ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT \
+        "{verb} ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT \
          CONNECTION LIMIT {connection_limit} PASSWORD {};",
         quote_ident(role),
         quote_literal(&verifier)?

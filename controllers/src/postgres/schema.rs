@@ -160,22 +160,60 @@ ALTER SEQUENCE {table}_id_seq OWNER TO {owner};
     sql
 }
 
-/// Grants and policies that let a tenant's app role see and write only its own rows.
-/// Policies are replaced as a whole so a changed definition converges.
+/// Grants and policies that let a tenant's app role see and write only its own rows, in a
+/// Dedicated tenant's database. Policies are replaced as a whole so a changed definition
+/// converges.
 pub fn tenant_access(names: &TenantNames) -> Result<String, DatabaseError> {
+    Ok(format!("{}{}", tenant_grants(&names.app_role), tenant_policies(names)?))
+}
+
+/// A Shared tenant's access to the platform database: its policies, and the privileges
+/// through membership of `group`, which holds them once for every Shared tenant. Granted to
+/// each app role, they would be one entry per tenant in every table's ACL, a catalog row
+/// PostgreSQL cannot move out of line: past about 2,400 tenants every provisioning failed
+/// with "row is too big". Grants an earlier version made to the role itself are revoked.
+pub fn shared_tenant_access(names: &TenantNames, group: &str) -> Result<String, DatabaseError> {
+    let app = quote_ident(&names.app_role);
+    let mut sql = format!("REVOKE ALL ON SCHEMA public FROM {app};\n");
+    for (table, _) in APP_PRIVILEGES {
+        sql.push_str(&format!(
+            "REVOKE ALL ON {table} FROM {app};\nREVOKE ALL ON SEQUENCE {table}_id_seq FROM {app};\n"
+        ));
+    }
+    sql.push_str(&tenant_policies(names)?);
+    sql.push_str(&format!("GRANT {} TO {app};\n", quote_ident(group)));
+    Ok(sql)
+}
+
+/// What a tenant's app role may do to each table (see [`APP_PRIVILEGES`]), granted to
+/// `grantee`: the app role itself, or the group of a platform database's tenants.
+pub fn tenant_grants(grantee: &str) -> String {
+    let grantee = quote_ident(grantee);
+    let mut sql = format!("GRANT USAGE ON SCHEMA public TO {grantee};\n");
+    for (table, privileges) in APP_PRIVILEGES {
+        sql.push_str(&format!(
+            "REVOKE ALL ON {table} FROM {grantee};
+GRANT {privileges} ON {table} TO {grantee};
+GRANT USAGE ON SEQUENCE {table}_id_seq TO {grantee};
+"
+        ));
+    }
+    sql
+}
+
+/// The tenant's row-level security policies, one per table, bound to its app role and its
+/// `tenant_id` literal.
+fn tenant_policies(names: &TenantNames) -> Result<String, DatabaseError> {
     let app = quote_ident(&names.app_role);
     let policy = quote_ident(&names.policy);
     let tenant = quote_literal(&names.tenant_id)?;
-    let mut sql = format!("GRANT USAGE ON SCHEMA public TO {app};\n");
-    for (table, privileges) in APP_PRIVILEGES {
+    let mut sql = String::new();
+    for (table, _) in APP_PRIVILEGES {
         // What the tenant appends to its audit log is marked as its own: it cannot pass for
         // the gateway's or the operator's.
         let own = if table == "audit_log" { " AND source = 'tenant'" } else { "" };
         sql.push_str(&format!(
-            "REVOKE ALL ON {table} FROM {app};
-GRANT {privileges} ON {table} TO {app};
-GRANT USAGE ON SEQUENCE {table}_id_seq TO {app};
-DROP POLICY IF EXISTS {policy} ON {table};
+            "DROP POLICY IF EXISTS {policy} ON {table};
 CREATE POLICY {policy} ON {table} AS PERMISSIVE FOR ALL TO {app}
     USING (tenant_id = {tenant}) WITH CHECK (tenant_id = {tenant}{own});
 "
@@ -355,6 +393,23 @@ mod tests {
             assert!(!sql.contains(table), "the gateway's role is granted {table}");
         }
         assert!(!sql.contains("UPDATE") && !sql.contains("DELETE"), "audit rows are append-only");
+    }
+
+    #[test]
+    fn a_shared_tenant_is_granted_through_the_group_not_on_the_tables() {
+        let sql = shared_tenant_access(&TenantNames::new("acme").unwrap(), "bizosaas_platform_tenants").unwrap();
+        assert!(sql.contains("GRANT \"bizosaas_platform_tenants\" TO \"tenant_acme_app\";"));
+        for table in TABLES {
+            assert!(!sql.contains(&format!(" ON {table} TO ")), "{table} is granted to the app role: {sql}");
+            assert!(sql.contains(&format!("REVOKE ALL ON {table} FROM \"tenant_acme_app\";")), "{table}");
+            assert!(sql.contains(&format!(
+                "CREATE POLICY \"tenant_acme_isolation\" ON {table} AS PERMISSIVE FOR ALL TO \"tenant_acme_app\""
+            )));
+        }
+        let group = tenant_grants("bizosaas_platform_tenants");
+        assert!(group.contains("GRANT SELECT, INSERT ON usage_events TO \"bizosaas_platform_tenants\";"));
+        assert!(group.contains("GRANT USAGE ON SCHEMA public TO \"bizosaas_platform_tenants\";"));
+        assert!(!group.contains("POLICY"), "the group has no policy, so it reaches no row");
     }
 
     #[test]

@@ -1,0 +1,131 @@
+//! Shared tenants in one platform database on the harness's real PostgreSQL: their
+//! privileges are held once, by the platform database's tenants group, so the tables'
+//! access lists do not grow with each tenant (PostgreSQL cannot move a table's catalog row
+//! out of line: a grant per tenant stopped provisioning at about 2,400 tenants). Each tenant
+//! still sees only its own rows, and becoming the group gains a tenant nothing.
+//!
+//! The admin URL comes from BIZOSAAS_TEST_DATABASE_URL (`./dev test` sets it); start the
+//! server with `bash tests/harness/postgres.sh up`.
+
+use bizosaas_controllers::postgres::{Admin, TenantNames};
+use bizosaas_crds::tenant::{DatabaseIsolation, DeletionPolicy};
+use std::collections::BTreeMap;
+
+const PLATFORM: &str = "bizosaas_platform_shared";
+const GROUP: &str = "bizosaas_platform_shared_tenants";
+
+fn admin_url() -> String {
+    std::env::var("BIZOSAAS_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()).expect(
+        "no test PostgreSQL: start it with `bash tests/harness/postgres.sh up` and set BIZOSAAS_TEST_DATABASE_URL \
+         to `bash tests/harness/postgres.sh url` (or run `./dev test`)",
+    )
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", url.split('@').next_back().unwrap_or_default()));
+    tokio::spawn(conn);
+    client
+}
+
+/// The admin URL pointed at `database`.
+fn admin_url_for(database: &str) -> String {
+    let url = admin_url();
+    let (base, query) = url.split_once('?').map_or((url.as_str(), None), |(b, q)| (b, Some(q)));
+    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+    match query {
+        Some(q) => format!("{base}/{database}?{q}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+/// Entries in the access list of the schema and of each table and sequence in it.
+async fn access_list_lengths(platform: &tokio_postgres::Client) -> BTreeMap<String, i32> {
+    let rows = platform
+        .query(
+            "SELECT relname::text, coalesce(cardinality(relacl), 0) FROM pg_class \
+             WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'S') \
+             UNION ALL SELECT 'schema public', coalesce(cardinality(nspacl), 0) FROM pg_namespace WHERE nspname = 'public'",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
+#[tokio::test]
+async fn shared_tenants_share_one_grant_and_still_see_only_their_own_rows() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let admin = Admin::new(&admin_url(), None, PLATFORM).unwrap();
+    let names: Vec<TenantNames> = ["shared-a", "shared-b", "shared-c", "shared-d", "shared-e"]
+        .iter()
+        .map(|n| TenantNames::new(n).unwrap())
+        .collect();
+    for n in &names {
+        admin.retire_tenant(n, DatabaseIsolation::Shared, DeletionPolicy::Delete).await.unwrap();
+    }
+
+    let mut creds = Vec::new();
+    for n in &names[..2] {
+        creds.push(admin.ensure_tenant(n, DatabaseIsolation::Shared, None).await.unwrap());
+    }
+    let platform = connect(&admin_url_for(PLATFORM)).await;
+    let before = access_list_lengths(&platform).await;
+    assert!(before.contains_key("agent_memory"), "the platform tables exist: {before:?}");
+    for n in &names[2..] {
+        creds.push(admin.ensure_tenant(n, DatabaseIsolation::Shared, None).await.unwrap());
+    }
+    let after = access_list_lengths(&platform).await;
+    assert_eq!(before, after, "three more Shared tenants grew the platform tables' access lists");
+    let grantees: Vec<String> = platform
+        .query(
+            "SELECT DISTINCT a.grantee::regrole::text FROM pg_class c, aclexplode(c.relacl) a \
+             WHERE c.relnamespace = 'public'::regnamespace AND a.grantee <> 0",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(grantees.iter().any(|g| g == GROUP), "the tenants group holds the privileges: {grantees:?}");
+    assert!(!grantees.iter().any(|g| g.starts_with("tenant_shared_")), "an app role is granted directly: {grantees:?}");
+
+    // Each tenant reads and writes its own rows only.
+    let (a, b) = (connect(&creds[0].url()).await, connect(&creds[1].url()).await);
+    a.execute("INSERT INTO agent_memory (tenant_id, crew, content) VALUES ('shared-a', 'writers', 'a note')", &[])
+        .await
+        .unwrap_or_else(|e| panic!("tenant a cannot write its own memory: {e}"));
+    let own: i64 = a.query_one("SELECT count(*) FROM agent_memory", &[]).await.unwrap().get(0);
+    assert_eq!(own, 1, "tenant a sees its own row");
+    let seen: i64 = b.query_one("SELECT count(*) FROM agent_memory", &[]).await.unwrap().get(0);
+    assert_eq!(seen, 0, "tenant b sees tenant a's memory");
+    let forged =
+        b.execute("INSERT INTO agent_memory (tenant_id, crew, content) VALUES ('shared-a', 'x', 'forged')", &[]);
+    assert!(forged.await.is_err(), "tenant b wrote a row as tenant a");
+
+    // Becoming the group, which holds every Shared tenant's privileges, reaches no row.
+    b.batch_execute(&format!("SET ROLE {GROUP}")).await.unwrap_or_else(|e| panic!("SET ROLE: {e}"));
+    let as_group: i64 = b.query_one("SELECT count(*) FROM agent_memory", &[]).await.unwrap().get(0);
+    assert_eq!(as_group, 0, "as the tenants group, tenant b sees rows");
+    let forged =
+        b.execute("INSERT INTO agent_memory (tenant_id, crew, content) VALUES ('shared-a', 'x', 'forged')", &[]);
+    assert!(forged.await.is_err(), "as the tenants group, tenant b wrote a row");
+    drop((a, b));
+
+    // A grant an earlier version made to the app role itself goes at the next provisioning.
+    platform.batch_execute(&format!("GRANT SELECT ON agent_memory TO {}", names[0].app_role)).await.unwrap();
+    admin.ensure_tenant(&names[0], DatabaseIsolation::Shared, None).await.unwrap();
+    assert_eq!(access_list_lengths(&platform).await, after, "the direct grant stayed");
+
+    for n in &names {
+        admin.retire_tenant(n, DatabaseIsolation::Shared, DeletionPolicy::Delete).await.unwrap();
+    }
+    let left: i64 = platform
+        .query_one("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'tenant\\_shared\\_%'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "retiring left app roles behind");
+}
