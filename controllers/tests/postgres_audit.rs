@@ -6,31 +6,14 @@
 //! The admin URL comes from BIZOSAAS_TEST_DATABASE_URL (`./dev test` sets it); start the
 //! server with `bash tests/harness/postgres.sh up`.
 
+mod support;
+
 use bizosaas_controllers::postgres::{Admin, GATEWAY_ROLE, TenantNames};
 use bizosaas_crds::tenant::{DatabaseIsolation, DeletionPolicy};
+use support::{admin_url, admin_url_for, connect};
 use tokio_postgres::error::SqlState;
 
 const PLATFORM: &str = "bizosaas_platform_audit";
-
-fn admin_url() -> String {
-    std::env::var("BIZOSAAS_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()).expect(
-        "no test PostgreSQL: start it with `bash tests/harness/postgres.sh up` and set BIZOSAAS_TEST_DATABASE_URL \
-         to `bash tests/harness/postgres.sh url` (or run `./dev test`)",
-    )
-}
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
-    client
-}
-
-/// The admin URL pointed at `database`.
-fn admin_url_for(database: &str) -> String {
-    let url = admin_url();
-    let (base, _) = url.rsplit_once('/').expect("the URL names a database");
-    format!("{base}/{database}")
-}
 
 /// A session in `database` that acts as the gateway's role (its password is the operator's).
 async fn as_gateway(database: &str) -> tokio_postgres::Client {

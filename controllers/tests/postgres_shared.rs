@@ -7,38 +7,15 @@
 //! The admin URL comes from BIZOSAAS_TEST_DATABASE_URL (`./dev test` sets it); start the
 //! server with `bash tests/harness/postgres.sh up`.
 
+mod support;
+
 use bizosaas_controllers::postgres::{Admin, TenantNames};
 use bizosaas_crds::tenant::{DatabaseIsolation, DeletionPolicy};
 use std::collections::BTreeMap;
+use support::{admin_url, admin_url_for, connect};
 
 const PLATFORM: &str = "bizosaas_platform_shared";
 const GROUP: &str = "bizosaas_platform_shared_tenants";
-
-fn admin_url() -> String {
-    std::env::var("BIZOSAAS_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()).expect(
-        "no test PostgreSQL: start it with `bash tests/harness/postgres.sh up` and set BIZOSAAS_TEST_DATABASE_URL \
-         to `bash tests/harness/postgres.sh url` (or run `./dev test`)",
-    )
-}
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", url.split('@').next_back().unwrap_or_default()));
-    tokio::spawn(conn);
-    client
-}
-
-/// The admin URL pointed at `database`.
-fn admin_url_for(database: &str) -> String {
-    let url = admin_url();
-    let (base, query) = url.split_once('?').map_or((url.as_str(), None), |(b, q)| (b, Some(q)));
-    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
-    match query {
-        Some(q) => format!("{base}/{database}?{q}"),
-        None => format!("{base}/{database}"),
-    }
-}
 
 /// Entries in the access list of the schema and of each table and sequence in it.
 async fn access_list_lengths(platform: &tokio_postgres::Client) -> BTreeMap<String, i32> {

@@ -9,37 +9,19 @@
 
 #[path = "../../tests/common/lago.rs"]
 mod lago;
+mod support;
 
 use bizosaas_controllers::lago::{ApiKey, BATCH_LIMIT, End, ExportTarget, LagoClient, TARGET, export_once};
 use bizosaas_controllers::postgres::{Admin, TenantNames};
 use bizosaas_crds::tenant::{DatabaseIsolation, DeletionPolicy};
 use lago::{Answer, LAGO_BATCH_LIMIT, Lago, serve};
 use serde_json::Value;
+use support::{admin_url, admin_url_for, connect};
 
 const API_KEY: &str = "lago-test-key-0123456789";
 const CODE: &str = "llm_tokens";
 const SUBSCRIPTION: &str = "sub_export_a";
 const SHARED_SUBSCRIPTION: &str = "sub_export_s";
-
-fn admin_url() -> String {
-    std::env::var("BIZOSAAS_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()).expect(
-        "no test PostgreSQL: start it with `bash tests/harness/postgres.sh up` and set BIZOSAAS_TEST_DATABASE_URL \
-         to `bash tests/harness/postgres.sh url` (or run `./dev test`)",
-    )
-}
-
-/// The admin URL pointed at `database`.
-fn admin_url_for(url: &str, database: &str) -> String {
-    let mut url = reqwest::Url::parse(url).unwrap();
-    url.set_path(&format!("/{database}"));
-    url.to_string()
-}
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
-    client
-}
 
 /// Records `count` model calls as the tenant's app role; some report a cost, some do not.
 async fn record_calls(app: &tokio_postgres::Client, tenant: &str, count: usize, first: usize) {
@@ -89,7 +71,7 @@ async fn usage_reaches_lago_exactly_once_through_failures_restarts_and_refusals(
     let creds = admin.ensure_tenant(&a, DatabaseIsolation::Dedicated, None).await.unwrap();
     let shared_creds = admin.ensure_tenant(&s, DatabaseIsolation::Shared, None).await.unwrap();
     let app = connect(&creds.url()).await;
-    let db = connect(&admin_url_for(&url, &a.database)).await;
+    let db = connect(&admin_url_for(&a.database)).await;
 
     assert_eq!(BATCH_LIMIT, LAGO_BATCH_LIMIT, "batches as large as Lago takes");
     let lago = Lago::shared(API_KEY, CODE, &[SUBSCRIPTION, SHARED_SUBSCRIPTION]);
@@ -181,7 +163,7 @@ async fn usage_reaches_lago_exactly_once_through_failures_restarts_and_refusals(
     assert!(lago.ingested_twice().is_empty(), "ingested twice: {:?}", lago.ingested_twice());
     assert_eq!(lago.totals(&a.tenant_id), recorded_totals(&db, &a.tenant_id).await);
     assert_eq!(recorded_totals(&db, &a.tenant_id).await.0, 217);
-    let platform_db = connect(&admin_url_for(&url, platform)).await;
+    let platform_db = connect(&admin_url_for(platform)).await;
     assert_eq!(lago.totals(&s.tenant_id), recorded_totals(&platform_db, &s.tenant_id).await);
     let rows = db
         .query(
