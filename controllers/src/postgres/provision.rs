@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio::sync::{Mutex, OnceCell, Semaphore, SemaphorePermit};
 use tokio_postgres::{Client, Config, NoTls};
 
+mod shared_access;
 mod usage_export;
 pub use usage_export::{UsageBatch, UsageEvent};
 
@@ -305,15 +306,13 @@ impl Admin {
                 // Held to the end: concurrent GRANTs on the platform database fail.
                 let _serialised = self.platform_lock(&admin).await?;
                 ensure_app_role(&admin, &names.app_role, &password, marker).await?;
-                let db = quote_ident(&self.platform_database);
-                run(
-                    &admin,
-                    "platform grants",
-                    &format!("GRANT CONNECT ON DATABASE {db} TO {};", quote_ident(&names.app_role)),
-                )
-                .await?;
                 let platform = self.connect(Some(&self.platform_database)).await?;
-                run(&platform, "tenant policies", &schema::shared_tenant_access(names, &self.shared_tenants)?).await?;
+                let found = shared_access::read(&platform, names, &self.shared_tenants).await?;
+                let changes =
+                    schema::shared_tenant_changes(names, &self.shared_tenants, &self.platform_database, &found)?;
+                if !changes.is_empty() {
+                    run(&platform, "tenant policies", &changes).await?;
+                }
             }
         }
         Ok(self.credentials(names, isolation, password))
@@ -478,26 +477,29 @@ impl Admin {
         Ok(platform_ready)
     }
 
-    /// Creates the shared platform database and its RLS-guarded tables.
+    /// Creates the shared platform database and its RLS-guarded tables. CONNECT and the
+    /// tables' privileges go to the Shared tenants' group, once: an entry per tenant in the
+    /// database's ACL would be read on every connection to it and rewritten by every grant.
     async fn ensure_platform_database(&self, admin: &Client) -> Result<(), DatabaseError> {
         ensure_role(admin, PLATFORM_OWNER, "NOLOGIN NOINHERIT", None).await?;
         ensure_database(admin, &self.platform_database, PLATFORM_OWNER).await?;
+        ensure_role(admin, &self.shared_tenants, "NOLOGIN NOINHERIT", None).await?;
         run(
             admin,
             "platform database grants",
             &format!(
-                "REVOKE ALL ON DATABASE {db} FROM PUBLIC; GRANT CONNECT ON DATABASE {db} TO {};",
+                "REVOKE ALL ON DATABASE {db} FROM PUBLIC; GRANT CONNECT ON DATABASE {db} TO {}, {};",
                 quote_ident(GATEWAY_ROLE),
+                quote_ident(&self.shared_tenants),
                 db = quote_ident(&self.platform_database)
             ),
         )
         .await?;
-        ensure_role(admin, &self.shared_tenants, "NOLOGIN NOINHERIT", None).await?;
         let platform = self.connect(Some(&self.platform_database)).await?;
         run(&platform, "platform tables", &schema::tables(PLATFORM_OWNER)).await?;
         run(&platform, "operator policies", &schema::operator_access()).await?;
         run(&platform, "gateway policies", &schema::gateway_access()).await?;
-        run(&platform, "Shared tenants' grants", &schema::tenant_grants(&self.shared_tenants)).await
+        run(&platform, "Shared tenants' access", &schema::shared_tenants_access(&self.shared_tenants)).await
     }
 
     /// [`Admin::retire_tenant`] for a Tenant object: when a database or role of its name is

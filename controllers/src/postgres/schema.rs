@@ -1,7 +1,9 @@
 //! The tenant-data tables and their row-level security. Used in a Dedicated tenant's own
 //! database and in the shared platform database; in both, every table has ENABLE and FORCE
-//! ROW LEVEL SECURITY and a policy per tenant bound to that tenant's app role, so a session
-//! setting is never the only guard.
+//! ROW LEVEL SECURITY. In a Dedicated database a policy bound to the tenant's app role admits
+//! the tenant's rows; in the platform database one policy per table, bound to the Shared
+//! tenants' group, admits the rows of the tenant whose app role the session runs as. A
+//! session setting, which the session could change, is never the guard.
 
 use super::DatabaseError;
 use super::ident::{TenantNames, quote_ident, quote_literal};
@@ -167,21 +169,78 @@ pub fn tenant_access(names: &TenantNames) -> Result<String, DatabaseError> {
     Ok(format!("{}{}", tenant_grants(&names.app_role), tenant_policies(names)?))
 }
 
-/// A Shared tenant's access to the platform database: its policies, and the privileges
-/// through membership of `group`, which holds them once for every Shared tenant. Granted to
-/// each app role, they would be one entry per tenant in every table's ACL, a catalog row
-/// PostgreSQL cannot move out of line: past about 2,400 tenants every provisioning failed
-/// with "row is too big". Grants an earlier version made to the role itself are revoked.
-pub fn shared_tenant_access(names: &TenantNames, group: &str) -> Result<String, DatabaseError> {
-    let app = quote_ident(&names.app_role);
-    let mut sql = format!("REVOKE ALL ON SCHEMA public FROM {app};\n");
+/// Name of the policies that admit the Shared tenants' group in the platform database.
+const SHARED_TENANTS_POLICY: &str = "bizosaas_shared_tenants";
+
+/// The tenant whose app role the session runs as: `tenant_<name>_app` with `_` back to `-`
+/// (a tenant name has no `_`, see [`TenantNames::new`]), NULL for any other role. A scalar
+/// subquery, so each statement works it out once rather than per row.
+const TENANT_OF_CURRENT_USER: &str =
+    "(SELECT replace(substring(current_user FROM '^tenant_([a-z0-9_]+)_app$'), '_', '-'))";
+
+/// The Shared tenants' access to the platform database, set up once with it: `group` holds
+/// CONNECT (granted with the database), the tables' privileges and one policy per table that
+/// admits the rows of the tenant the session's role belongs to. A policy or grant per tenant
+/// would cost every tenant's provisioning more as tenants were added: each reloads every
+/// policy on the table in every session using it, and a table's access list cannot grow past
+/// one catalog page (about 2,400 grants, after which every provisioning failed).
+pub fn shared_tenants_access(group: &str) -> String {
+    let role = quote_ident(group);
+    let policy = quote_ident(SHARED_TENANTS_POLICY);
+    let mut sql = tenant_grants(group);
     for (table, _) in APP_PRIVILEGES {
+        let own = if own_rows_only(table) { " AND source = 'tenant'" } else { "" };
         sql.push_str(&format!(
-            "REVOKE ALL ON {table} FROM {app};\nREVOKE ALL ON SEQUENCE {table}_id_seq FROM {app};\n"
+            "DROP POLICY IF EXISTS {policy} ON {table};
+CREATE POLICY {policy} ON {table} AS PERMISSIVE FOR ALL TO {role}
+    USING (tenant_id = {TENANT_OF_CURRENT_USER}) WITH CHECK (tenant_id = {TENANT_OF_CURRENT_USER}{own});
+"
         ));
     }
-    sql.push_str(&tenant_policies(names)?);
-    sql.push_str(&format!("GRANT {} TO {app};\n", quote_ident(group)));
+    sql
+}
+
+/// A Shared tenant's access as the platform database holds it, read before anything changes
+/// so that provisioning a converged tenant writes nothing there.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SharedAccess {
+    /// Whether the app role is a member of the Shared tenants' group.
+    pub member: bool,
+    /// Whether the app role holds privileges in its own name in the database (earlier
+    /// versions granted them directly).
+    pub direct_grants: bool,
+    /// Policies that name the app role, as `(table, policy)`: earlier versions made one per
+    /// tenant and table; the group's policy has replaced them.
+    pub own_policies: Vec<(String, String)>,
+}
+
+/// The statements that bring a Shared tenant from `found` to membership of `group` and
+/// nothing else in `database`; empty when there is nothing to change.
+pub fn shared_tenant_changes(
+    names: &TenantNames,
+    group: &str,
+    database: &str,
+    found: &SharedAccess,
+) -> Result<String, DatabaseError> {
+    let app = quote_ident(&names.app_role);
+    let mut sql = String::new();
+    if found.direct_grants {
+        sql.push_str(&format!(
+            "REVOKE ALL ON DATABASE {} FROM {app};\nREVOKE ALL ON SCHEMA public FROM {app};\n",
+            quote_ident(database)
+        ));
+        for (table, _) in APP_PRIVILEGES {
+            sql.push_str(&format!(
+                "REVOKE ALL ON {table} FROM {app};\nREVOKE ALL ON SEQUENCE {table}_id_seq FROM {app};\n"
+            ));
+        }
+    }
+    for (table, policy) in &found.own_policies {
+        sql.push_str(&format!("DROP POLICY IF EXISTS {} ON {};\n", quote_ident(policy), quote_ident(table)));
+    }
+    if !found.member {
+        sql.push_str(&format!("GRANT {} TO {app};\n", quote_ident(group)));
+    }
     Ok(sql)
 }
 
@@ -204,22 +263,27 @@ GRANT USAGE ON SEQUENCE {table}_id_seq TO {grantee};
 /// The tenant's row-level security policies, one per table, bound to its app role and its
 /// `tenant_id` literal.
 fn tenant_policies(names: &TenantNames) -> Result<String, DatabaseError> {
+    APP_PRIVILEGES.iter().map(|(table, _)| tenant_policy_sql(names, table)).collect()
+}
+
+/// What the tenant appends to its audit log is marked as its own: it cannot pass for the
+/// gateway's or the operator's.
+fn own_rows_only(table: &str) -> bool {
+    table == "audit_log"
+}
+
+/// Replaces the tenant's policy on `table`.
+fn tenant_policy_sql(names: &TenantNames, table: &str) -> Result<String, DatabaseError> {
     let app = quote_ident(&names.app_role);
     let policy = quote_ident(&names.policy);
     let tenant = quote_literal(&names.tenant_id)?;
-    let mut sql = String::new();
-    for (table, _) in APP_PRIVILEGES {
-        // What the tenant appends to its audit log is marked as its own: it cannot pass for
-        // the gateway's or the operator's.
-        let own = if table == "audit_log" { " AND source = 'tenant'" } else { "" };
-        sql.push_str(&format!(
-            "DROP POLICY IF EXISTS {policy} ON {table};
+    let own = if own_rows_only(table) { " AND source = 'tenant'" } else { "" };
+    Ok(format!(
+        "DROP POLICY IF EXISTS {policy} ON {table};
 CREATE POLICY {policy} ON {table} AS PERMISSIVE FOR ALL TO {app}
     USING (tenant_id = {tenant}) WITH CHECK (tenant_id = {tenant}{own});
 "
-        ));
-    }
-    Ok(sql)
+    ))
 }
 
 /// Grants and policies for the operator's own role (the one running this SQL) on every
@@ -395,21 +459,53 @@ mod tests {
         assert!(!sql.contains("UPDATE") && !sql.contains("DELETE"), "audit rows are append-only");
     }
 
+    fn changes(found: &SharedAccess) -> String {
+        shared_tenant_changes(
+            &TenantNames::new("acme").unwrap(),
+            "bizosaas_platform_tenants",
+            "bizosaas_platform",
+            found,
+        )
+        .unwrap()
+    }
+
     #[test]
-    fn a_shared_tenant_is_granted_through_the_group_not_on_the_tables() {
-        let sql = shared_tenant_access(&TenantNames::new("acme").unwrap(), "bizosaas_platform_tenants").unwrap();
-        assert!(sql.contains("GRANT \"bizosaas_platform_tenants\" TO \"tenant_acme_app\";"));
+    fn a_new_shared_tenant_only_joins_the_group() {
+        assert_eq!(changes(&SharedAccess::default()), "GRANT \"bizosaas_platform_tenants\" TO \"tenant_acme_app\";\n");
+        let converged = SharedAccess { member: true, ..Default::default() };
+        assert_eq!(changes(&converged), "", "a converged tenant changes nothing");
+    }
+
+    #[test]
+    fn what_earlier_versions_gave_the_role_itself_is_taken_away() {
+        let found = SharedAccess {
+            member: true,
+            direct_grants: true,
+            own_policies: vec![("agent_memory".into(), "tenant_acme_isolation".into())],
+        };
+        let sql = changes(&found);
+        assert!(sql.contains("REVOKE ALL ON DATABASE \"bizosaas_platform\" FROM \"tenant_acme_app\";"));
+        assert!(sql.contains("REVOKE ALL ON SCHEMA public FROM \"tenant_acme_app\";"));
         for table in TABLES {
-            assert!(!sql.contains(&format!(" ON {table} TO ")), "{table} is granted to the app role: {sql}");
             assert!(sql.contains(&format!("REVOKE ALL ON {table} FROM \"tenant_acme_app\";")), "{table}");
-            assert!(sql.contains(&format!(
-                "CREATE POLICY \"tenant_acme_isolation\" ON {table} AS PERMISSIVE FOR ALL TO \"tenant_acme_app\""
-            )));
         }
-        let group = tenant_grants("bizosaas_platform_tenants");
-        assert!(group.contains("GRANT SELECT, INSERT ON usage_events TO \"bizosaas_platform_tenants\";"));
-        assert!(group.contains("GRANT USAGE ON SCHEMA public TO \"bizosaas_platform_tenants\";"));
-        assert!(!group.contains("POLICY"), "the group has no policy, so it reaches no row");
+        assert!(sql.contains("DROP POLICY IF EXISTS \"tenant_acme_isolation\" ON \"agent_memory\";"), "{sql}");
+        assert!(!sql.contains("GRANT"), "{sql}");
+    }
+
+    #[test]
+    fn the_group_holds_the_privileges_and_one_policy_per_table() {
+        let sql = shared_tenants_access("bizosaas_platform_tenants");
+        assert!(sql.contains("GRANT SELECT, INSERT ON usage_events TO \"bizosaas_platform_tenants\";"));
+        assert!(sql.contains("GRANT USAGE ON SCHEMA public TO \"bizosaas_platform_tenants\";"));
+        for table in TABLES {
+            assert!(sql.contains(&format!(
+                "CREATE POLICY \"bizosaas_shared_tenants\" ON {table} AS PERMISSIVE FOR ALL TO \"bizosaas_platform_tenants\"\n    USING (tenant_id = {TENANT_OF_CURRENT_USER})"
+            )), "{table}");
+        }
+        assert_eq!(sql.matches("CREATE POLICY").count(), TABLES.len());
+        assert!(sql.contains(&format!("WITH CHECK (tenant_id = {TENANT_OF_CURRENT_USER} AND source = 'tenant');")));
+        assert!(!sql.contains("current_setting"), "a session setting must never be the guard");
     }
 
     #[test]
