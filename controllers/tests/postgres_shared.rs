@@ -106,6 +106,11 @@ async fn shared_tenants_share_one_grant_and_still_see_only_their_own_rows() {
     assert!(forged.await.is_err(), "tenant b wrote a row as tenant a");
 
     // Becoming the group, which holds every Shared tenant's privileges, reaches no row.
+    // The policy takes the tenant from the session's role: b cannot become a's role.
+    let become_a = b.batch_execute(&format!("SET ROLE {}", names[0].app_role)).await;
+    assert!(become_a.is_err(), "tenant b became tenant a's role");
+    let authorization = b.batch_execute(&format!("SET SESSION AUTHORIZATION {}", names[0].app_role)).await;
+    assert!(authorization.is_err(), "tenant b took tenant a's session authorization");
     b.batch_execute(&format!("SET ROLE {GROUP}")).await.unwrap_or_else(|e| panic!("SET ROLE: {e}"));
     let as_group: i64 = b.query_one("SELECT count(*) FROM agent_memory", &[]).await.unwrap().get(0);
     assert_eq!(as_group, 0, "as the tenants group, tenant b sees rows");
