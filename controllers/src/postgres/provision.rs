@@ -309,7 +309,7 @@ impl Admin {
                 let platform = self.connect(Some(&self.platform_database)).await?;
                 let found = shared_access::read(&platform, names, &self.shared_tenants).await?;
                 let changes =
-                    schema::shared_tenant_changes(names, &self.shared_tenants, &self.platform_database, &found)?;
+                    schema::shared_tenant_changes(names, &self.shared_tenants, &self.platform_database, &found);
                 if !changes.is_empty() {
                     run(&platform, "tenant policies", &changes).await?;
                 }

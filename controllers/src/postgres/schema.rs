@@ -189,7 +189,7 @@ pub fn shared_tenants_access(group: &str) -> String {
     let policy = quote_ident(SHARED_TENANTS_POLICY);
     let mut sql = tenant_grants(group);
     for (table, _) in APP_PRIVILEGES {
-        let own = if own_rows_only(table) { " AND source = 'tenant'" } else { "" };
+        let own = own_rows_only(table);
         sql.push_str(&format!(
             "DROP POLICY IF EXISTS {policy} ON {table};
 CREATE POLICY {policy} ON {table} AS PERMISSIVE FOR ALL TO {role}
@@ -216,12 +216,7 @@ pub struct SharedAccess {
 
 /// The statements that bring a Shared tenant from `found` to membership of `group` and
 /// nothing else in `database`; empty when there is nothing to change.
-pub fn shared_tenant_changes(
-    names: &TenantNames,
-    group: &str,
-    database: &str,
-    found: &SharedAccess,
-) -> Result<String, DatabaseError> {
+pub fn shared_tenant_changes(names: &TenantNames, group: &str, database: &str, found: &SharedAccess) -> String {
     let app = quote_ident(&names.app_role);
     let mut sql = String::new();
     if found.direct_grants {
@@ -241,7 +236,7 @@ pub fn shared_tenant_changes(
     if !found.member {
         sql.push_str(&format!("GRANT {} TO {app};\n", quote_ident(group)));
     }
-    Ok(sql)
+    sql
 }
 
 /// What a tenant's app role may do to each table (see [`APP_PRIVILEGES`]), granted to
@@ -261,29 +256,28 @@ GRANT USAGE ON SEQUENCE {table}_id_seq TO {grantee};
 }
 
 /// The tenant's row-level security policies, one per table, bound to its app role and its
-/// `tenant_id` literal.
+/// `tenant_id` literal; each is replaced as a whole.
 fn tenant_policies(names: &TenantNames) -> Result<String, DatabaseError> {
-    APP_PRIVILEGES.iter().map(|(table, _)| tenant_policy_sql(names, table)).collect()
-}
-
-/// What the tenant appends to its audit log is marked as its own: it cannot pass for the
-/// gateway's or the operator's.
-fn own_rows_only(table: &str) -> bool {
-    table == "audit_log"
-}
-
-/// Replaces the tenant's policy on `table`.
-fn tenant_policy_sql(names: &TenantNames, table: &str) -> Result<String, DatabaseError> {
     let app = quote_ident(&names.app_role);
     let policy = quote_ident(&names.policy);
     let tenant = quote_literal(&names.tenant_id)?;
-    let own = if own_rows_only(table) { " AND source = 'tenant'" } else { "" };
-    Ok(format!(
-        "DROP POLICY IF EXISTS {policy} ON {table};
+    let mut sql = String::new();
+    for (table, _) in APP_PRIVILEGES {
+        let own = own_rows_only(table);
+        sql.push_str(&format!(
+            "DROP POLICY IF EXISTS {policy} ON {table};
 CREATE POLICY {policy} ON {table} AS PERMISSIVE FOR ALL TO {app}
     USING (tenant_id = {tenant}) WITH CHECK (tenant_id = {tenant}{own});
 "
-    ))
+        ));
+    }
+    Ok(sql)
+}
+
+/// The rest of a tenant policy's WITH CHECK on `table`: what the tenant appends to its audit
+/// log is marked as its own, so it cannot pass for the gateway's or the operator's.
+fn own_rows_only(table: &str) -> &'static str {
+    if table == "audit_log" { " AND source = 'tenant'" } else { "" }
 }
 
 /// Grants and policies for the operator's own role (the one running this SQL) on every
@@ -466,7 +460,6 @@ mod tests {
             "bizosaas_platform",
             found,
         )
-        .unwrap()
     }
 
     #[test]
