@@ -54,6 +54,18 @@ impl OperatorProcess {
         found.then_some(total)
     }
 
+    /// Every series of metric `name`, by its label set (`{verb="get",...}`).
+    pub async fn series(&self, name: &str) -> std::collections::BTreeMap<String, f64> {
+        let body = http_get(&self.metrics_url).await.unwrap_or_default();
+        body.lines()
+            .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
+            .filter_map(|l| {
+                let (labels, value) = l.rsplit_once(' ')?;
+                Some((labels.trim_end_matches('}').to_string(), value.parse::<f64>().ok()?))
+            })
+            .collect()
+    }
+
     pub async fn sample(&self, name: &str) -> Option<f64> {
         self.sample_where(name, &[]).await
     }

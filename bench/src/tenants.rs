@@ -18,7 +18,7 @@ use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -76,11 +76,16 @@ fn tenant_name(half: &str, i: usize) -> String {
 struct Half {
     seconds: f64,
     latencies: Vec<f64>,
+    /// From a tenant's start until the quota controller has recorded its quota, which the
+    /// operator's Ready waits for; the bare half only.
+    until_quota_recorded: Vec<f64>,
     writes: f64,
     /// Every request to the API server, reads and writes.
     requests: f64,
     reads: f64,
     reconciles: f64,
+    /// Requests by verb and resource (`get secrets`), the operator half only.
+    by_resource: BTreeMap<String, f64>,
     peak_rss_mib: f64,
     cpu_seconds: f64,
     control_plane_cpu_seconds: f64,
@@ -92,12 +97,82 @@ impl Half {
     }
 
     fn percentile(&self, p: f64) -> f64 {
-        let mut v = self.latencies.clone();
-        v.sort_by(|a, b| a.total_cmp(b));
-        if v.is_empty() {
-            return f64::NAN;
+        percentile(&self.latencies, p)
+    }
+}
+
+/// The `p` quantile of `values` (NaN when there are none).
+fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// When the quota controller recorded each bare tenant's quota, from a watch that runs beside
+/// the bare half without slowing it.
+struct QuotasRecorded {
+    started: Mutex<BTreeMap<String, Instant>>,
+    recorded: Arc<Mutex<BTreeMap<String, Instant>>>,
+    watch: tokio::task::JoinHandle<()>,
+}
+
+impl QuotasRecorded {
+    /// Starts the watch and returns once its first list is done, so no quota is seen late.
+    async fn watch(client: &Client, args: &Args) -> anyhow::Result<Self> {
+        let desired = build::children(&tenant("bench-probe", args), &Config::default())?.resource_quota;
+        let recorded: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
+        let api: Api<ResourceQuota> = Api::all(client.clone());
+        let config = watcher::Config::default().labels(&format!("{BENCH_LABEL}=bare"));
+        let (listed, is_listed) = tokio::sync::oneshot::channel();
+        let watch = tokio::spawn({
+            let recorded = recorded.clone();
+            async move {
+                let mut listed = Some(listed);
+                let stream = watcher(api, config).default_backoff();
+                futures::pin_mut!(stream);
+                while let Some(Ok(event)) = stream.next().await {
+                    let quota = match event {
+                        watcher::Event::Apply(quota) | watcher::Event::InitApply(quota) => quota,
+                        watcher::Event::InitDone => {
+                            listed.take().map(|l| l.send(()));
+                            continue;
+                        }
+                        _ => continue,
+                    };
+                    if quota_enforced(&quota, &desired) {
+                        let at = Instant::now();
+                        recorded.lock().unwrap().entry(quota.namespace().unwrap_or_default()).or_insert(at);
+                    }
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(30), is_listed).await??;
+        Ok(Self { started: Mutex::default(), recorded, watch })
+    }
+
+    fn started(&self, namespace: &str, at: Instant) {
+        self.started.lock().unwrap().insert(namespace.to_string(), at);
+    }
+
+    /// Each tenant's time from its start to its quota recorded, once all `count` are (or 30 s
+    /// have passed: the ones missing are left out, and say so).
+    async fn latencies(&self, count: usize) -> Vec<f64> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.recorded.lock().unwrap().len() < count && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        v[((v.len() as f64 - 1.0) * p).round() as usize]
+        self.watch.abort();
+        let (started, recorded) = (self.started.lock().unwrap(), self.recorded.lock().unwrap());
+        if recorded.len() < count {
+            eprintln!("{} of {count} bare quotas were not recorded within 30 s", count - recorded.len());
+        }
+        started
+            .iter()
+            .filter_map(|(ns, at)| Some(recorded.get(ns)?.saturating_duration_since(*at).as_secs_f64()))
+            .collect()
     }
 }
 
@@ -123,6 +198,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     row("tenants per second", operator.per_second(n), bare.per_second(n));
     row("time to Ready p50 (s)", operator.percentile(0.5), bare.percentile(0.5));
     row("time to Ready p99 (s)", operator.percentile(0.99), bare.percentile(0.99));
+    row(
+        "  bare until its quota is recorded p50",
+        operator.percentile(0.5),
+        percentile(&bare.until_quota_recorded, 0.5),
+    );
     row("API writes per tenant", operator.writes / n as f64, bare.writes / n as f64);
     row("  against the minimum", operator.writes / n as f64, minimum);
     row("API requests per tenant", operator.requests / n as f64, bare.requests / n as f64);
@@ -143,6 +223,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
          RoleBinding among them) + the finalizer + one status write",
         minimum - 2.0
     );
+    println!("operator requests per tenant, by verb and resource (watches excluded):");
+    for (request, count) in &operator.by_resource {
+        println!("  {request:<40} {:>8.2}", count / n as f64);
+    }
     cleanup(&client, &admin, &args).await
 }
 
@@ -153,13 +237,15 @@ async fn bare_client(client: &Client, admin: &Admin, args: &Args) -> anyhow::Res
     let config = Config::default();
     let cpu_before = proc_stats::cpu_seconds(std::process::id()).unwrap_or(0.0);
     let cp_before = proc_stats::cpu_of(&["kube-apiserver", "etcd"]);
+    let recorded = QuotasRecorded::watch(client, args).await?;
     let started = Instant::now();
     let latencies: Vec<f64> = stream::iter(0..args.count)
         .map(|i| {
-            let (client, writes, config) = (client.clone(), writes.clone(), config.clone());
+            let (client, writes, config, recorded) = (client.clone(), writes.clone(), config.clone(), &recorded);
             async move {
                 let t0 = Instant::now();
                 let name = tenant_name("bare", i);
+                recorded.started(&build::namespace_name(&name), t0);
                 let t = tenant(&name, args);
                 let children = build::children(&t, &config)?;
                 let owner = build::Owner::of(&t)?;
@@ -193,13 +279,16 @@ async fn bare_client(client: &Client, admin: &Admin, args: &Args) -> anyhow::Res
         .await?;
     let seconds = started.elapsed().as_secs_f64();
     let writes = *writes.lock().unwrap();
+    let until_quota_recorded = recorded.latencies(args.count).await;
     Ok(Half {
         seconds,
         latencies,
+        until_quota_recorded,
         writes,
         requests: writes,
         reads: 0.0,
         reconciles: 0.0,
+        by_resource: BTreeMap::new(),
         peak_rss_mib: proc_stats::peak_rss_mib(std::process::id()).unwrap_or(f64::NAN),
         cpu_seconds: proc_stats::cpu_seconds(std::process::id()).unwrap_or(0.0) - cpu_before,
         control_plane_cpu_seconds: proc_stats::cpu_of(&["kube-apiserver", "etcd"]) - cp_before,
@@ -270,6 +359,7 @@ async fn through_operator(client: &Client, admin: &Admin, args: &Args) -> anyhow
         get + metrics.sample_where("bizosaas_kube_requests_total", &[r#"verb="list""#]).await.unwrap_or(0.0)
     };
     let reconciles = || metrics.sample("bizosaas_reconciles_total");
+    let by_resource_before = requests_by_resource(metrics).await;
     let (requests_before, reads_before) = (requests().await.unwrap_or(0.0), reads().await);
     let reconciles_before = reconciles().await.unwrap_or(0.0);
     let cpu_before = proc_stats::cpu_seconds(pid).unwrap_or(0.0);
@@ -306,6 +396,11 @@ async fn through_operator(client: &Client, admin: &Admin, args: &Args) -> anyhow
     let requests = requests().await.unwrap_or(0.0) - requests_before;
     let reads = reads().await - reads_before;
     let reconciles = reconciles().await.unwrap_or(0.0) - reconciles_before;
+    let mut by_resource = requests_by_resource(metrics).await;
+    for (key, count) in &mut by_resource {
+        *count -= by_resource_before.get(key).copied().unwrap_or(0.0);
+    }
+    by_resource.retain(|_, count| *count > 0.0);
     let cpu_seconds = proc_stats::cpu_seconds(pid).unwrap_or(0.0) - cpu_before;
     let control_plane_cpu_seconds = proc_stats::cpu_of(&["kube-apiserver", "etcd"]) - cp_before;
 
@@ -343,16 +438,35 @@ async fn through_operator(client: &Client, admin: &Admin, args: &Args) -> anyhow
     let half = Half {
         seconds,
         latencies,
+        until_quota_recorded: Vec::new(),
         writes,
         requests,
         reads,
         reconciles,
+        by_resource,
         peak_rss_mib,
         cpu_seconds,
         control_plane_cpu_seconds,
     };
     let finalizer_and_status = 2.0;
     Ok((half, idle_writes, children as f64 + finalizer_and_status))
+}
+
+/// The operator's requests by verb and resource so far, summed over status codes; watches
+/// are left out, as they are held open rather than sent per tenant.
+async fn requests_by_resource(operator: &OperatorProcess) -> BTreeMap<String, f64> {
+    let label = |labels: &str, name: &str| {
+        let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
+        labels[start..].split('"').next().map(str::to_string)
+    };
+    let mut sums = BTreeMap::new();
+    for (labels, count) in operator.series("bizosaas_kube_requests_total").await {
+        let (Some(verb), Some(resource)) = (label(&labels, "verb"), label(&labels, "resource")) else { continue };
+        if verb != "watch" {
+            *sums.entry(format!("{verb} {resource}")).or_insert(0.0) += count;
+        }
+    }
+    sums
 }
 
 /// Waits until the cluster's quota controller counts the BizOSaaS kinds, as it does on any

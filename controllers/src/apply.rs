@@ -5,7 +5,8 @@
 use crate::FIELD_MANAGER;
 use crate::metrics::Metrics;
 use crate::seen::{ChildKey, LiveVersions, Seen, desired_digest};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -103,11 +104,87 @@ impl Applier<'_> {
             remember(live.meta().resource_version.clone());
             return Ok(false);
         }
+        // The watch may bring the write's own event before its answer: held meanwhile.
+        let _in_flight = self.known.map(|known| known.seen.writing(&ChildKey::of(desired)));
+        // Known not to exist yet: a create costs the API server much less than an apply. One
+        // there after all (an earlier attempt got this far) is applied below.
+        if !self.compare && self.create_digested(api, desired, value).await? {
+            return Ok(true);
+        }
         let name = desired.name_any();
+        if let Some(live) = live {
+            self.adopt_created(api, &name, live).await?;
+        }
         let applied = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(desired)).await?;
         self.metrics.write(self.controller, &K::kind(&()), "apply");
         remember(applied.meta().resource_version.clone());
         Ok(true)
+    }
+
+    /// Creates `desired`, which carries its field digest; false when an object of its name
+    /// exists already, which is left as it is.
+    pub async fn create<K>(&self, api: &Api<K>, desired: &K) -> Result<bool, kube::Error>
+    where
+        K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+    {
+        let desired = with_field_digest(desired);
+        let value = to_value(&desired);
+        let _in_flight = self.known.map(|known| known.seen.writing(&ChildKey::of(&desired)));
+        self.create_digested(api, &desired, &value).await
+    }
+
+    /// [`Applier::create`] for a desired object that already carries its field digest.
+    async fn create_digested<K>(&self, api: &Api<K>, desired: &K, value: &Value) -> Result<bool, kube::Error>
+    where
+        K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+    {
+        let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        match api.create(&params, desired).await {
+            Ok(created) => {
+                self.metrics.write(self.controller, &K::kind(&()), "create");
+                if let Some(known) = self.known {
+                    let version = created.meta().resource_version.as_deref();
+                    known.seen.record(&ChildKey::of(desired), version, desired_digest(value));
+                }
+                Ok(true)
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Before the first apply to an object this operator created: the fields a create sets
+    /// belong to the manager's `Update` entry, and server-side apply never removes fields
+    /// another entry owns. That entry becomes part of the manager's `Apply` entry, so the
+    /// apply that follows removes whatever the desired object no longer sets. A `live` copy
+    /// without managed fields (a watch's, which drops them) is read again first.
+    async fn adopt_created<K>(&self, api: &Api<K>, name: &str, live: &K) -> Result<(), kube::Error>
+    where
+        K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
+    {
+        let read;
+        let live = match live.meta().managed_fields {
+            Some(_) => live,
+            None => match api.get_opt(name).await? {
+                Some(object) => {
+                    self.metrics.child_read(self.controller, &K::kind(&()));
+                    read = object;
+                    &read
+                }
+                None => return Ok(()),
+            },
+        };
+        let Some(adopted) = adopted_fields(live.meta().managed_fields.as_deref().unwrap_or_default()) else {
+            return Ok(());
+        };
+        // Conditional on the version read, so no other manager's entry written meanwhile is lost.
+        let patch = serde_json::json!({"metadata": {
+            "resourceVersion": live.meta().resource_version,
+            "managedFields": adopted,
+        }});
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        self.metrics.write(self.controller, &K::kind(&()), "adopt");
+        Ok(())
     }
 
     /// Deletes the objects matching `selector` whose names are not in `keep`: children that
@@ -151,6 +228,42 @@ impl Applier<'_> {
             }
         }
         Ok(deleted)
+    }
+}
+
+/// `entries` with this operator's `Update` entry (from a create) merged into its `Apply`
+/// entry, or turned into one; `None` when there is no such entry.
+pub fn adopted_fields(entries: &[ManagedFieldsEntry]) -> Option<Vec<ManagedFieldsEntry>> {
+    let ours = |e: &ManagedFieldsEntry, operation: &str| {
+        e.manager.as_deref() == Some(FIELD_MANAGER)
+            && e.operation.as_deref() == Some(operation)
+            && e.subresource.as_deref().unwrap_or_default().is_empty()
+    };
+    let created = entries.iter().position(|e| ours(e, "Update"))?;
+    let mut entries = entries.to_vec();
+    let created = entries.remove(created);
+    match entries.iter_mut().find(|e| ours(e, "Apply") && e.api_version == created.api_version) {
+        Some(applied) => {
+            let mut fields = applied.fields_v1.take().map_or(Value::Null, |f| f.0);
+            union(&mut fields, created.fields_v1.map_or(Value::Null, |f| f.0));
+            applied.fields_v1 = Some(FieldsV1(fields));
+        }
+        None => entries.push(ManagedFieldsEntry { operation: Some("Apply".into()), ..created }),
+    }
+    Some(entries)
+}
+
+/// Adds every field of the field set `more` to `into` (both in the `FieldsV1` form: nested
+/// objects whose keys name fields).
+fn union(into: &mut Value, more: Value) {
+    match (into, more) {
+        (Value::Object(into), Value::Object(more)) => {
+            for (key, value) in more {
+                union(into.entry(key).or_insert(Value::Object(Default::default())), value);
+            }
+        }
+        (into @ Value::Null, more) => *into = more,
+        _ => {}
     }
 }
 
@@ -249,8 +362,44 @@ fn is_empty(value: &Value) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{field_digest, is_subset};
+    use super::{FIELD_MANAGER, adopted_fields, field_digest, is_subset};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
     use serde_json::json;
+
+    fn entry(manager: &str, operation: &str, fields: serde_json::Value) -> ManagedFieldsEntry {
+        ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some(operation.into()),
+            api_version: Some("v1".into()),
+            fields_type: Some("FieldsV1".into()),
+            fields_v1: Some(FieldsV1(fields)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_created_object_is_adopted_into_the_apply_entry() {
+        let quota = entry("kube-controller-manager", "Update", json!({"f:status": {"f:used": {}}}));
+        let created = entry(FIELD_MANAGER, "Update", json!({"f:metadata": {"f:labels": {"f:a": {}, "f:b": {}}}}));
+        assert_eq!(adopted_fields(std::slice::from_ref(&quota)), None, "nothing of ours to adopt");
+        let adopted = adopted_fields(&[quota.clone(), created.clone()]).unwrap();
+        assert_eq!(adopted, [quota.clone(), ManagedFieldsEntry { operation: Some("Apply".into()), ..created.clone() }]);
+
+        let applied =
+            entry(FIELD_MANAGER, "Apply", json!({"f:metadata": {"f:labels": {"f:a": {}}}, "f:data": {"f:x": {}}}));
+        let adopted = adopted_fields(&[created, quota.clone(), applied]).unwrap();
+        let fields = json!({"f:metadata": {"f:labels": {"f:a": {}, "f:b": {}}}, "f:data": {"f:x": {}}});
+        assert_eq!(adopted, [quota, entry(FIELD_MANAGER, "Apply", fields)], "the two entries become one");
+    }
+
+    #[test]
+    fn a_status_entry_of_ours_is_left_alone() {
+        let status = ManagedFieldsEntry {
+            subresource: Some("status".into()),
+            ..entry(FIELD_MANAGER, "Update", json!({"f:status": {}}))
+        };
+        assert_eq!(adopted_fields(&[status]), None);
+    }
 
     #[test]
     fn the_field_digest_changes_with_the_fields_not_their_values() {

@@ -1,5 +1,5 @@
-//! Counts every request the operator sends to the Kubernetes API, by verb and status code: a
-//! tower layer under the kube client, so no call site can forget it.
+//! Counts every request the operator sends to the Kubernetes API, by verb, resource and
+//! status code: a tower layer under the kube client, so no call site can forget it.
 
 use crate::metrics::Metrics;
 use futures::future::BoxFuture;
@@ -42,11 +42,12 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let verb = verb(request.method(), request.uri().path(), request.uri().query());
+        let resource = resource(request.uri().path());
         let metrics = self.metrics.clone();
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await;
-            metrics.kube_request(verb, response.as_ref().ok().map(|r| r.status().as_u16()));
+            metrics.kube_request(verb, resource, response.as_ref().ok().map(|r| r.status().as_u16()));
             response
         })
     }
@@ -69,16 +70,43 @@ pub fn verb(method: &Method, path: &str, query: Option<&str>) -> &'static str {
     }
 }
 
-/// True when `path` names a collection: `/api/v1/<resource>`, `/apis/<group>/<version>/<resource>`,
-/// or either with `namespaces/<namespace>/` before the resource.
-fn is_collection(path: &str) -> bool {
+/// The segments of `path` after its API group version (`/api/v1` or `/apis/<group>/<version>`),
+/// or `None` for a path outside the resource API (discovery, `/version`).
+fn after_group_version(path: &str) -> Option<Vec<&str>> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let rest = match segments.first() {
+    match segments.first() {
         Some(&"api") => segments.get(2..),
         Some(&"apis") => segments.get(3..),
         _ => None,
-    };
-    matches!(rest.unwrap_or_default(), [_] | ["namespaces", _, _])
+    }
+    .map(<[&str]>::to_vec)
+}
+
+/// The segments from the resource on: a namespaced path loses its `namespaces/<namespace>/`
+/// prefix. A Namespace's own subresources (`status`, `finalize`) keep it, as they name one.
+fn from_resource(path: &str) -> Option<Vec<&str>> {
+    let rest = after_group_version(path)?;
+    Some(match rest.as_slice() {
+        ["namespaces", _, resource, ..] if !matches!(*resource, "status" | "finalize") => rest[2..].to_vec(),
+        _ => rest,
+    })
+}
+
+/// True when `path` names a collection: `/api/v1/<resource>`, `/apis/<group>/<version>/<resource>`,
+/// or either with `namespaces/<namespace>/` before the resource.
+fn is_collection(path: &str) -> bool {
+    from_resource(path).is_some_and(|rest| rest.len() == 1)
+}
+
+/// The resource a request is about (`secrets`, `tenants/status`), for telling the requests of
+/// one kind apart in the metrics; `other` outside the resource API. Bounded: the operator
+/// talks to a fixed set of resources.
+pub fn resource(path: &str) -> String {
+    match from_resource(path).as_deref() {
+        Some([resource]) | Some([resource, _]) => resource.to_string(),
+        Some([resource, _, subresource, ..]) => format!("{resource}/{subresource}"),
+        _ => "other".to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -98,6 +126,20 @@ mod tests {
         assert_eq!(get("/apis/apps/v1/namespaces/tenant-acme/deployments", None), "list");
         assert_eq!(get("/apis/apps/v1/namespaces/tenant-acme/deployments/crm", None), "get");
         assert_eq!(get("/apis/apps/v1/namespaces/tenant-acme/deployments/crm/status", None), "get");
+    }
+
+    #[test]
+    fn resources_are_named_without_namespace_or_object() {
+        assert_eq!(resource("/api/v1/namespaces"), "namespaces");
+        assert_eq!(resource("/api/v1/namespaces/tenant-acme"), "namespaces");
+        assert_eq!(resource("/api/v1/namespaces/tenant-acme/finalize"), "namespaces/finalize");
+        assert_eq!(resource("/api/v1/namespaces/tenant-acme/secrets"), "secrets");
+        assert_eq!(resource("/api/v1/namespaces/tenant-acme/secrets/tenant-database"), "secrets");
+        assert_eq!(resource("/apis/bizosaas.io/v1alpha1/tenants/acme/status"), "tenants/status");
+        assert_eq!(resource("/apis/apps/v1/namespaces/tenant-acme/deployments/crm/scale"), "deployments/scale");
+        assert_eq!(resource("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"), "selfsubjectaccessreviews");
+        assert_eq!(resource("/version"), "other");
+        assert_eq!(resource("/apis"), "other");
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub struct ReasonLabels {
 pub struct RequestLabels {
     /// `get`, `list`, `watch`, `create`, `update`, `patch` or `delete`.
     pub verb: &'static str,
+    /// The resource, with its subresource: `secrets`, `tenants/status`.
+    pub resource: String,
     /// The HTTP status code, or `error` when no response came.
     pub code: String,
 }
@@ -164,7 +166,7 @@ impl Metrics {
         );
         sub.register(
             "kube_requests",
-            "Requests to the Kubernetes API by verb and status code",
+            "Requests to the Kubernetes API by verb, resource and status code",
             metrics.kube_requests.clone(),
         );
         sub.register("objects", "Objects by kind and the status of their Ready condition", metrics.objects.clone());
@@ -233,9 +235,9 @@ impl Metrics {
     }
 
     /// Counts one request to the Kubernetes API and its response.
-    pub fn kube_request(&self, verb: &'static str, code: Option<u16>) {
+    pub fn kube_request(&self, verb: &'static str, resource: String, code: Option<u16>) {
         let code = code.map_or_else(|| "error".to_string(), |c| c.to_string());
-        self.kube_requests.get_or_create(&RequestLabels { verb, code }).inc();
+        self.kube_requests.get_or_create(&RequestLabels { verb, resource, code }).inc();
     }
 
     /// Counts one reconcile requeued after an error.

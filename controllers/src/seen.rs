@@ -25,6 +25,31 @@ pub trait LiveVersions: Send + Sync {
 #[derive(Default)]
 pub struct Seen {
     entries: Mutex<HashMap<u64, Entry>>,
+    /// Children with a write sent and its answer not recorded yet, and the versions of their
+    /// watch events that arrived meanwhile, each with the tenant it would have reconciled.
+    /// The watch may deliver a write's own event before the write's answer is processed.
+    in_flight: Mutex<HashMap<u64, Vec<Held>>>,
+    /// Where the tenants of held events that turn out not to be echoes are sent to be
+    /// reconciled after all.
+    wake: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+}
+
+/// A watch event held during a write: the digest of its version, and the tenant it would
+/// have reconciled.
+type Held = (u64, Option<String>);
+
+/// A write in flight for one child, from [`Seen::writing`]. Recording the child's new
+/// version ends it; dropped without that (the write failed), every event held meanwhile is
+/// let through.
+pub struct InFlight<'a> {
+    seen: &'a Seen,
+    key: u64,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.seen.resolve(self.key, None);
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -61,11 +86,52 @@ fn digest<T: Hash + ?Sized>(value: &T) -> u64 {
 }
 
 impl Seen {
+    /// A `Seen` that sends the tenants of held events that were not echoes to `wake`.
+    pub fn waking(wake: tokio::sync::mpsc::UnboundedSender<String>) -> Self {
+        Seen { wake: Some(wake), ..Default::default() }
+    }
+
     /// True when the child was last written or checked at `version`: a watch event at that
     /// version only echoes what the controller already knows, and needs no reconcile.
     pub fn is_current(&self, key: &ChildKey, version: &str) -> bool {
         let entries = self.entries.lock().expect("seen lock");
         entries.get(&key.digest()).is_some_and(|e| e.version == digest(version))
+    }
+
+    /// True when a watch event of the child at `version` needs no reconcile of `tenant`: it
+    /// echoes what is known, or it arrived while a write of the child was in flight and is
+    /// held until that write's answer says whether it was the write's own event.
+    pub fn is_echo(&self, key: &ChildKey, version: &str, tenant: Option<String>) -> bool {
+        if self.is_current(key, version) {
+            return true;
+        }
+        let mut in_flight = self.in_flight.lock().expect("in flight lock");
+        match in_flight.get_mut(&key.digest()) {
+            Some(held) => {
+                held.push((digest(version), tenant));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Marks a write of the child as sent, until the returned guard is dropped or the child's
+    /// new version is recorded.
+    pub fn writing(&self, key: &ChildKey) -> InFlight<'_> {
+        let key = key.digest();
+        self.in_flight.lock().expect("in flight lock").entry(key).or_default();
+        InFlight { seen: self, key }
+    }
+
+    /// Ends a write in flight: the events held meanwhile at another `version` than the one
+    /// written (all of them without one) reconcile their tenants after all.
+    fn resolve(&self, key: u64, version: Option<u64>) {
+        let Some(held) = self.in_flight.lock().expect("in flight lock").remove(&key) else { return };
+        for (_, tenant) in held.into_iter().filter(|(v, _)| Some(*v) != version) {
+            if let (Some(wake), Some(tenant)) = (&self.wake, tenant) {
+                let _ = wake.send(tenant);
+            }
+        }
     }
 
     /// True when the watch shows the child at the resourceVersion it was last seen at, for
@@ -80,16 +146,19 @@ impl Seen {
         entries.get(&key.digest()).is_some_and(|e| e.version == digest(version) && e.desired == desired)
     }
 
-    /// Records that the child holds `desired` at `version`.
+    /// Records that the child holds `desired` at `version`, ending a write in flight.
     pub fn record(&self, key: &ChildKey, version: Option<&str>, desired: u64) {
-        let mut entries = self.entries.lock().expect("seen lock");
-        match version {
-            Some(version) => {
-                let namespace = digest(key.namespace.unwrap_or(key.name));
-                entries.insert(key.digest(), Entry { namespace, version: digest(version), desired })
-            }
-            None => entries.remove(&key.digest()),
-        };
+        {
+            let mut entries = self.entries.lock().expect("seen lock");
+            match version {
+                Some(version) => {
+                    let namespace = digest(key.namespace.unwrap_or(key.name));
+                    entries.insert(key.digest(), Entry { namespace, version: digest(version), desired })
+                }
+                None => entries.remove(&key.digest()),
+            };
+        }
+        self.resolve(key.digest(), version.map(digest));
     }
 
     /// Forgets every child in `namespace`, and the Namespace itself (its tenant is gone).
@@ -144,6 +213,34 @@ mod tests {
         assert!(seen.is_current(&key("t", "q"), "7"), "the watch event of the write itself");
         assert!(!seen.is_current(&key("t", "q"), "8"), "a change since");
         assert!(!seen.is_current(&key("t", "other"), "7"), "another child");
+    }
+
+    #[test]
+    fn an_event_during_a_write_is_held_until_the_answer_says_whose_it_is() {
+        let (wake, mut woken) = tokio::sync::mpsc::unbounded_channel();
+        let seen = Seen::waking(wake);
+        assert!(!seen.is_echo(&key("t", "q"), "5", Some("t".into())), "no write in flight");
+        // The write's own event arrives before its answer: held, then dropped.
+        let write = seen.writing(&key("t", "q"));
+        assert!(seen.is_echo(&key("t", "q"), "7", Some("t".into())));
+        seen.record(&key("t", "q"), Some("7"), 1);
+        drop(write);
+        assert!(woken.try_recv().is_err(), "the write's own event woke the tenant");
+        assert!(seen.is_echo(&key("t", "q"), "7", Some("t".into())), "the echo after the answer");
+        // Someone else's change arrives during the write: it wakes the tenant at the answer.
+        let write = seen.writing(&key("t", "q"));
+        assert!(seen.is_echo(&key("t", "q"), "8", Some("t".into())));
+        assert!(seen.is_echo(&key("t", "q"), "9", Some("t".into())));
+        seen.record(&key("t", "q"), Some("9"), 1);
+        drop(write);
+        assert_eq!(woken.try_recv().ok().as_deref(), Some("t"));
+        assert!(woken.try_recv().is_err(), "woken once per held event that was not the echo");
+        // A write that fails lets every held event through.
+        let write = seen.writing(&key("t", "q"));
+        assert!(seen.is_echo(&key("t", "q"), "10", Some("t".into())));
+        drop(write);
+        assert_eq!(woken.try_recv().ok().as_deref(), Some("t"));
+        assert!(!seen.is_echo(&key("t", "q"), "11", Some("t".into())), "nothing in flight any more");
     }
 
     #[test]

@@ -261,3 +261,53 @@ async fn tolerating_pods_land_on_the_kwok_node_and_the_rest_on_the_real_one() {
     }
     Api::<Namespace>::all(client).delete(&ns, &DeleteParams::background()).await.unwrap();
 }
+
+/// A child the operator creates on a first pass (a plain create, cheaper than an apply) is
+/// applied like any other afterwards: a field it stops setting leaves the live object, and
+/// the operator holds one managed-fields entry for it. A first pass over an object that exists
+/// after all applies instead of failing.
+#[tokio::test]
+async fn a_created_child_loses_the_fields_it_stops_setting() {
+    use bizosaas_controllers::FIELD_MANAGER;
+    use bizosaas_controllers::apply::Applier;
+    use bizosaas_controllers::metrics::Metrics;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let client = client().await;
+    let ns = test_namespace("e2e-apply-adopt");
+    let metrics = Metrics::new(&mut prometheus_client::registry::Registry::default(), &[]);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let config_map = |labels: &[&str], data: &[&str]| {
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = Some("child".into());
+        cm.metadata.labels = Some(labels.iter().map(|l| (l.to_string(), "1".to_string())).collect());
+        cm.data = Some(data.iter().map(|d| (d.to_string(), "1".to_string())).collect());
+        cm
+    };
+    let ours = |cm: &ConfigMap| -> Vec<String> {
+        let entries = cm.metadata.managed_fields.iter().flatten();
+        entries.filter(|e| e.manager.as_deref() == Some(FIELD_MANAGER)).filter_map(|e| e.operation.clone()).collect()
+    };
+    let keys = |map: Option<std::collections::BTreeMap<String, String>>| -> Vec<String> {
+        map.unwrap_or_default().into_keys().filter(|k| !k.starts_with("bizosaas.io/")).collect()
+    };
+
+    let first_pass = Applier { metrics: &metrics, controller: "e2e", compare: false, known: None };
+    assert!(first_pass.ensure(&api, &config_map(&["a", "b"], &["x", "y"])).await.unwrap());
+    let created = api.get("child").await.unwrap();
+    assert_eq!(ours(&created), ["Update"], "a first pass creates the child");
+
+    let later = Applier { compare: true, ..first_pass };
+    assert!(later.ensure(&api, &config_map(&["a"], &["x"])).await.unwrap());
+    let applied = api.get("child").await.unwrap();
+    assert_eq!(keys(applied.metadata.labels.clone()), ["a"], "a label the operator stopped setting stayed");
+    assert_eq!(keys(applied.data.clone()), ["x"], "a key the operator stopped setting stayed");
+    assert_eq!(ours(&applied), ["Apply"]);
+    assert!(!later.ensure(&api, &config_map(&["a"], &["x"])).await.unwrap(), "a converged child is written again");
+
+    // A first pass that finds the child there (an earlier attempt created it) applies it.
+    assert!(first_pass.ensure(&api, &config_map(&["a", "c"], &["x"])).await.unwrap());
+    let reapplied = api.get("child").await.unwrap();
+    assert_eq!(keys(reapplied.metadata.labels.clone()), ["a", "c"]);
+    assert_eq!(ours(&reapplied), ["Apply"]);
+    Api::<Namespace>::all(client).delete(&ns, &DeleteParams::background()).await.unwrap();
+}

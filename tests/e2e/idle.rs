@@ -48,8 +48,8 @@ async fn a_converged_tenant_causes_no_writes() {
     for kind in watched {
         reads_before.push(reads(kind).await);
     }
-    // Secrets are watched per namespace without a store: read each time, which shows the
-    // counter counts.
+    // The database Secret is read each time for the password it holds (once, and compared
+    // with that copy), which shows the counter counts.
     let secret_reads_before = reads("Secret").await;
     for i in 0..3 {
         let before = op.metric("bizosaas_reconciles_total", &tenant_reconciles).await;

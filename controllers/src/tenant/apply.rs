@@ -5,13 +5,14 @@ use super::CONTROLLER;
 use super::build::{self, BuildError, Children, DATABASE_POLICY, Owner};
 use super::child_stores::{ChildIndex, KnownChild};
 use super::controller::{Error, TenantContext};
+use super::quota_wait::enforced_quota;
 use super::status::{self, *};
 use super::{database, database_egress};
 use crate::apply::{Applier, Known};
 use crate::conditions::Observed;
 use crate::context::Context;
-use crate::quantity;
 use bizosaas_crds::Tenant;
+use futures::TryFutureExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Service, ServiceAccount};
@@ -22,6 +23,7 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::time::Duration;
 use tracing::debug;
 
@@ -68,12 +70,21 @@ pub(super) async fn apply(tenant: &Tenant, t: &TenantContext) -> Result<Action, 
         Err(e) => return Err(e.into()),
     };
 
-    // The namespace as the watch knows it; read only when the watch has not seen it.
+    let first_pass = first_pass_here(tenant, ctx);
+    let applier = applier(tenant, first_pass, t);
+    // The namespace as the watch knows it; read only when the watch has not seen it. A first
+    // provisioning creates it at once instead, before anything else, and reads it only when
+    // it exists already: a create never takes over a namespace someone else made.
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
     let namespace_name = children.namespace.name_any();
     let known_namespace = t.children.namespace(&namespace_name);
+    let mut namespace_created = false;
     let live_namespace = match &known_namespace {
         Some(_) => None,
+        None if !applier.compare && applier.create(&namespaces, &children.namespace).await? => {
+            namespace_created = true;
+            None
+        }
         None => namespaces.get_opt(&namespace_name).await?,
     };
     let existing = known_namespace.or_else(|| live_namespace.as_ref().map(|n| KnownChild::of(&n.metadata)));
@@ -106,9 +117,7 @@ pub(super) async fn apply(tenant: &Tenant, t: &TenantContext) -> Result<Action, 
     children.network_policies.extend(db_egress.policy);
     let retained: BTreeSet<String> = db_egress.keep_live.then(|| DATABASE_POLICY.to_string()).into_iter().collect();
     let observed_generation = tenant.status.as_ref().and_then(|s| s.observed_generation);
-    let first_pass = first_pass_here(tenant, ctx);
     let spec_changed = first_pass || observed_generation != tenant.metadata.generation;
-    let applier = applier(tenant, first_pass, t);
     let started = std::time::Instant::now();
     // A namespace that did not exist before this reconcile holds no credentials handed out
     // earlier: the database is provisioned meanwhile, without reading the Secret first.
@@ -116,27 +125,27 @@ pub(super) async fn apply(tenant: &Tenant, t: &TenantContext) -> Result<Action, 
     let client = ctx.client.clone();
     let ns = owner.namespace.as_str();
     let (grant, granted_here) = Grant::new();
-    // The namespace, then the operator's RoleBinding in it. What the operator may write in
-    // any namespace goes at once; what needs that RoleBinding (Deployments, the database
-    // Secret) waits, meanwhile, until the authorizer knows it.
+    // The namespace, then the operator's RoleBinding in it (through which the operator writes
+    // everything else there), then all the rest at once.
     let namespaced = async {
         match &live_namespace {
+            _ if namespace_created => false,
             Some(live) => applier.ensure_against(&namespaces, &children.namespace, Some(live)).await?,
             None => applier.ensure(&namespaces, &children.namespace).await?,
         };
         let bindings = Api::<RoleBinding>::namespaced(client.clone(), ns);
         let binding_written = applier.ensure(&bindings, &children.operator_binding).await?;
-        let needs_binding = async {
-            if binding_written {
-                granted(ns, ctx).await?;
-            }
-            grant.open();
-            let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
-            let writes = children.services.iter().map(|w| applier.ensure(&deployments, &w.deployment));
-            futures::future::try_join_all(writes).await?;
-            Ok::<_, Error>(binding_written)
-        };
-        futures::try_join!(apply_children(&owner, &children, applier, t), needs_binding)
+        grant.open(binding_written);
+        let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
+        let writes = children
+            .services
+            .iter()
+            .map(|w| until_granted(binding_written, || applier.ensure(&deployments, &w.deployment)));
+        let (observed, _) = futures::try_join!(
+            apply_children(&owner, &children, binding_written, applier, t),
+            futures::future::try_join_all(writes).map_err(Error::from)
+        )?;
+        Ok::<_, Error>((observed, binding_written))
     };
     let ((mut observed, binding_written), (database_condition, database)) =
         futures::try_join!(namespaced, database::ensure(tenant, &owner, fresh_namespace, &granted_here, applier, ctx))?;
@@ -148,7 +157,7 @@ pub(super) async fn apply(tenant: &Tenant, t: &TenantContext) -> Result<Action, 
     {
         *network = failure;
     }
-    debug!(ms = started.elapsed().as_millis(), granted_wait = binding_written, fresh_namespace, "tenant applied");
+    debug!(ms = started.elapsed().as_millis(), fresh_binding = binding_written, fresh_namespace, "tenant applied");
     let database_failed = !database_condition.0.status;
     observed.push(database_condition.0);
     observed.push(database_condition.1);
@@ -177,12 +186,13 @@ pub(super) async fn apply(tenant: &Tenant, t: &TenantContext) -> Result<Action, 
     })
 }
 
-/// Applies the children the operator may write in any namespace, all at once (the namespace
-/// and the operator's RoleBinding are already applied), and says whether the quota is
-/// enforced yet.
+/// Applies the children, all at once (the namespace and the operator's RoleBinding are
+/// applied already; `fresh_binding`: that RoleBinding was written just now), and says whether
+/// the quota is enforced yet.
 async fn apply_children(
     owner: &Owner,
     c: &Children,
+    fresh_binding: bool,
     a: Applier<'_>,
     t: &TenantContext,
 ) -> Result<Vec<Observed>, Error> {
@@ -196,20 +206,34 @@ async fn apply_children(
     let limits = Api::<LimitRange>::namespaced(client.clone(), ns);
     let accounts = Api::<ServiceAccount>::namespaced(client.clone(), ns);
 
+    // Held from before the quota is written until it has been looked at for the last time:
+    // the quota's watch events meanwhile show up in that look, not in a reconcile of their own.
+    let awaiting = t.awaited_quotas.hold(ns);
     // The quota watch keeps whole quotas: one it has seen is compared with that copy, not read.
     let live_quota = t.children.quota(ns, &c.resource_quota.name_any()).filter(|_| a.compare);
     let quota: BoxFuture<'_, Result<bool, kube::Error>> = match live_quota {
-        Some(live) => Box::pin(async move { a.ensure_against(&quotas, &c.resource_quota, Some(live.as_ref())).await }),
-        None => Box::pin(a.ensure(&quotas, &c.resource_quota)),
+        Some(live) => {
+            let quotas = &quotas;
+            Box::pin(until_granted(fresh_binding, move || {
+                let live = live.clone();
+                async move { a.ensure_against(quotas, &c.resource_quota, Some(live.as_ref())).await }
+            }))
+        }
+        None => Box::pin(until_granted(fresh_binding, || a.ensure(&quotas, &c.resource_quota))),
     };
-    let mut writes: Vec<BoxFuture<'_, Result<bool, kube::Error>>> =
-        vec![quota, Box::pin(a.ensure(&limits, &c.limit_range)), Box::pin(a.ensure(&accounts, &c.service_account))];
-    writes.extend(c.network_policies.iter().map(|p| Box::pin(a.ensure(&policies, p)) as BoxFuture<'_, _>));
+    let ensure = |api, desired| -> BoxFuture<'_, Result<bool, kube::Error>> {
+        Box::pin(until_granted(fresh_binding, move || async move { a.ensure(api, desired).await }))
+    };
+    let mut writes = vec![quota];
+    writes.push(Box::pin(until_granted(fresh_binding, || a.ensure(&limits, &c.limit_range))));
+    writes.push(Box::pin(until_granted(fresh_binding, || a.ensure(&accounts, &c.service_account))));
+    writes.extend(c.network_policies.iter().map(|p| ensure(&policies, p)));
+    // RoleBindings are written with the operator's own rights, not through its RoleBinding.
     writes.extend(c.role_bindings.iter().map(|b| Box::pin(a.ensure(&bindings, b)) as BoxFuture<'_, _>));
     for w in &c.services {
-        writes.push(Box::pin(a.ensure(&services, &w.service)));
+        writes.push(Box::pin(until_granted(fresh_binding, || a.ensure(&services, &w.service))));
         if let Some(ingress) = &w.ingress {
-            writes.push(Box::pin(a.ensure(&ingresses, ingress)));
+            writes.push(Box::pin(until_granted(fresh_binding, || a.ensure(&ingresses, ingress))));
         }
     }
     let written = futures::future::try_join_all(writes).await?;
@@ -217,7 +241,7 @@ async fn apply_children(
     // Until the quota controller has recorded the quota, the API server refuses every counted
     // object (crews, workflows) with "status unknown for quota": not ready before that.
     let quota_written = written.first().copied().unwrap_or(false);
-    let quota = if enforced_quota(&c.resource_quota, quota_written, t).await {
+    let quota = if enforced_quota(&c.resource_quota, quota_written, &t.children, awaiting).await {
         Observed::ok(
             QUOTA_READY,
             "Enforced",
@@ -307,99 +331,61 @@ async fn prune_children(
     Ok(())
 }
 
-/// Opens once the API server's authorizer knows the operator's RoleBinding in the tenant
-/// namespace: what reads or writes Secrets there waits for it.
-pub(super) struct Grant(tokio::sync::watch::Sender<bool>);
+/// Opens once the operator's RoleBinding in the tenant namespace is written: what reads or
+/// writes Secrets there waits for it.
+pub(super) struct Grant(tokio::sync::watch::Sender<Option<bool>>);
 
 /// The waiting side of a [`Grant`].
-pub(super) struct Granted(tokio::sync::watch::Receiver<bool>);
+pub(super) struct Granted(tokio::sync::watch::Receiver<Option<bool>>);
 
 impl Grant {
     fn new() -> (Grant, Granted) {
-        let (open, opened) = tokio::sync::watch::channel(false);
+        let (open, opened) = tokio::sync::watch::channel(None);
         (Grant(open), Granted(opened))
     }
 
-    fn open(&self) {
-        self.0.send_replace(true);
+    /// Opens the grant; `fresh`: the RoleBinding was written just now.
+    fn open(&self, fresh: bool) {
+        self.0.send_replace(Some(fresh));
     }
 }
 
 impl Granted {
-    /// Returns once the grant is open, or once its side is gone (the reconcile is failing).
-    pub(super) async fn wait(&self) {
-        let _ = self.0.clone().wait_for(|open| *open).await;
+    /// Sends `request` once the grant is open (or once its side is gone: the reconcile is
+    /// failing), through [`until_granted`].
+    pub(super) async fn when<T, F, Fut>(&self, request: F) -> Result<T, kube::Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, kube::Error>>,
+    {
+        let fresh = self.0.clone().wait_for(Option::is_some).await.ok().and_then(|open| *open).unwrap_or(false);
+        until_granted(fresh, request).await
     }
 }
 
-/// Waits (briefly) until the API server's authorizer knows the operator's fresh RoleBinding in
-/// `ns`, so the children written next are not refused while it catches up. It usually takes
-/// a few milliseconds: the first checks come quickly, later ones every 100 ms.
-async fn granted(ns: &str, ctx: &Context) -> Result<(), Error> {
-    use k8s_openapi::api::authorization::v1::{
-        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-    };
-    let review = SelfSubjectAccessReview {
-        spec: SelfSubjectAccessReviewSpec {
-            resource_attributes: Some(ResourceAttributes {
-                namespace: Some(ns.into()),
-                verb: Some("create".into()),
-                resource: Some("secrets".into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let api: Api<SelfSubjectAccessReview> = Api::all(ctx.client.clone());
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+/// How long a request refused right after the operator's RoleBinding was written is retried.
+const GRANT_WAIT: Duration = Duration::from_secs(5);
+
+/// Sends `request`, and while the API server refuses it (403) after the operator's
+/// RoleBinding in the namespace was written just now (`fresh_binding`), sends it again, for up
+/// to [`GRANT_WAIT`]: the authorizer learns of a new RoleBinding a few milliseconds after it
+/// is written. Retries start after 5 ms and double up to 100 ms. An operator with wider rights
+/// is never refused, and sends each request once.
+pub(super) async fn until_granted<T, F, Fut>(fresh_binding: bool, mut request: F) -> Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, kube::Error>>,
+{
+    let deadline = std::time::Instant::now() + GRANT_WAIT;
     let mut pause = Duration::from_millis(5);
-    while std::time::Instant::now() < deadline {
-        let answer = api.create(&Default::default(), &review).await?;
-        if answer.status.is_some_and(|s| s.allowed) {
-            return Ok(());
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(100));
-    }
-    // Not granted within 5 s: the writes that follow report what is refused.
-    Ok(())
-}
-
-/// How long a reconcile that has just written the quota waits for the quota controller to
-/// record it (usually well under a second): cheaper than a second pass over every child.
-const QUOTA_WAIT: Duration = Duration::from_secs(3);
-
-/// Whether the live quota is enforced; after a write, waits up to [`QUOTA_WAIT`] for it. The
-/// quota watch keeps the whole quota, status included, so this reads no quota from the API
-/// server: it looks at the watch's copy, and after a write polls that copy until the quota
-/// controller's status update arrives. Without a write, a quota not enforced yet is looked at
-/// again when its watch event reconciles the Tenant.
-async fn enforced_quota(desired: &ResourceQuota, just_written: bool, t: &TenantContext) -> bool {
-    let (namespace, name) = (desired.namespace().unwrap_or_default(), desired.name_any());
-    let deadline = std::time::Instant::now() + QUOTA_WAIT;
     loop {
-        if t.children.quota(&namespace, &name).is_some_and(|live| quota_enforced(&live, desired)) {
-            return true;
+        match request().await {
+            Err(kube::Error::Api(e)) if fresh_binding && e.code == 403 && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            answer => return answer,
         }
-        if !just_written || std::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// True when the quota controller has recorded the desired limits and the usage of every
-/// limited resource; before that the API server's quota admission answers "status unknown".
-pub fn quota_enforced(live: &ResourceQuota, desired: &ResourceQuota) -> bool {
-    let wanted = desired.spec.as_ref().and_then(|s| s.hard.as_ref());
-    let status = live.status.as_ref();
-    let (recorded, used) = (status.and_then(|s| s.hard.as_ref()), status.and_then(|s| s.used.as_ref()));
-    match (wanted, recorded, used) {
-        (Some(wanted), Some(recorded), Some(used)) => wanted
-            .iter()
-            .all(|(k, v)| recorded.get(k).is_some_and(|r| quantity::same(&r.0, &v.0)) && used.contains_key(k)),
-        _ => false,
     }
 }
 
@@ -407,6 +393,35 @@ pub fn quota_enforced(live: &ResourceQuota, desired: &ResourceQuota) -> bool {
 mod tests {
     use super::*;
     use bizosaas_crds::{LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY};
+
+    #[tokio::test]
+    async fn a_request_refused_right_after_the_binding_was_written_is_sent_again() {
+        let forbidden =
+            || kube::Error::Api(kube::core::Status::failure("forbidden", "Forbidden").with_code(403).boxed());
+        let sent = std::sync::atomic::AtomicU32::new(0);
+        let refused_twice = || async {
+            match sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 | 1 => Err(forbidden()),
+                n => Ok(n),
+            }
+        };
+        assert_eq!(until_granted(true, refused_twice).await.unwrap(), 2);
+        assert_eq!(sent.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+        // Without a fresh RoleBinding, a refusal is an answer: sent once.
+        sent.store(0, std::sync::atomic::Ordering::SeqCst);
+        assert!(until_granted(false, refused_twice).await.is_err());
+        assert_eq!(sent.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // Another error is never retried.
+        let missing = || async {
+            sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err::<(), _>(kube::Error::Api(kube::core::Status::failure("gone", "NotFound").with_code(404).boxed()))
+        };
+        sent.store(0, std::sync::atomic::Ordering::SeqCst);
+        assert!(until_granted(true, missing).await.is_err());
+        assert_eq!(sent.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn foreign_namespaces_are_not_ours() {
@@ -417,31 +432,5 @@ mod tests {
         assert!(!is_ours(&ns.metadata, "acme"), "our label for another tenant is not enough");
         ns.labels_mut().insert(LABEL_TENANT.into(), "acme".into());
         assert!(is_ours(&ns.metadata, "acme"));
-    }
-
-    #[test]
-    fn a_quota_counts_as_enforced_once_its_status_matches() {
-        use k8s_openapi::api::core::v1::{ResourceQuotaSpec, ResourceQuotaStatus};
-        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-        let hard = |pods: &str| Some([("pods".to_string(), Quantity(pods.into()))].into());
-        let desired = ResourceQuota {
-            spec: Some(ResourceQuotaSpec { hard: hard("20"), ..Default::default() }),
-            ..Default::default()
-        };
-        let mut live = desired.clone();
-        assert!(!quota_enforced(&live, &desired), "no status yet");
-        live.status = Some(ResourceQuotaStatus { hard: hard("10"), used: hard("0") });
-        assert!(!quota_enforced(&live, &desired), "old limits");
-        live.status = Some(ResourceQuotaStatus { hard: hard("20"), used: None });
-        assert!(!quota_enforced(&live, &desired), "usage not counted yet");
-        live.status = Some(ResourceQuotaStatus { hard: hard("20"), used: hard("0") });
-        assert!(quota_enforced(&live, &desired));
-        let memory = |m: &str| Some([("memory".to_string(), Quantity(m.into()))].into());
-        let desired = ResourceQuota {
-            spec: Some(ResourceQuotaSpec { hard: memory("1024Mi"), ..Default::default() }),
-            ..Default::default()
-        };
-        live.status = Some(ResourceQuotaStatus { hard: memory("1Gi"), used: memory("0") });
-        assert!(quota_enforced(&live, &desired), "1024Mi is recorded as 1Gi");
     }
 }

@@ -4,6 +4,7 @@
 use super::build::BuildError;
 use super::child_stores::{ChildStores, index, reflect_whole};
 use super::finalize::{self, FINALIZER};
+use super::quota_wait::AwaitedQuotas;
 use super::{CONTROLLER, apply, claims, database_egress};
 use crate::census;
 use crate::context::Context;
@@ -103,10 +104,21 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let children = ChildStores::new(quotas);
     // A child's watch event at the version this controller last wrote or checked echoes its
     // own write: only other changes (hand edits, deletions, the quota controller) reconcile.
-    let seen = Arc::new(Seen::default());
+    // Events held while a write was in flight that were someone else's change come back here.
+    let (wake, woken) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let seen = Arc::new(Seen::waking(wake));
+    let woken = futures::stream::unfold(woken, |mut woken| async move {
+        woken.recv().await.map(|tenant| (ObjectRef::new(&tenant), woken))
+    });
+    let awaited_quotas = Arc::new(AwaitedQuotas::default());
+    let quotas = unless_awaited(
+        unless_echo(reflect_whole::<ResourceQuota>(&client, &ours, quotas_writer), &seen),
+        &awaited_quotas,
+    );
     let mut controller = Controller::for_stream(tenants, reader)
+        .reconcile_on(woken)
         .watches_stream(unless_echo(index::<Namespace>(&client, &ours, children.namespaces.clone()), &seen), tenant_of)
-        .watches_stream(unless_echo(reflect_whole::<ResourceQuota>(&client, &ours, quotas_writer), &seen), tenant_of)
+        .watches_stream(quotas, tenant_of)
         .watches_stream(unless_echo(index::<LimitRange>(&client, &ours, children.limits.clone()), &seen), tenant_of)
         .watches_stream(
             unless_echo(index::<NetworkPolicy>(&client, &ours, children.policies.clone()), &seen),
@@ -142,7 +154,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .run(
             reconcile,
             error_policy,
-            Arc::new(TenantContext { scaffold: Scaffold::new(CONTROLLER, ctx), tenants: every_tenant, children, seen }),
+            Arc::new(TenantContext {
+                scaffold: Scaffold::new(CONTROLLER, ctx),
+                tenants: every_tenant,
+                children,
+                seen,
+                awaited_quotas,
+            }),
         )
         .for_each(|_| futures::future::ready(()))
         .await;
@@ -180,7 +198,8 @@ fn user_change(tenant: &DeserializeGuard<Tenant>) -> Option<u64> {
     Some(hasher.finish())
 }
 
-/// `children` without the changes that are this controller's own writes coming back.
+/// `children` without the changes that are this controller's own writes coming back, also
+/// when one comes back before its write's answer (held until then, see [`Seen::is_echo`]).
 fn unless_echo<K, S>(children: S, seen: &Arc<Seen>) -> impl futures::Stream<Item = S::Item> + Send + 'static
 where
     K: Resource<DynamicType = ()> + Send + 'static,
@@ -189,8 +208,22 @@ where
     let seen = seen.clone();
     children.try_filter(move |child| {
         let version = child.meta().resource_version.as_deref();
-        let echo = version.is_some_and(|v| seen.is_current(&ChildKey::of(child), v));
+        let tenant = || child.labels().get(LABEL_TENANT).cloned();
+        let echo = version.is_some_and(|v| seen.is_echo(&ChildKey::of(child), v, tenant()));
         futures::future::ready(!echo)
+    })
+}
+
+/// `quotas` without the changes a reconcile is waiting for: that reconcile sees them in the
+/// quota store, which the watch has updated before they get here.
+fn unless_awaited<S>(quotas: S, awaited: &Arc<AwaitedQuotas>) -> impl futures::Stream<Item = S::Item> + Send + 'static
+where
+    S: futures::Stream<Item = Result<ResourceQuota, watcher::Error>> + Send + 'static,
+{
+    let awaited = awaited.clone();
+    quotas.try_filter(move |quota| {
+        let held = quota.namespace().is_some_and(|ns| awaited.is_awaited(&ns));
+        futures::future::ready(!held)
     })
 }
 
@@ -200,12 +233,15 @@ fn tenant_of<K: Resource>(child: K) -> Option<ObjectRef<DeserializeGuard<Tenant>
 }
 
 /// What the Tenant controller's reconciles share: the scaffold, every Tenant for the claims
-/// that span tenants (custom domains), the children's metadata and what was last seen of them.
+/// that span tenants (custom domains), the children's metadata, what was last seen of them
+/// and which quotas are awaited.
 pub(super) struct TenantContext {
     pub scaffold: Scaffold,
     pub tenants: Store<DeserializeGuard<Tenant>>,
     pub children: ChildStores,
     pub seen: Arc<Seen>,
+    /// The quotas reconciles are waiting for, whose watch events need no reconcile.
+    pub awaited_quotas: Arc<AwaitedQuotas>,
 }
 
 async fn reconcile(guard: Arc<DeserializeGuard<Tenant>>, t: Arc<TenantContext>) -> Result<Action, Error> {

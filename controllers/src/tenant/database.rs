@@ -1,6 +1,7 @@
 //! A Tenant's PostgreSQL database and where its credentials are handed out: the
 //! `tenant-database` Secret or the tenant's Vault path.
 
+use super::CONTROLLER;
 use super::apply::{Granted, RESYNC};
 use super::build::{self, DATABASE_SECRET, Owner};
 use super::controller::Error;
@@ -50,11 +51,12 @@ pub(super) async fn ensure(
         },
     };
     let names = TenantNames::new(&owner.name)?;
-    let password = match store.handed_out_password(&owner.name, fresh_namespace, granted).await {
-        Ok(password) => password,
-        Err(StoreError::Vault(e)) => return failed(vault_reason(&e), e.to_string()),
-        Err(StoreError::Kube(e)) => return Err(e.into()),
-    };
+    let HandedOut { password, secret } =
+        match store.handed_out(&owner.name, fresh_namespace, granted, &ctx.metrics).await {
+            Ok(handed_out) => handed_out,
+            Err(StoreError::Vault(e)) => return failed(vault_reason(&e), e.to_string()),
+            Err(StoreError::Kube(e)) => return Err(e.into()),
+        };
     let new_password = password.is_none();
     if new_password {
         info!(role = %names.app_role, "no credentials handed out yet: a new password will be set");
@@ -115,7 +117,7 @@ pub(super) async fn ensure(
         }
     };
     let database_ok = Observed::ok(DATABASE_READY, "Provisioned", db_msg);
-    let secrets_ok = match store.store(owner, &creds, granted, applier, &ctx.config).await {
+    let secrets_ok = match store.store(owner, &creds, secret.as_ref(), granted, applier, &ctx.config).await {
         Ok(message) => Observed::ok(SECRETS_READY, "Stored", message),
         Err(StoreError::Vault(e)) => Observed::failed(SECRETS_READY, vault_reason(&e), e.to_string()),
         Err(StoreError::Kube(e)) => return Err(e.into()),
@@ -187,49 +189,63 @@ enum CredentialStore<'a> {
     Vault(&'a Vault),
 }
 
+/// What a [`CredentialStore`] holds for the tenant before this reconcile.
+struct HandedOut {
+    /// The password already handed out, if any.
+    password: Option<String>,
+    /// The `tenant-database` Secret it was read from: what the Secret is compared with
+    /// before it is written, instead of reading it again.
+    secret: Option<Secret>,
+}
+
 enum StoreError {
     Kube(kube::Error),
     Vault(VaultError),
 }
 
 impl CredentialStore<'_> {
-    /// The password already handed out, so reconciles never rotate it by accident.
-    async fn handed_out_password(
+    /// What was handed out already, so reconciles never rotate the password by accident.
+    async fn handed_out(
         &self,
         tenant: &str,
         fresh_namespace: bool,
         granted: &Granted,
-    ) -> Result<Option<String>, StoreError> {
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<HandedOut, StoreError> {
         match self {
-            CredentialStore::Secret(_) if fresh_namespace => Ok(None),
+            CredentialStore::Secret(_) if fresh_namespace => Ok(HandedOut { password: None, secret: None }),
             CredentialStore::Secret(api) => {
-                granted.wait().await;
-                let secret = api.get_opt(DATABASE_SECRET).await.map_err(StoreError::Kube)?;
-                Ok(secret
-                    .and_then(|s| s.data)
-                    .and_then(|d| d.get("password").cloned())
-                    .and_then(|p| String::from_utf8(p.0).ok()))
+                metrics.child_read(CONTROLLER, "Secret");
+                let secret = granted.when(|| api.get_opt(DATABASE_SECRET)).await.map_err(StoreError::Kube)?;
+                let password = secret
+                    .as_ref()
+                    .and_then(|s| s.data.as_ref())
+                    .and_then(|d| d.get("password"))
+                    .and_then(|p| String::from_utf8(p.0.clone()).ok());
+                Ok(HandedOut { password, secret })
             }
             CredentialStore::Vault(vault) => {
                 let data = vault.read(&Vault::tenant_database_path(tenant)).await.map_err(StoreError::Vault)?;
-                Ok(data.and_then(|d| d.get("password").cloned()))
+                Ok(HandedOut { password: data.and_then(|d| d.get("password").cloned()), secret: None })
             }
         }
     }
 
-    /// Stores the credentials; returns what the `SecretsReady` condition says.
+    /// Stores the credentials, comparing with the `live` Secret [`CredentialStore::handed_out`]
+    /// read (none in a fresh namespace); returns what the `SecretsReady` condition says.
     async fn store(
         &self,
         owner: &Owner,
         creds: &TenantCredentials,
+        live: Option<&Secret>,
         granted: &Granted,
         applier: Applier<'_>,
         config: &crate::Config,
     ) -> Result<String, StoreError> {
         match self {
             CredentialStore::Secret(api) => {
-                granted.wait().await;
-                applier.ensure(api, &build::database_secret(owner, creds)).await.map_err(StoreError::Kube)?;
+                let desired = build::database_secret(owner, creds);
+                granted.when(|| applier.ensure_against(api, &desired, live)).await.map_err(StoreError::Kube)?;
                 Ok(format!("Secret {DATABASE_SECRET} holds the credentials of {}", creds.username))
             }
             CredentialStore::Vault(vault) => {

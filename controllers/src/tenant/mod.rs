@@ -11,13 +11,14 @@ mod database;
 mod database_egress;
 mod finalize;
 pub mod plans;
+mod quota_wait;
 pub mod service_catalog;
 mod status;
 pub mod usage;
 
-pub use apply::quota_enforced;
 pub use controller::{Error, run};
 pub use finalize::FINALIZER;
+pub use quota_wait::quota_enforced;
 
 /// Controller name used in metrics, logs and events.
 pub const CONTROLLER: &str = "tenant";
