@@ -131,10 +131,12 @@ async fn replicas_fail_over_upgrades_roll_and_uninstall_keeps_tenants() {
         .delete(&leader_name, &DeleteParams::default())
         .await
         .unwrap();
+    // The new holder takes the Lease, then counts the hand-over in a second write: waited for
+    // too, so the count is read once written.
     let after = wait_for("another replica to take the Lease", Duration::from_secs(duration * 3), || async {
         let spec = lease(&client).await;
         let holder = spec.holder_identity.clone()?;
-        (holder != leader_name).then_some(spec)
+        (holder != leader_name && spec.lease_transitions != before.lease_transitions).then_some(spec)
     })
     .await;
     let took = started.elapsed();
