@@ -8,6 +8,7 @@
 //! load, and the LLM server for the one run that is read: `./dev bench gateway` does both.
 
 use crate::proc_stats;
+use crate::stats::percentile;
 use anyhow::{Context as _, bail};
 use bizosaas_crds::common::is_ready;
 use bizosaas_crds::{AgentCrew, Integration, Tenant};
@@ -98,8 +99,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         gateway_wall += started.elapsed().as_secs_f64();
         gateway_cpu += proc_stats::cpu_of(&[GATEWAY_COMM]) - cpu_before;
     }
-    let (d50, d99) = (percentile(&mut direct_ms, 0.50), percentile(&mut direct_ms, 0.99));
-    let (g50, g99) = (percentile(&mut gateway_ms, 0.50), percentile(&mut gateway_ms, 0.99));
+    let (d50, d99) = (percentile(&direct_ms, 0.50), percentile(&direct_ms, 0.99));
+    let (g50, g99) = (percentile(&gateway_ms, 0.50), percentile(&gateway_ms, 0.99));
     let replicas = proc_stats::pids_named(GATEWAY_COMM).len();
     println!(
         "gateway benchmark: {} reads of one crew run per path, {} in flight, {} rounds",
@@ -153,12 +154,6 @@ impl Path {
             .await;
         results.into_iter().collect()
     }
-}
-
-fn percentile(values: &mut [f64], p: f64) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    let i = ((values.len() as f64 - 1.0) * p).round() as usize;
-    values.get(i).copied().unwrap_or(f64::NAN)
 }
 
 /// The tenant, its model, a crew, and a caller that may read the crew's runs (the viewer role).
@@ -264,18 +259,5 @@ where
             bail!("timed out after {timeout:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles_pick_from_the_sorted_values() {
-        let mut values = vec![5.0, 1.0, 3.0, 2.0, 4.0];
-        assert_eq!(percentile(&mut values, 0.5), 3.0);
-        assert_eq!(percentile(&mut values, 0.99), 5.0);
-        assert!(percentile(&mut [], 0.5).is_nan());
     }
 }

@@ -14,6 +14,7 @@
 mod gateway;
 mod operator_process;
 mod proc_stats;
+mod stats;
 mod tenants;
 mod workflows;
 

@@ -2,6 +2,7 @@
 
 use crate::operator_process::OperatorProcess;
 use crate::proc_stats;
+use crate::stats::percentile;
 use anyhow::Context as _;
 use bizosaas_controllers::Config;
 use bizosaas_controllers::egress::resolve::Resolver;
@@ -99,16 +100,6 @@ impl Half {
     fn percentile(&self, p: f64) -> f64 {
         percentile(&self.latencies, p)
     }
-}
-
-/// The `p` quantile of `values` (NaN when there are none).
-fn percentile(values: &[f64], p: f64) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// When the quota controller recorded each bare tenant's quota, from a watch that runs beside

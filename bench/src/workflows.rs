@@ -5,6 +5,7 @@
 
 use crate::operator_process::OperatorProcess;
 use crate::proc_stats;
+use crate::stats::percentile;
 use anyhow::Context as _;
 use bizosaas_crds::common::is_ready;
 use bizosaas_crds::workflow::RunPhase;
@@ -99,15 +100,6 @@ struct Half {
     rss_mib: f64,
     cpu_seconds: f64,
     control_plane_cpu_seconds: f64,
-}
-
-fn percentile(values: &[f64], p: f64) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {

@@ -41,8 +41,10 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let verb = verb(request.method(), request.uri().path(), request.uri().query());
-        let resource = resource(request.uri().path());
+        // The path is split once, for both labels.
+        let segments = from_resource(request.uri().path());
+        let verb = verb_of(request.method(), segments.as_deref(), request.uri().query());
+        let resource = resource_of(segments.as_deref());
         let metrics = self.metrics.clone();
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -57,6 +59,11 @@ where
 /// (`watch=true`) or a `list` (a collection path: its last segment names a resource, which
 /// is the segment after a group version or after a namespace name).
 pub fn verb(method: &Method, path: &str, query: Option<&str>) -> &'static str {
+    verb_of(method, from_resource(path).as_deref(), query)
+}
+
+/// [`verb`] of a path already split by [`from_resource`].
+fn verb_of(method: &Method, segments: Option<&[&str]>, query: Option<&str>) -> &'static str {
     match *method {
         Method::POST => "create",
         Method::PUT => "update",
@@ -65,7 +72,8 @@ pub fn verb(method: &Method, path: &str, query: Option<&str>) -> &'static str {
         Method::GET if query.is_some_and(|q| q.split('&').any(|pair| pair == "watch=true" || pair == "watch=1")) => {
             "watch"
         }
-        Method::GET if is_collection(path) => "list",
+        // A collection: its path ends at the resource.
+        Method::GET if segments.is_some_and(|rest| rest.len() == 1) => "list",
         _ => "get",
     }
 }
@@ -92,17 +100,16 @@ fn from_resource(path: &str) -> Option<Vec<&str>> {
     })
 }
 
-/// True when `path` names a collection: `/api/v1/<resource>`, `/apis/<group>/<version>/<resource>`,
-/// or either with `namespaces/<namespace>/` before the resource.
-fn is_collection(path: &str) -> bool {
-    from_resource(path).is_some_and(|rest| rest.len() == 1)
-}
-
 /// The resource a request is about (`secrets`, `tenants/status`), for telling the requests of
 /// one kind apart in the metrics; `other` outside the resource API. Bounded: the operator
 /// talks to a fixed set of resources.
 pub fn resource(path: &str) -> String {
-    match from_resource(path).as_deref() {
+    resource_of(from_resource(path).as_deref())
+}
+
+/// [`resource`] of a path already split by [`from_resource`].
+fn resource_of(segments: Option<&[&str]>) -> String {
+    match segments {
         Some([resource]) | Some([resource, _]) => resource.to_string(),
         Some([resource, _, subresource, ..]) => format!("{resource}/{subresource}"),
         _ => "other".to_string(),

@@ -98,17 +98,18 @@ impl Seen {
         entries.get(&key.digest()).is_some_and(|e| e.version == digest(version))
     }
 
-    /// True when a watch event of the child at `version` needs no reconcile of `tenant`: it
-    /// echoes what is known, or it arrived while a write of the child was in flight and is
-    /// held until that write's answer says whether it was the write's own event.
-    pub fn is_echo(&self, key: &ChildKey, version: &str, tenant: Option<String>) -> bool {
+    /// True when a watch event of the child at `version` needs no reconcile of its `tenant`
+    /// (asked for only when the event is held): it echoes what is known, or it arrived while
+    /// a write of the child was in flight and is held until that write's answer says whether
+    /// it was the write's own event.
+    pub fn is_echo(&self, key: &ChildKey, version: &str, tenant: impl FnOnce() -> Option<String>) -> bool {
         if self.is_current(key, version) {
             return true;
         }
         let mut in_flight = self.in_flight.lock().expect("in flight lock");
         match in_flight.get_mut(&key.digest()) {
             Some(held) => {
-                held.push((digest(version), tenant));
+                held.push((digest(version), tenant()));
                 true
             }
             None => false,
@@ -219,28 +220,28 @@ mod tests {
     fn an_event_during_a_write_is_held_until_the_answer_says_whose_it_is() {
         let (wake, mut woken) = tokio::sync::mpsc::unbounded_channel();
         let seen = Seen::waking(wake);
-        assert!(!seen.is_echo(&key("t", "q"), "5", Some("t".into())), "no write in flight");
+        assert!(!seen.is_echo(&key("t", "q"), "5", || Some("t".into())), "no write in flight");
         // The write's own event arrives before its answer: held, then dropped.
         let write = seen.writing(&key("t", "q"));
-        assert!(seen.is_echo(&key("t", "q"), "7", Some("t".into())));
+        assert!(seen.is_echo(&key("t", "q"), "7", || Some("t".into())));
         seen.record(&key("t", "q"), Some("7"), 1);
         drop(write);
         assert!(woken.try_recv().is_err(), "the write's own event woke the tenant");
-        assert!(seen.is_echo(&key("t", "q"), "7", Some("t".into())), "the echo after the answer");
+        assert!(seen.is_echo(&key("t", "q"), "7", || Some("t".into())), "the echo after the answer");
         // Someone else's change arrives during the write: it wakes the tenant at the answer.
         let write = seen.writing(&key("t", "q"));
-        assert!(seen.is_echo(&key("t", "q"), "8", Some("t".into())));
-        assert!(seen.is_echo(&key("t", "q"), "9", Some("t".into())));
+        assert!(seen.is_echo(&key("t", "q"), "8", || Some("t".into())));
+        assert!(seen.is_echo(&key("t", "q"), "9", || Some("t".into())));
         seen.record(&key("t", "q"), Some("9"), 1);
         drop(write);
         assert_eq!(woken.try_recv().ok().as_deref(), Some("t"));
         assert!(woken.try_recv().is_err(), "woken once per held event that was not the echo");
         // A write that fails lets every held event through.
         let write = seen.writing(&key("t", "q"));
-        assert!(seen.is_echo(&key("t", "q"), "10", Some("t".into())));
+        assert!(seen.is_echo(&key("t", "q"), "10", || Some("t".into())));
         drop(write);
         assert_eq!(woken.try_recv().ok().as_deref(), Some("t"));
-        assert!(!seen.is_echo(&key("t", "q"), "11", Some("t".into())), "nothing in flight any more");
+        assert!(!seen.is_echo(&key("t", "q"), "11", || Some("t".into())), "nothing in flight any more");
     }
 
     #[test]

@@ -137,10 +137,8 @@ pub(super) async fn apply(tenant: &Tenant, t: &TenantContext) -> Result<Action, 
         let binding_written = applier.ensure(&bindings, &children.operator_binding).await?;
         grant.open(binding_written);
         let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
-        let writes = children
-            .services
-            .iter()
-            .map(|w| until_granted(binding_written, || applier.ensure(&deployments, &w.deployment)));
+        let writes =
+            children.services.iter().map(|w| ensure_granted(applier, binding_written, &deployments, &w.deployment));
         let (observed, _) = futures::try_join!(
             apply_children(&owner, &children, binding_written, applier, t),
             futures::future::try_join_all(writes).map_err(Error::from)
@@ -221,19 +219,18 @@ async fn apply_children(
         }
         None => Box::pin(until_granted(fresh_binding, || a.ensure(&quotas, &c.resource_quota))),
     };
-    let ensure = |api, desired| -> BoxFuture<'_, Result<bool, kube::Error>> {
-        Box::pin(until_granted(fresh_binding, move || async move { a.ensure(api, desired).await }))
-    };
-    let mut writes = vec![quota];
-    writes.push(Box::pin(until_granted(fresh_binding, || a.ensure(&limits, &c.limit_range))));
-    writes.push(Box::pin(until_granted(fresh_binding, || a.ensure(&accounts, &c.service_account))));
-    writes.extend(c.network_policies.iter().map(|p| ensure(&policies, p)));
+    let mut writes = vec![
+        quota,
+        ensure_granted(a, fresh_binding, &limits, &c.limit_range),
+        ensure_granted(a, fresh_binding, &accounts, &c.service_account),
+    ];
+    writes.extend(c.network_policies.iter().map(|p| ensure_granted(a, fresh_binding, &policies, p)));
     // RoleBindings are written with the operator's own rights, not through its RoleBinding.
     writes.extend(c.role_bindings.iter().map(|b| Box::pin(a.ensure(&bindings, b)) as BoxFuture<'_, _>));
     for w in &c.services {
-        writes.push(Box::pin(until_granted(fresh_binding, || a.ensure(&services, &w.service))));
+        writes.push(ensure_granted(a, fresh_binding, &services, &w.service));
         if let Some(ingress) = &w.ingress {
-            writes.push(Box::pin(until_granted(fresh_binding, || a.ensure(&ingresses, ingress))));
+            writes.push(ensure_granted(a, fresh_binding, &ingresses, ingress));
         }
     }
     let written = futures::future::try_join_all(writes).await?;
@@ -361,6 +358,25 @@ impl Granted {
         let fresh = self.0.clone().wait_for(Option::is_some).await.ok().and_then(|open| *open).unwrap_or(false);
         until_granted(fresh, request).await
     }
+}
+
+/// `a.ensure(api, desired)` through [`until_granted`].
+fn ensure_granted<'a, K>(
+    a: Applier<'a>,
+    fresh_binding: bool,
+    api: &'a Api<K>,
+    desired: &'a K,
+) -> BoxFuture<'a, Result<bool, kube::Error>>
+where
+    K: kube::Resource<DynamicType = ()>
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync,
+{
+    Box::pin(until_granted(fresh_binding, move || async move { a.ensure(api, desired).await }))
 }
 
 /// How long a request refused right after the operator's RoleBinding was written is retried.

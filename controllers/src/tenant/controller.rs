@@ -209,7 +209,7 @@ where
     children.try_filter(move |child| {
         let version = child.meta().resource_version.as_deref();
         let tenant = || child.labels().get(LABEL_TENANT).cloned();
-        let echo = version.is_some_and(|v| seen.is_echo(&ChildKey::of(child), v, tenant()));
+        let echo = version.is_some_and(|v| seen.is_echo(&ChildKey::of(child), v, tenant));
         futures::future::ready(!echo)
     })
 }
