@@ -3,7 +3,8 @@
 //!
 //! `bizosaas-bench tenants --count 100` provisions tenants twice: once as a bare kube client
 //! creating the children the Tenant builders produce (and the same PostgreSQL provisioning),
-//! once through Tenant objects reconciled by the operator binary.
+//! once through Tenant objects reconciled by the operator binary. Each half starts on a cluster
+//! without the other's tenants and on an idle machine.
 //!
 //! `bizosaas-bench workflows --runs 1000` executes a five-step HTTP chain 1,000 times at once:
 //! once as a bare client recording each step around its call, once through WorkflowRuns.

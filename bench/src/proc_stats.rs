@@ -31,6 +31,42 @@ pub fn cpu_of(names: &[&str]) -> f64 {
     names.iter().flat_map(|n| pids_named(n)).filter_map(cpu_seconds).sum()
 }
 
+/// The machine's busy and total CPU ticks since boot (`/proc/stat`, all CPUs).
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+    // idle and iowait are the 4th and 5th fields.
+    let idle = ticks.get(3)? + ticks.get(4).copied().unwrap_or(0);
+    let total: u64 = ticks.iter().sum();
+    Some((total - idle, total))
+}
+
+/// The fraction of the machine's CPU in use over the next `window`.
+pub async fn busy_over(window: std::time::Duration) -> Option<f64> {
+    let (busy_before, total_before) = machine_ticks()?;
+    tokio::time::sleep(window).await;
+    let (busy, total) = machine_ticks()?;
+    Some((busy - busy_before) as f64 / (total - total_before).max(1) as f64)
+}
+
+/// Waits until the machine is nearly idle (under `threshold` busy over two seconds), so that a
+/// half of a benchmark does not share the CPU with the cleanup of the one before it (the
+/// namespace controller and the network policy enforcer keep working after the namespaces
+/// are gone). Gives up after `limit`, saying so.
+pub async fn settle(threshold: f64, limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let Some(busy) = busy_over(std::time::Duration::from_secs(2)).await else { return };
+        if busy < threshold {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            eprintln!("the machine is still {:.0}% busy; measuring anyway", busy * 100.0);
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -40,5 +76,20 @@ mod tests {
         let me = std::process::id();
         assert!(peak_rss_mib(me).unwrap() > 0.0);
         assert!(cpu_seconds(me).is_some());
+    }
+
+    #[tokio::test]
+    async fn measures_the_machine_busy_while_it_spins() {
+        let spin = std::thread::spawn(|| {
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(600);
+            while std::time::Instant::now() < until {
+                std::hint::black_box(0u64);
+            }
+        });
+        let busy = busy_over(std::time::Duration::from_millis(500)).await.expect("/proc/stat is readable");
+        spin.join().unwrap();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        assert!(busy >= 0.5 / cpus, "one spinning thread of {cpus} CPUs shows as {busy:.2} busy");
+        assert!(busy <= 1.0);
     }
 }

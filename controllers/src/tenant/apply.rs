@@ -56,7 +56,13 @@ pub(super) fn is_ours(namespace: &ObjectMeta, tenant: &str) -> bool {
     KnownChild::of(namespace).belongs_to(tenant)
 }
 
-pub(super) async fn apply(tenant: &Tenant, t: &TenantContext) -> Result<Action, Error> {
+/// Provisions `tenant`. `finalizer`, when the Tenant has none yet, adds it: it runs alongside
+/// the namespace's create and before everything else, and a Tenant it finds gone is left.
+pub(super) async fn apply(
+    tenant: &Tenant,
+    t: &TenantContext,
+    finalizer: Option<BoxFuture<'_, Result<bool, Error>>>,
+) -> Result<Action, Error> {
     let s = &t.scaffold;
     let ctx = s.ctx.as_ref();
     let name = tenant.name_any();
@@ -78,15 +84,23 @@ pub(super) async fn apply(tenant: &Tenant, t: &TenantContext) -> Result<Action, 
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
     let namespace_name = children.namespace.name_any();
     let known_namespace = t.children.namespace(&namespace_name);
-    let mut namespace_created = false;
-    let live_namespace = match &known_namespace {
-        Some(_) => None,
-        None if !applier.compare && applier.create(&namespaces, &children.namespace).await? => {
-            namespace_created = true;
-            None
-        }
-        None => namespaces.get_opt(&namespace_name).await?,
+    let namespace = async {
+        Ok::<_, Error>(match &known_namespace {
+            Some(_) => (None, false),
+            None if !applier.compare && applier.create(&namespaces, &children.namespace).await? => (None, true),
+            None => (namespaces.get_opt(&namespace_name).await?, false),
+        })
     };
+    let finalizer = async {
+        match finalizer {
+            Some(add) => add.await,
+            None => Ok(true),
+        }
+    };
+    let (still_here, (live_namespace, namespace_created)) = futures::try_join!(finalizer, namespace)?;
+    if !still_here {
+        return Ok(Action::await_change());
+    }
     let existing = known_namespace.or_else(|| live_namespace.as_ref().map(|n| KnownChild::of(&n.metadata)));
     if let Some(existing) = &existing
         && !existing.belongs_to(&name)

@@ -222,7 +222,7 @@ where
 {
     let awaited = awaited.clone();
     quotas.try_filter(move |quota| {
-        let held = quota.namespace().is_some_and(|ns| awaited.is_awaited(&ns));
+        let held = quota.namespace().is_some_and(|ns| awaited.take_event(&ns));
         futures::future::ready(!held)
     })
 }
@@ -262,7 +262,9 @@ fn error_policy(guard: Arc<DeserializeGuard<Tenant>>, error: &Error, t: Arc<Tena
 }
 
 /// Holds a Tenant with a finalizer until its deletion policy has run. The finalizer is added
-/// in the same reconcile that provisions the Tenant, saving a round trip through the watch.
+/// in the same reconcile that provisions the Tenant, while its namespace is created: nothing
+/// that outlives a Tenant deleted meanwhile is written before the finalizer is on (the
+/// namespace goes with its owner reference).
 async fn reconcile_tenant(tenant: &Tenant, t: &TenantContext) -> Result<Action, Error> {
     let s = &t.scaffold;
     let has_finalizer = tenant.finalizers().iter().any(|f| f == FINALIZER);
@@ -290,10 +292,10 @@ async fn reconcile_tenant(tenant: &Tenant, t: &TenantContext) -> Result<Action, 
             let mut all: Vec<&String> = tenant.finalizers().iter().collect();
             let ours = FINALIZER.to_string();
             all.push(&ours);
-            finalize::set_finalizers(tenant, &s.ctx, serde_json::json!(all)).await?;
-            apply::apply(tenant, t).await
+            let finalizer = finalize::set_finalizers(tenant, &s.ctx, serde_json::json!(all));
+            apply::apply(tenant, t, Some(Box::pin(finalizer))).await
         }
-        (false, true) => apply::apply(tenant, t).await,
+        (false, true) => apply::apply(tenant, t, None).await,
     }
 }
 

@@ -21,19 +21,23 @@ use tracing::{info, warn};
 pub const FINALIZER: &str = "bizosaas.io/tenant-cleanup";
 
 /// Replaces the Tenant's finalizers, conditional on the resourceVersion it was read at. A
-/// Tenant already gone counts as done.
-pub(super) async fn set_finalizers(tenant: &Tenant, ctx: &Context, finalizers: serde_json::Value) -> Result<(), Error> {
+/// Tenant already gone counts as done: the answer is false then.
+pub(super) async fn set_finalizers(
+    tenant: &Tenant,
+    ctx: &Context,
+    finalizers: serde_json::Value,
+) -> Result<bool, Error> {
     let api: Api<Tenant> = Api::all(ctx.client.clone());
     let patch = serde_json::json!({
         "metadata": {"finalizers": finalizers, "resourceVersion": tenant.metadata.resource_version}
     });
     match api.patch(&tenant.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
         Ok(_) => {}
-        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(false),
         Err(e) => return Err(e.into()),
     }
     ctx.metrics.write(CONTROLLER, "Tenant", "finalizer");
-    Ok(())
+    Ok(true)
 }
 
 /// Applies the deletion policy to the tenant's data, then removes the namespace.
