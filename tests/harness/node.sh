@@ -525,10 +525,12 @@ main() {
     up) lock_dir "$STATE"; cmd_up ;;
     down) lock_dir "$STATE"; cmd_down ;;
     net-down) node_network_down ;;
+    # Stops the network policy enforcer alone; the rules it wrote stay, `up` starts it again.
+    firewall-stop) lock_dir "$STATE"; stop kube-router ;;
     status) cmd_status ;;
     import) shift; cmd_import "$@" ;;
     images) ctr_node images list -q ;;
-    *) echo "usage: $0 up|down|net-down|status|import ARCHIVE...|images" >&2; exit 2 ;;
+    *) echo "usage: $0 up|down|net-down|firewall-stop|status|import ARCHIVE...|images" >&2; exit 2 ;;
   esac
 }
 
