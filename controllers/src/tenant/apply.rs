@@ -56,13 +56,9 @@ pub(super) fn is_ours(namespace: &ObjectMeta, tenant: &str) -> bool {
     KnownChild::of(namespace).belongs_to(tenant)
 }
 
-/// Provisions `tenant`. `finalizer`, when the Tenant has none yet, adds it: it runs alongside
-/// the namespace's create and before everything else, and a Tenant it finds gone is left.
-pub(super) async fn apply(
-    tenant: &Tenant,
-    t: &TenantContext,
-    finalizer: Option<BoxFuture<'_, Result<bool, Error>>>,
-) -> Result<Action, Error> {
+/// Provisions `tenant`. With `add_finalizer` (the Tenant has none yet) the finalizer is added
+/// alongside the namespace's create and before everything else, and a Tenant found gone is left.
+pub(super) async fn apply(tenant: &Tenant, t: &TenantContext, add_finalizer: bool) -> Result<Action, Error> {
     let s = &t.scaffold;
     let ctx = s.ctx.as_ref();
     let name = tenant.name_any();
@@ -91,12 +87,7 @@ pub(super) async fn apply(
             None => (namespaces.get_opt(&namespace_name).await?, false),
         })
     };
-    let finalizer = async {
-        match finalizer {
-            Some(add) => add.await,
-            None => Ok(true),
-        }
-    };
+    let finalizer = async { if add_finalizer { super::finalize::add_finalizer(tenant, ctx).await } else { Ok(true) } };
     let (still_here, (live_namespace, namespace_created)) = futures::try_join!(finalizer, namespace)?;
     if !still_here {
         return Ok(Action::await_change());

@@ -288,14 +288,8 @@ async fn reconcile_tenant(tenant: &Tenant, t: &TenantContext) -> Result<Action, 
             finalize::set_finalizers(&tenant, &s.ctx, serde_json::json!(rest)).await?;
             Ok(action)
         }
-        (false, false) => {
-            let mut all: Vec<&String> = tenant.finalizers().iter().collect();
-            let ours = FINALIZER.to_string();
-            all.push(&ours);
-            let finalizer = finalize::set_finalizers(tenant, &s.ctx, serde_json::json!(all));
-            apply::apply(tenant, t, Some(Box::pin(finalizer))).await
-        }
-        (false, true) => apply::apply(tenant, t, None).await,
+        (false, false) => apply::apply(tenant, t, true).await,
+        (false, true) => apply::apply(tenant, t, false).await,
     }
 }
 

@@ -40,6 +40,13 @@ pub(super) async fn set_finalizers(
     Ok(true)
 }
 
+/// Adds this operator's finalizer to the Tenant's; false when the Tenant is gone.
+pub(super) async fn add_finalizer(tenant: &Tenant, ctx: &Context) -> Result<bool, Error> {
+    let mut all: Vec<&str> = tenant.finalizers().iter().map(String::as_str).collect();
+    all.push(FINALIZER);
+    set_finalizers(tenant, ctx, serde_json::json!(all)).await
+}
+
 /// Applies the deletion policy to the tenant's data, then removes the namespace.
 pub(super) async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     let name = tenant.name_any();

@@ -70,9 +70,10 @@ const RELOOK: Duration = Duration::from_millis(250);
 /// Whether the live quota is enforced; after a write, waits up to [`QUOTA_WAIT`] for it. The
 /// quota watch keeps the whole quota, status included, so this reads no quota from the API
 /// server: it looks at the watch's copy, and after a write looks again each time the quota's
-/// watch event reaches that copy, until the quota controller's status update has. Without a write, a quota not enforced yet is looked at
-/// again when its watch event reconciles the Tenant. `awaiting` is released before the last
-/// look, so a watch event it held back is in that look.
+/// watch event reaches that copy, until the quota controller's status update has. Without a
+/// write, a quota not enforced yet is looked at again when its watch event reconciles the
+/// Tenant. `awaiting` is released before the last look, so a watch event it held back is in
+/// that look.
 pub(super) async fn enforced_quota(
     desired: &ResourceQuota,
     just_written: bool,
